@@ -1,0 +1,75 @@
+"""Settings from the environment (``CANARY_*``), validated once at start-up.
+
+Everything that differs between a laptop, CI and production lives here: where the
+database, the broker, Prometheus and the traffic router are. Secrets (passwords in
+URLs, tokens) only ever come from here, never from plan files.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """The controller's configuration; see the README's "Configuration" table."""
+
+    model_config = SettingsConfigDict(env_prefix="CANARY_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///canary.db",
+        description="SQLAlchemy URL of the state store (SQLite file or PostgreSQL).",
+    )
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis).")
+    result_backend: str | None = Field(
+        None, description="Celery result backend; defaults to the broker URL."
+    )
+    prometheus_url: str = Field("http://127.0.0.1:9090", description="Prometheus base URL.")
+    prometheus_timeout_seconds: float = Field(2.0, gt=0, le=60)
+    prometheus_attempts: int = Field(2, ge=1, le=10)
+    haproxy_socket: str = Field(
+        "/run/haproxy/admin.sock", description="HAProxy runtime API socket (level admin)."
+    )
+    haproxy_timeout_seconds: float = Field(2.0, gt=0, le=30)
+    reconcile_interval_seconds: float = Field(
+        2.0, gt=0, le=60, description="How often beat fires the reconcile task."
+    )
+    lease_seconds: float = Field(
+        45.0, gt=5, le=600, description="How long an advance or rollback owns a rollout."
+    )
+    task_time_limit_seconds: float = Field(
+        40.0, gt=1, le=600, description="Hard time limit of every task; below lease_seconds."
+    )
+    rollback_attempts: int = Field(5, ge=1, le=20)
+    rollback_backoff_seconds: float = Field(0.2, ge=0, le=10)
+    queue_prefix: str = Field(
+        "canary", description="Prefix of the Celery queues, so several installs share a Redis."
+    )
+    log_json: bool | None = Field(
+        None, description="JSON logs; by default JSON unless stderr is a terminal."
+    )
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; the message names each field and its problem."""
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Load settings once per process, turning validation errors into one readable message."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CANARY_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
+    if settings.task_time_limit_seconds >= settings.lease_seconds:
+        raise SettingsError(
+            "invalid settings: CANARY_TASK_TIME_LIMIT_SECONDS must be below CANARY_LEASE_SECONDS "
+            "so that a task is killed before another worker may take its rollout"
+        )
+    return settings

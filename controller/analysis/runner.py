@@ -1,0 +1,131 @@
+"""Run one stop criterion: resolve its queries, ask Prometheus, hand numbers to its judge.
+
+This is the only place analysis touches the metrics provider, and the only place
+a provider failure becomes a verdict: *error*, which holds the rollout and never
+passes it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from controller.analysis import judges
+from controller.analysis.verdict import Judgement, Verdict
+from controller.durations import format_duration
+from controller.metrics.prometheus import MetricsError, Sample, Series
+from controller.plan import Criterion, RatioThreshold, RatioToBaseline, RisingTrend, render_template
+
+
+class MetricsProvider(Protocol):
+    def instant(self, query: str, at: datetime | None = None) -> list[Sample]: ...
+
+    def range(
+        self, query: str, start: datetime, end: datetime, step_seconds: float
+    ) -> list[Series]: ...
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One criterion measured once: the resolved queries, their values, and the verdict."""
+
+    criterion: str
+    judge: str
+    queries: dict[str, str]
+    inputs: dict[str, float | None]
+    judgement: Judgement
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.judgement.verdict
+
+    def as_event(self) -> dict:
+        """The event-log payload: enough to re-check the decision by hand."""
+        j = self.judgement
+        return {
+            "criterion": self.criterion,
+            "judge": self.judge,
+            "verdict": j.verdict.value,
+            "reason": j.reason,
+            "value": _json_number(j.value),
+            "limit": _json_number(j.limit),
+            "queries": self.queries,
+            "inputs": {k: _json_number(v) for k, v in self.inputs.items()},
+            "details": {k: _json_number(v) for k, v in j.details.items()},
+        }
+
+
+def _json_number(value: float | None) -> float | str | None:
+    """JSON has no NaN or infinity; keep them visible as text."""
+    if value is None or math.isfinite(value):
+        return value
+    return str(value)
+
+
+class _SeriesShapeError(Exception):
+    pass
+
+
+def _scalar(samples: list[Sample]) -> float | None:
+    if not samples:
+        return None
+    if len(samples) > 1:
+        raise _SeriesShapeError(
+            f"query returned {len(samples)} series, expected one: aggregate it (sum, max)"
+        )
+    return samples[0].value
+
+
+def measure(
+    criterion: Criterion,
+    provider: MetricsProvider,
+    variables: dict[str, str],
+    default_window: timedelta,
+    now: datetime,
+    previous_baseline: float | None = None,
+) -> Measurement:
+    """Measure ``criterion`` at ``now``; never raises for provider or data problems."""
+    window = criterion.window or default_window
+    values = {**variables, "window": format_duration(window)}
+    queries = {role: render_template(t, values) for role, t in criterion.queries().items()}
+    inputs: dict[str, float | None] = {}
+    try:
+        if isinstance(criterion, RisingTrend):
+            series = provider.range(
+                queries["series"], now - window, now, criterion.step.total_seconds()
+            )
+            if len(series) > 1:
+                raise _SeriesShapeError(
+                    f"query returned {len(series)} series, expected one: aggregate it (max, sum)"
+                )
+            points = series[0].points if series else []
+            inputs = {"points": float(len(points))}
+            judgement = judges.rising_trend(criterion, points)
+        else:
+            for role, query in queries.items():
+                inputs[role] = _scalar(provider.instant(query, at=now))
+            judgement = _judge_scalars(criterion, inputs, previous_baseline)
+    except MetricsError as exc:
+        judgement = Judgement(Verdict.ERROR, f"Prometheus: {exc}")
+    except _SeriesShapeError as exc:
+        judgement = Judgement(Verdict.INCONCLUSIVE, str(exc))
+    return Measurement(criterion.name, criterion.judge, queries, inputs, judgement)
+
+
+def _judge_scalars(
+    criterion: Criterion, inputs: dict[str, float | None], previous_baseline: float | None
+) -> Judgement:
+    if isinstance(criterion, RatioToBaseline):
+        return judges.ratio_to_baseline(
+            criterion,
+            inputs["canary_errors"],
+            inputs["canary_total"],
+            inputs["baseline_errors"],
+            inputs["baseline_total"],
+            previous_baseline=previous_baseline,
+        )
+    if isinstance(criterion, RatioThreshold):
+        return judges.ratio_threshold(criterion, inputs["errors"], inputs["total"])
+    return judges.zero_tolerance(criterion, inputs["failures"], inputs.get("total"))

@@ -1,0 +1,302 @@
+"""``canary``: start, watch and stop rollouts; run the worker, beat and the demo.
+
+Errors a person can fix (a bad plan, a bad flag, unusable settings) are printed as
+one clear message and exit 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.exc import OperationalError
+
+from config.settings import SettingsError, get_settings
+from controller.durations import format_duration
+from controller.lab.errors import LabError
+from controller.operations import OperationError, abort_rollout, start_rollout
+from controller.plan_loader import PlanError, load_plan
+from controller.runtime import utcnow
+from controller.store import repository
+from controller.store.db import migrate, session_factory
+from controller.views import rollout_detail, rollout_summary
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Canary rollouts judged by Prometheus, driven by Celery workers.",
+)
+plan_app = typer.Typer(no_args_is_help=True, help="Work with plan files.")
+db_app = typer.Typer(no_args_is_help=True, help="The state store.")
+app.add_typer(plan_app, name="plan")
+app.add_typer(db_app, name="db")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the errors people can act on into a message and exit code 2."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (SettingsError, OperationError, LabError) as exc:
+            err.print(f"error: {exc}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+        except PlanError as exc:
+            err.print(
+                f"plan is not valid ({len(exc.problems)} problem(s)):\n{exc}",
+                markup=False,
+                highlight=False,
+            )
+            raise typer.Exit(2) from None
+        except OperationalError as exc:
+            err.print(f"error: cannot use the database: {exc.orig}", markup=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _sessions():
+    url = get_settings().database_url
+    migrate(url)
+    return session_factory(url)
+
+
+@plan_app.command("validate")
+@friendly_errors
+def plan_validate(plan: Annotated[Path, typer.Argument(help="Plan YAML file")]) -> None:
+    """Check a plan file; report every problem with its field path and line."""
+    loaded = load_plan(plan)
+    steps = loaded.steps()
+    out.print(
+        f"{plan}: plan {loaded.name!r} is valid: {len(steps)} steps, "
+        f"{len(loaded.stop_criteria)} stop criteria",
+        markup=False,
+    )
+    for step in steps:
+        out.print(
+            f"  {step.index + 1}. {step.label:<24} hold {format_duration(step.hold)}", markup=False
+        )
+
+
+@db_app.command("upgrade")
+@friendly_errors
+def db_upgrade() -> None:
+    """Create or migrate the store's schema (Alembic) to the newest revision."""
+    migrate(get_settings().database_url)
+    out.print("database schema is up to date")
+
+
+@app.command()
+@friendly_errors
+def start(
+    plan: Annotated[Path, typer.Argument(help="Plan YAML file")],
+    service: Annotated[str, typer.Option(help="Service to roll out")],
+    version: Annotated[str, typer.Option(help="New (canary) version")],
+    stable: Annotated[
+        str | None, typer.Option(help="Stable version; default: the last version that succeeded")
+    ] = None,
+    by: Annotated[str | None, typer.Option(help="Who starts it (default: login name)")] = None,
+) -> None:
+    """Start a rollout; prints its id. Workers pick it up within seconds."""
+    loaded = load_plan(plan)
+    with _sessions()() as session:
+        rollout = start_rollout(
+            session,
+            loaded,
+            service=service,
+            version=version,
+            stable=stable,
+            created_by=by or getpass.getuser(),
+            now=utcnow(),
+        )
+        print(rollout.id)
+
+
+@app.command()
+@friendly_errors
+def status(
+    rollout_id: Annotated[
+        str | None, typer.Argument(help="Rollout id; all recent ones if omitted")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    events: Annotated[int, typer.Option(help="How many recent events to show")] = 15,
+) -> None:
+    """Show rollouts, or one rollout with its criteria, weights and recent events."""
+    with _sessions()() as session:
+        if rollout_id is None:
+            rows = [rollout_summary(r) for r in repository.list_rollouts(session)]
+            if as_json:
+                print(json.dumps(rows, indent=2))
+                return
+            _print_rollout_table(rows)
+            return
+        rollout = repository.get_rollout(session, rollout_id)
+        if rollout is None:
+            raise OperationError(f"id: no rollout {rollout_id!r}")
+        detail = rollout_detail(session, rollout, event_limit=events)
+    if as_json:
+        print(json.dumps(detail, indent=2))
+        return
+    _print_detail(detail)
+
+
+@app.command()
+@friendly_errors
+def abort(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the event log)")] = "manual abort",
+    by: Annotated[str | None, typer.Option(help="Who aborts (default: login name)")] = None,
+) -> None:
+    """Stop a rollout and send all traffic back to stable."""
+    with _sessions()() as session:
+        outcome = abort_rollout(
+            session, rollout_id, reason=reason, actor=by or getpass.getuser(), now=utcnow()
+        )
+    out.print(outcome.message, markup=False)
+    if not outcome.accepted:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly_errors
+def worker(
+    queues: Annotated[str, typer.Option(help="all, rollouts or rollback")] = "all",
+    concurrency: Annotated[int, typer.Option(min=1, max=64)] = 2,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+    hostname: Annotated[str | None, typer.Option(help="Celery node name")] = None,
+) -> None:
+    """Run a Celery worker (task events on). Run one on the rollback queue of its own."""
+    from tasks.app import app as celery_app
+    from tasks.app import queue_names
+
+    work_queue, rollback_queue = queue_names()
+    chosen = {
+        "all": [work_queue, rollback_queue],
+        "rollouts": [work_queue],
+        "rollback": [rollback_queue],
+    }.get(queues)
+    if chosen is None:
+        raise OperationError(f"queues: {queues!r} is not one of all, rollouts, rollback")
+    argv = [
+        "worker",
+        "-E",
+        "-Q",
+        ",".join(chosen),
+        f"--concurrency={concurrency}",
+        f"--loglevel={loglevel}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    migrate(get_settings().database_url)
+    celery_app.worker_main(argv)
+
+
+@app.command()
+@friendly_errors
+def beat(
+    schedule: Annotated[Path, typer.Option(help="Beat schedule file")] = Path(
+        "celerybeat-schedule"
+    ),
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Run Celery beat: fires rollout.reconcile every CANARY_RECONCILE_INTERVAL_SECONDS."""
+    from tasks.app import app as celery_app
+
+    celery_app.start(["beat", f"--schedule={schedule}", f"--loglevel={loglevel}"])
+
+
+@app.command()
+@friendly_errors
+def demo(
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line")] = False,
+    workdir: Annotated[Path | None, typer.Option(help="Keep the lab's files here")] = None,
+) -> None:
+    """Run the whole lab locally: a healthy rollout to 100 % and a faulty one rolled back."""
+    from controller.demo.runner import run_demo
+
+    result = run_demo(workdir=workdir, console=err if as_json else out)
+    if as_json:
+        print(json.dumps(result))
+    expected = ["succeeded", "rolled_back"]
+    if [r["state"] for r in result["rollouts"]] != expected:
+        raise typer.Exit(1)
+
+
+@app.command("demo-service")
+def demo_service(
+    port: Annotated[int, typer.Option()],
+    service: Annotated[str, typer.Option()] = "checkout",
+    version: Annotated[str, typer.Option()] = "1.0.0",
+    environment: Annotated[str, typer.Option()] = "production",
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+) -> None:
+    """Run the demo service (one version, with fault knobs at /admin/faults)."""
+    from controller.demo.service import serve
+
+    serve(port=port, service=service, version=version, environment=environment, host=host)
+
+
+def _print_rollout_table(rows: list[dict[str, Any]]) -> None:
+    table = Table("id", "service", "version", "stable", "state", "stage", "weight", "tripped")
+    for r in rows:
+        table.add_row(
+            r["id"],
+            r["service"],
+            r["version"],
+            r["stable"],
+            r["state"],
+            r["stage"],
+            "-" if r["weight"] is None else f"{r['weight']}%",
+            r["tripped"] or "",
+        )
+    out.print(table)
+
+
+def _print_detail(d: dict[str, Any]) -> None:
+    weight = "-" if d["weight"] is None else f"{d['weight']}%"
+    out.print(
+        f"[bold]{d['id']}[/] {d['service']} {d['version']} (stable {d['stable']}) "
+        f"plan {d['plan']}: [bold]{d['state']}[/] at {d['stage']} "
+        f"(step {d['step']}), canary weight {weight}"
+    )
+    if d["reason"]:
+        out.print(f"reason: {d['reason']}", markup=False)
+    out.print("weights so far: " + " -> ".join(f"{w}%" for w in d["weights"]), markup=False)
+    table = Table("criterion", "verdict", "value", "limit", "reason")
+    for name, m in d["criteria"].items():
+        table.add_row(name, m["verdict"], _num(m["value"]), _num(m["limit"]), m["reason"])
+    if d["criteria"]:
+        out.print(table)
+    events = Table("at", "kind", "actor", "message")
+    for e in d["events"]:
+        events.add_row(e["at"][11:19], e["kind"], e["actor"], e["message"])
+    out.print(events)
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+
+def main() -> None:
+    from controller.logging import configure_logging
+
+    try:
+        configure_logging(get_settings().log_json)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    app()

@@ -1,0 +1,51 @@
+"""Durations as people write them in plans: ``30m``, ``90s``, ``1h30m``, ``500ms``.
+
+A bare number is refused on purpose: "30" could be seconds or minutes, and a rollout
+plan is the wrong place to guess.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``1h30m``-style text; raise ValueError saying what is wrong."""
+    if isinstance(text, bool) or not isinstance(text, str):
+        raise ValueError(f"expected a duration like '30m' or '90s', got {text!r}")
+    compact = text.strip().replace(" ", "")
+    if not compact:
+        raise ValueError("expected a duration like '30m' or '90s', got an empty string")
+    position = 0
+    total = 0.0
+    for match in _PART.finditer(compact):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    if position != len(compact):
+        raise ValueError(
+            f"{text!r} is not a duration: use a number with a unit (ms, s, m, h, d), "
+            "like '30m', '90s' or '1h30m'"
+        )
+    return timedelta(seconds=total)
+
+
+def format_duration(value: timedelta) -> str:
+    """Render for humans and for PromQL range selectors (``5m``, ``1h30m``, ``45s``)."""
+    seconds = value.total_seconds()
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{secs}s" if secs else "",
+    ]
+    return "".join(parts) or "0s"

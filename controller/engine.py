@@ -1,0 +1,374 @@
+"""The rollout state machine: one ``advance`` does one step of one rollout.
+
+An advance owns the rollout through a lease, makes sure the router carries the
+step's weight (absolute, read back), measures every stop criterion, records all of
+it, and decides: hold, promote to the next step, succeed, pause for a human, or
+hand over to the rollback. Waiting is a timestamp (``next_check_at``), never a
+sleep, so a crashed worker loses nothing and the next one carries on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from controller.analysis.runner import Measurement, measure
+from controller.analysis.verdict import Verdict
+from controller.durations import format_duration
+from controller.plan import Criterion, OnLimit, Plan, Step
+from controller.runtime import Runtime
+from controller.store import repository
+from controller.store.models import ADVANCING_STATES, Rollout, RolloutState
+from controller.traffic.base import RouterError
+
+log = structlog.get_logger(__name__)
+
+ACTOR = "controller"
+
+
+@dataclass(frozen=True)
+class AdvanceResult:
+    """What one advance did, in words fit for a task result and a log line."""
+
+    rollout_id: str
+    acted: bool
+    state: str | None = None
+    stage: str | None = None
+    weight: int | None = None
+    summary: str = ""
+
+
+def rollout_variables(rollout: Rollout, step: Step | None = None) -> dict[str, str]:
+    """Template values for queries and router settings."""
+    return {
+        "service": rollout.service,
+        "canary_version": rollout.canary_version,
+        "stable_version": rollout.stable_version,
+        "environment": step.environment if step else "production",
+    }
+
+
+def advance(runtime: Runtime, rollout_id: str) -> AdvanceResult:
+    """Do the next thing for a rollout that is due; a no-op if it is not ours to do."""
+    with runtime.sessions() as session:
+        now = runtime.clock()
+        rollout = repository.claim(
+            session, rollout_id, runtime.owner, now, runtime.lease, ADVANCING_STATES, due_only=True
+        )
+        if rollout is None:
+            return AdvanceResult(
+                rollout_id, acted=False, summary="not due or owned by another worker"
+            )
+        try:
+            return _Advance(runtime, session, rollout).run()
+        except StaleDataError:
+            # Someone changed the rollout while we worked (a rollback request wins).
+            return AdvanceResult(
+                rollout_id, acted=False, summary="rollout changed underneath (rollback requested?)"
+            )
+        finally:
+            session.rollback()
+            repository.release(session, rollout_id, runtime.owner)
+
+
+class _Advance:
+    """One advance of one rollout, holding its lease."""
+
+    def __init__(self, runtime: Runtime, session: Session, rollout: Rollout):
+        self.runtime = runtime
+        self.session = session
+        self.rollout = rollout
+        self.plan = Plan.model_validate(rollout.plan)
+        self.steps = self.plan.steps()
+        self.now = runtime.clock()
+        self.log = log.bind(rollout_id=rollout.id, service=rollout.service)
+
+    def event(
+        self, kind: str, message: str, data: dict[str, Any] | None = None, actor: str = ACTOR
+    ) -> None:
+        repository.append_event(
+            self.session,
+            self.rollout.id,
+            kind,
+            actor=actor,
+            at=self.now,
+            message=message,
+            data=data,
+            step_index=self.rollout.step_index,
+        )
+
+    def result(self, summary: str) -> AdvanceResult:
+        step = self.steps[min(self.rollout.step_index, len(self.steps) - 1)]
+        return AdvanceResult(
+            self.rollout.id, True, self.rollout.state, step.label, self.rollout.weight, summary
+        )
+
+    def commit(self) -> None:
+        self.rollout.updated_at = self.now
+        self.session.commit()
+
+    def run(self) -> AdvanceResult:
+        rollout = self.rollout
+        if rollout.state == RolloutState.PENDING:
+            rollout.state = RolloutState.RUNNING
+            self.event(
+                "started",
+                f"rollout started with plan {self.plan.name}: "
+                + " -> ".join(s.label for s in self.steps),
+                {"steps": [s.label for s in self.steps]},
+            )
+        step = self.steps[rollout.step_index]
+        self.log = self.log.bind(stage=step.label)
+
+        needs_traffic = rollout.weight != step.weight or rollout.step_started_at is None
+        if needs_traffic and not self.apply_weight(step):
+            self.commit()
+            return self.result(
+                f"holding at {rollout.weight}%: router did not confirm {step.weight}%"
+            )
+
+        measurements = self.measure(step)
+        tripped = self.tripped(measurements)
+        if tripped:
+            return self.trip(step, tripped, measurements)
+        limited = self.over_missing_data_limit(measurements)
+        if limited:
+            return limited
+        return self.hold_or_promote(step, measurements)
+
+    # -- traffic --------------------------------------------------------------
+
+    def apply_weight(self, step: Step) -> bool:
+        """Set the step's weight and keep it only if the router reads it back."""
+        router = self.runtime.router_for(self.plan, rollout_variables(self.rollout, step))
+        analysis = dict(self.rollout.analysis or {})
+        try:
+            router.set_canary_weight(step.weight)
+            confirmed = router.get_canary_weight()
+        except RouterError as exc:
+            confirmed, problem = None, str(exc)
+        else:
+            problem = (
+                None
+                if confirmed == step.weight
+                else (f"router reads back {confirmed}% after setting {step.weight}%")
+            )
+        if problem:
+            analysis["router_errors"] = analysis.get("router_errors", 0) + 1
+            self.rollout.analysis = analysis
+            self.rollout.next_check_at = self.now + min(
+                self.plan.analysis.interval, timedelta(seconds=10)
+            )
+            self.event(
+                "router_error",
+                f"traffic not moved to {step.weight}%: {problem}",
+                {
+                    "weight": step.weight,
+                    "read_back": confirmed,
+                    "error": problem,
+                    "consecutive": analysis["router_errors"],
+                },
+            )
+            self.log.warning("router_error", weight=step.weight, error=problem)
+            return False
+        previous = self.rollout.weight
+        analysis["router_errors"] = 0
+        self.rollout.analysis = analysis
+        self.rollout.weight = step.weight
+        self.rollout.step_started_at = self.now
+        self.event(
+            "weight_set",
+            f"{step.label}: canary weight {previous if previous is not None else '-'}% -> "
+            f"{step.weight}% (read back from the router), hold {format_duration(step.hold)}",
+            {
+                "weight": step.weight,
+                "previous": previous,
+                "stage": step.stage,
+                "kind": step.kind,
+                "hold_seconds": step.hold.total_seconds(),
+            },
+        )
+        self.log.info("weight_set", weight=step.weight, previous=previous)
+        return True
+
+    # -- analysis -------------------------------------------------------------
+
+    def measure(self, step: Step) -> list[Measurement]:
+        variables = rollout_variables(self.rollout, step)
+        state = dict(self.rollout.analysis or {})
+        baselines = state.get("baselines", {})
+        measurements = []
+        for criterion in self.plan.criteria_for(step.stage):
+            m = measure(
+                criterion,
+                self.runtime.metrics,
+                variables,
+                self.plan.analysis.window,
+                self.now,
+                previous_baseline=baselines.get(criterion.name),
+            )
+            measurements.append(m)
+            measured_baseline = m.judgement.details.get("measured_baseline")
+            if measured_baseline is not None:
+                baselines[criterion.name] = measured_baseline
+            self.event(
+                "measurement",
+                f"{criterion.name}: {m.verdict.value}: {m.judgement.reason}",
+                m.as_event(),
+            )
+        state["baselines"] = baselines
+        self.rollout.analysis = state
+        return measurements
+
+    def tripped(self, measurements: list[Measurement]) -> list[tuple[Criterion, Measurement, str]]:
+        """Criteria whose failure has lasted ``sustained_for``.
+
+        A pass ends a breach; inconclusive and error checks neither end nor extend it,
+        so a gap in the data cannot hide a breach that is still going on.
+        """
+        state = dict(self.rollout.analysis or {})
+        breaches: dict[str, str | None] = dict(state.get("breach_since", {}))
+        by_name = {c.name: c for c in self.plan.stop_criteria}
+        tripped = []
+        for m in measurements:
+            criterion = by_name[m.criterion]
+            if m.verdict == Verdict.PASS:
+                breaches[m.criterion] = None
+            elif m.verdict == Verdict.FAIL:
+                since = breaches.get(m.criterion)
+                started = datetime.fromisoformat(since) if since else self.now
+                breaches[m.criterion] = started.isoformat()
+                lasted = self.now - started
+                if lasted >= criterion.sustained_for:
+                    tripped.append((criterion, m, format_duration(lasted)))
+        state["breach_since"] = breaches
+        self.rollout.analysis = state
+        return tripped
+
+    def trip(
+        self,
+        step: Step,
+        tripped: list[tuple[Criterion, Measurement, str]],
+        measurements: list[Measurement],
+    ) -> AdvanceResult:
+        criterion, measurement, lasted = tripped[0]
+        reason = (
+            f"stop criterion {criterion.name} tripped at {step.label} "
+            f"(failing for {lasted}): {measurement.judgement.reason}"
+        )
+        self.event(
+            "decision",
+            reason,
+            {
+                "decision": "rollback",
+                "criterion": criterion.name,
+                "tripped": [c.name for c, _, _ in tripped],
+                "value": measurement.as_event()["value"],
+                "limit": measurement.as_event()["limit"],
+            },
+        )
+        self.commit()
+        self.log.warning("criterion_tripped", criterion=criterion.name, reason=reason)
+        if repository.request_rollback(
+            self.session,
+            self.rollout.id,
+            reason=reason,
+            actor=ACTOR,
+            now=self.now,
+            tripped=criterion.name,
+        ):
+            self.runtime.enqueue_rollback(self.rollout.id)
+        self.session.refresh(self.rollout)
+        return self.result(f"rolling back: {criterion.name} tripped")
+
+    def over_missing_data_limit(self, measurements: list[Measurement]) -> AdvanceResult | None:
+        """Count checks that told us nothing; past the plan's limit, apply its policy."""
+        policy = self.plan.analysis
+        state = dict(self.rollout.analysis or {})
+        verdicts = {m.verdict for m in measurements}
+        state["error_streak"] = state.get("error_streak", 0) + 1 if Verdict.ERROR in verdicts else 0
+        state["inconclusive_streak"] = (
+            state.get("inconclusive_streak", 0) + 1 if Verdict.INCONCLUSIVE in verdicts else 0
+        )
+        self.rollout.analysis = state
+        if state["error_streak"] >= policy.error_limit:
+            why = f"{state['error_streak']} checks in a row could not reach Prometheus"
+        elif state["inconclusive_streak"] >= policy.inconclusive_limit:
+            why = f"{state['inconclusive_streak']} checks in a row were inconclusive (no data)"
+        else:
+            return None
+        if policy.on_limit == OnLimit.ROLLBACK:
+            reason = f"{why}; plan policy: roll back"
+            self.event("decision", reason, {"decision": "rollback", "policy": "on_limit"})
+            self.commit()
+            if repository.request_rollback(
+                self.session, self.rollout.id, reason=reason, actor=ACTOR, now=self.now
+            ):
+                self.runtime.enqueue_rollback(self.rollout.id)
+            self.session.refresh(self.rollout)
+            return self.result("rolling back: " + why)
+        reason = f"{why}; paused for a human (traffic stays at {self.rollout.weight}%)"
+        self.rollout.state = RolloutState.PAUSED
+        self.rollout.reason = reason
+        self.event("decision", reason, {"decision": "pause", "policy": "on_limit"})
+        self.commit()
+        self.log.warning("paused", reason=reason)
+        return self.result("paused: " + why)
+
+    # -- progress -------------------------------------------------------------
+
+    def hold_or_promote(self, step: Step, measurements: list[Measurement]) -> AdvanceResult:
+        rollout = self.rollout
+        policy = self.plan.analysis
+        assert rollout.step_started_at is not None
+        hold_ends = rollout.step_started_at + step.hold
+        all_pass = all(m.verdict == Verdict.PASS for m in measurements)
+        if self.now < hold_ends or not all_pass:
+            if self.now < hold_ends:
+                rollout.next_check_at = min(self.now + policy.interval, hold_ends)
+            else:
+                rollout.next_check_at = self.now + policy.interval
+            self.commit()
+            verdicts = ", ".join(f"{m.criterion}={m.verdict.value}" for m in measurements)
+            left = format_duration(max(hold_ends - self.now, timedelta(0)))
+            waiting = (
+                f"{left} of hold left"
+                if self.now < hold_ends
+                else "hold over, waiting for every criterion to pass"
+            )
+            return self.result(f"holding at {step.label}: {waiting}; {verdicts or 'no criteria'}")
+
+        self.event(
+            "step_completed",
+            f"{step.label} passed: hold of {format_duration(step.hold)} over and every "
+            "criterion passed",
+            {"stage": step.stage, "weight": step.weight},
+        )
+        if rollout.step_index + 1 >= len(self.steps):
+            rollout.state = RolloutState.SUCCEEDED
+            rollout.finished_at = self.now
+            rollout.reason = "every step passed"
+            self.event(
+                "decision",
+                f"rollout succeeded: {rollout.canary_version} serves {rollout.weight}% of traffic",
+                {"decision": "succeeded"},
+            )
+            self.commit()
+            self.log.info("succeeded")
+            return self.result("succeeded")
+        rollout.step_index += 1
+        rollout.step_started_at = None
+        rollout.next_check_at = self.now
+        nxt = self.steps[rollout.step_index]
+        self.event(
+            "decision",
+            f"promote: {step.label} -> {nxt.label}",
+            {"decision": "promote", "from": step.label, "to": nxt.label},
+        )
+        self.commit()
+        return self.result(f"promoted to {nxt.label}")

@@ -1,0 +1,126 @@
+"""What people do to rollouts (start, abort), with the checks that keep bad input out.
+
+The CLI and, later, the HTTP API are thin layers over these functions, so a rule
+like "one active rollout per service" holds whichever door a request comes in by.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.plan import Plan
+from controller.store import repository
+from controller.store.models import ACTIVE_STATES, Rollout, RolloutState
+
+# Service names and versions end up inside PromQL label matchers and HAProxy
+# commands: a quote or a space there would change the query, so refuse them.
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
+
+
+class OperationError(Exception):
+    """A request that cannot be carried out; the message says which field and why."""
+
+
+def check_identifier(field: str, value: str) -> str:
+    if not _IDENTIFIER.match(value or ""):
+        raise OperationError(
+            f"{field}: {value!r} is not allowed: use 1-128 letters, digits and . _ : + - "
+            "(it is used inside PromQL label matchers)"
+        )
+    return value
+
+
+def stable_version_of(session: Session, service: str) -> str | None:
+    """The version the last successful rollout of a service left serving all traffic."""
+    return session.scalars(
+        select(Rollout.canary_version)
+        .where(Rollout.service == service, Rollout.state == RolloutState.SUCCEEDED)
+        .order_by(Rollout.finished_at.desc())
+        .limit(1)
+    ).first()
+
+
+def start_rollout(
+    session: Session,
+    plan: Plan,
+    *,
+    service: str,
+    version: str,
+    stable: str | None,
+    created_by: str,
+    now: datetime,
+) -> Rollout:
+    """Record a new rollout; the reconcile loop picks it up within seconds."""
+    check_identifier("service", service)
+    check_identifier("version", version)
+    if stable is None:
+        stable = stable_version_of(session, service)
+        if stable is None:
+            raise OperationError(
+                f"stable: no stable version of {service} is known yet (no succeeded rollout); "
+                "pass --stable VERSION"
+            )
+    check_identifier("stable", stable)
+    if stable == version:
+        raise OperationError(f"version: {version} is already the stable version of {service}")
+    active = session.scalars(
+        select(Rollout.id).where(
+            Rollout.service == service, Rollout.state.in_([str(s) for s in ACTIVE_STATES])
+        )
+    ).first()
+    if active:
+        raise OperationError(
+            f"service: {service} already has an active rollout ({active}); "
+            "abort it or wait for it to finish"
+        )
+    rollout = repository.create_rollout(
+        session,
+        service=service,
+        canary_version=version,
+        stable_version=stable,
+        plan_name=plan.name,
+        plan=plan.model_dump(mode="json"),
+        created_by=created_by,
+        now=now,
+    )
+    session.commit()
+    return rollout
+
+
+@dataclass(frozen=True)
+class AbortOutcome:
+    rollout_id: str
+    accepted: bool
+    message: str
+
+
+def abort_rollout(
+    session: Session, rollout_id: str, *, reason: str, actor: str, now: datetime
+) -> AbortOutcome:
+    """Stop a rollout and put traffic back on stable; final state ``aborted``."""
+    rollout = repository.get_rollout(session, rollout_id)
+    if rollout is None:
+        raise OperationError(f"id: no rollout {rollout_id!r}")
+    if rollout.state not in (RolloutState.PENDING, RolloutState.RUNNING, RolloutState.PAUSED):
+        return AbortOutcome(
+            rollout_id, False, f"rollout {rollout_id} is {rollout.state}; nothing to abort"
+        )
+    accepted = repository.request_rollback(
+        session,
+        rollout_id,
+        reason=f"aborted by {actor}: {reason}",
+        actor=actor,
+        now=now,
+        final_state=RolloutState.ABORTED,
+    )
+    message = (
+        "abort accepted; traffic is going back to stable"
+        if accepted
+        else "rollout changed state meanwhile; see canary status"
+    )
+    return AbortOutcome(rollout_id, accepted, message)

@@ -1,0 +1,292 @@
+"""The rollout plan: what an SRE writes in YAML, validated before anything moves.
+
+A plan is the seed rollout plan made executable: stages (staging soak, canary,
+ramp steps with holds, post-deploy verification), stop criteria written as PromQL
+with template variables, a judge per criterion, and what to do when the data is
+missing or Prometheus cannot answer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+)
+
+from controller.durations import format_duration, parse_duration
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(lambda v: v if isinstance(v, timedelta) else parse_duration(v)),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+TEMPLATE_VARIABLES = ("service", "canary_version", "stable_version", "environment", "window")
+_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_NAME = r"^[a-z0-9][a-z0-9_.-]*$"
+
+
+def template_variables(text: str) -> list[str]:
+    """Names used as ``{{ name }}`` in a query or setting."""
+    return _TEMPLATE.findall(text)
+
+
+def render_template(text: str, values: dict[str, str]) -> str:
+    """Fill ``{{ name }}`` placeholders; unknown names were refused when the plan loaded."""
+    return _TEMPLATE.sub(lambda m: values[m.group(1)], text)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_template(value: str) -> str:
+    if not value or not value.strip():
+        raise ValueError("query must not be empty")
+    unknown = [n for n in template_variables(value) if n not in TEMPLATE_VARIABLES]
+    if unknown:
+        raise ValueError(
+            f"unknown template variable(s) {', '.join(sorted(set(unknown)))}; "
+            f"known: {', '.join(TEMPLATE_VARIABLES)}"
+        )
+    if value.count("{{") != value.count("}}"):
+        raise ValueError("unbalanced '{{' / '}}' in query template")
+    return value
+
+
+QueryTemplate = Annotated[str, AfterValidator(_check_template)]
+
+
+class OnLimit(StrEnum):
+    """What happens when a rollout has held too long on missing data or Prometheus errors."""
+
+    PAUSE = "pause"
+    ROLLBACK = "rollback"
+
+
+class AnalysisPolicy(_Strict):
+    """How often to check, over what window, and how long to tolerate not knowing."""
+
+    interval: Duration = Field(default=timedelta(minutes=1))
+    window: Duration = Field(default=timedelta(minutes=5))
+    inconclusive_limit: int = Field(default=5, ge=1, le=1000)
+    error_limit: int = Field(default=5, ge=1, le=1000)
+    on_limit: OnLimit = OnLimit.PAUSE
+
+    @field_validator("interval", "window")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() < 1:
+            raise ValueError("must be at least 1s")
+        return value
+
+
+class _Criterion(_Strict):
+    name: str = Field(pattern=_NAME, max_length=64)
+    description: str = ""
+    window: Duration | None = None
+    stages: list[str] | None = Field(
+        default=None, description="Stage names this criterion applies to; all when omitted."
+    )
+
+    def queries(self) -> dict[str, str]:
+        """The PromQL templates of this criterion by role."""
+        raise NotImplementedError
+
+
+class RatioToBaseline(_Criterion):
+    """Canary error proportion against the stable version's, over the same window."""
+
+    judge: Literal["ratio_to_baseline"]
+    canary_errors: QueryTemplate
+    canary_total: QueryTemplate
+    baseline_errors: QueryTemplate
+    baseline_total: QueryTemplate
+    factor: float = Field(default=2.0, ge=1.0, le=1000)
+    floor: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Smallest error proportion that can trip, so a near-zero baseline "
+        "does not roll back on one error.",
+    )
+    min_requests: int = Field(default=100, ge=1)
+    sustained_for: Duration = Field(default=timedelta(0))
+
+    def queries(self) -> dict[str, str]:
+        return {
+            "canary_errors": self.canary_errors,
+            "canary_total": self.canary_total,
+            "baseline_errors": self.baseline_errors,
+            "baseline_total": self.baseline_total,
+        }
+
+
+class RatioThreshold(_Criterion):
+    """A proportion of the canary's requests (auth failures, say) above a fixed limit."""
+
+    judge: Literal["ratio_threshold"]
+    errors: QueryTemplate
+    total: QueryTemplate
+    max_ratio: float = Field(ge=0.0, le=1.0)
+    min_requests: int = Field(default=100, ge=1)
+    sustained_for: Duration = Field(default=timedelta(0))
+
+    def queries(self) -> dict[str, str]:
+        return {"errors": self.errors, "total": self.total}
+
+
+class RisingTrend(_Criterion):
+    """A series that keeps rising over the window (queue lag): a trend, not one high value."""
+
+    judge: Literal["rising_trend"]
+    series: QueryTemplate
+    step: Duration = Field(default=timedelta(seconds=15))
+    min_points: int = Field(default=5, ge=3, le=11000)
+    rising_fraction: float = Field(
+        default=0.9,
+        gt=0.5,
+        le=1.0,
+        description="Share of consecutive steps that must go up for the trend to count.",
+    )
+    min_rise: float = Field(default=0.0, ge=0.0, description="Net rise over the window.")
+    sustained_for: Duration = Field(default=timedelta(0))
+
+    def queries(self) -> dict[str, str]:
+        return {"series": self.series}
+
+
+class ZeroTolerance(_Criterion):
+    """Failed writes or corruption indicators: any count above ``max`` trips at once."""
+
+    judge: Literal["zero_tolerance"]
+    failures: QueryTemplate
+    total: QueryTemplate | None = Field(
+        default=None, description="Requests in the window; without enough, zero means nothing."
+    )
+    max: float = Field(default=0.0, ge=0.0)
+    min_requests: int = Field(default=1, ge=1)
+    sustained_for: Duration = Field(default=timedelta(0))
+
+    def queries(self) -> dict[str, str]:
+        found = {"failures": self.failures}
+        if self.total is not None:
+            found["total"] = self.total
+        return found
+
+
+Criterion = RatioToBaseline | RatioThreshold | RisingTrend | ZeroTolerance
+StopCriterion = Annotated[Criterion, Field(discriminator="judge")]
+
+
+class _Stage(_Strict):
+    name: str = Field(pattern=_NAME, max_length=64)
+
+
+class SoakStage(_Stage):
+    """Staging soak: no production traffic moves; the criteria watch the staging environment."""
+
+    kind: Literal["soak"]
+    duration: Duration
+    environment: str = Field(default="staging", pattern=_NAME)
+
+
+class CanaryStage(_Stage):
+    """The first slice of production traffic to the new version, held and compared."""
+
+    kind: Literal["canary"]
+    weight: int = Field(ge=1, le=100)
+    hold: Duration
+
+
+class RampStep(_Strict):
+    weight: int = Field(ge=1, le=100)
+    hold: Duration
+
+
+class RampStage(_Stage):
+    """Progressive ramp: each step sets an absolute weight and holds while criteria pass."""
+
+    kind: Literal["ramp"]
+    steps: list[RampStep] = Field(min_length=1)
+
+
+class VerifyStage(_Stage):
+    """Post-deploy verification at full traffic before the release is called stable."""
+
+    kind: Literal["verify"]
+    duration: Duration
+
+
+Stage = Annotated[SoakStage | CanaryStage | RampStage | VerifyStage, Field(discriminator="kind")]
+
+
+class HAProxyTraffic(_Strict):
+    """Where the service's traffic is split: one HAProxy backend with two servers."""
+
+    router: Literal["haproxy"] = "haproxy"
+    backend: QueryTemplate = "{{ service }}"
+    stable_server: str = Field(default="stable", min_length=1)
+    canary_server: str = Field(default="canary", min_length=1)
+
+
+class Plan(_Strict):
+    """A whole rollout plan as loaded from YAML."""
+
+    name: str = Field(pattern=_NAME, max_length=64)
+    description: str = ""
+    traffic: HAProxyTraffic = HAProxyTraffic()
+    analysis: AnalysisPolicy = AnalysisPolicy()
+    stages: list[Stage] = Field(min_length=1)
+    stop_criteria: list[StopCriterion] = Field(min_length=1)
+
+    def steps(self) -> list[Step]:
+        """The plan flattened into the steps a rollout walks, one hold each."""
+        steps: list[Step] = []
+        weight = 0
+        for stage in self.stages:
+            if isinstance(stage, SoakStage):
+                steps.append(
+                    Step(len(steps), stage.name, "soak", weight, stage.duration, stage.environment)
+                )
+            elif isinstance(stage, CanaryStage):
+                weight = stage.weight
+                steps.append(Step(len(steps), stage.name, "canary", weight, stage.hold))
+            elif isinstance(stage, RampStage):
+                for step in stage.steps:
+                    weight = step.weight
+                    steps.append(Step(len(steps), stage.name, "ramp", weight, step.hold))
+            else:
+                steps.append(Step(len(steps), stage.name, "verify", weight, stage.duration))
+        return steps
+
+    def criteria_for(self, stage_name: str) -> list[Criterion]:
+        """Stop criteria that apply during a stage."""
+        return [c for c in self.stop_criteria if c.stages is None or stage_name in c.stages]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One hold of a rollout: a stage, the canary weight during it, and how long it lasts."""
+
+    index: int
+    stage: str
+    kind: str
+    weight: int
+    hold: timedelta
+    environment: str = "production"
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage} {self.weight}%" if self.kind in ("canary", "ramp") else self.stage

@@ -1,0 +1,210 @@
+"""Load a plan file and explain every problem in it with its field path and line.
+
+Pydantic says *what* is wrong and *where* in the data; the YAML node tree says on
+which line that place is. Checks that span fields (weights rise and end at 100,
+stages in a sensible order, criteria naming real stages) run after the per-field
+validation so that one pass reports everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from controller.plan import CanaryStage, Plan, RampStage, SoakStage, VerifyStage
+
+MAX_PLAN_BYTES = 1_000_000
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    """One thing wrong with a plan, pointing at the field and the line."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def render(self, source: str) -> str:
+        where = f"{source}:{self.line}" if self.line else source
+        return f"{where}: {self.path or '(plan)'}: {self.message}"
+
+
+class PlanError(Exception):
+    """A plan that cannot be used, with every problem found in it."""
+
+    def __init__(self, source: str, problems: Sequence[PlanProblem]):
+        self.source = source
+        self.problems = list(problems)
+        super().__init__("\n".join(p.render(source) for p in self.problems))
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and validate a plan file; raise PlanError listing every problem."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PlanError(
+            str(path), [PlanProblem("", f"cannot read plan file: {exc.strerror}")]
+        ) from None
+    if len(raw) > MAX_PLAN_BYTES:
+        raise PlanError(
+            str(path), [PlanProblem("", f"plan file is larger than {MAX_PLAN_BYTES} bytes")]
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PlanError(str(path), [PlanProblem("", "plan file is not UTF-8 text")]) from None
+    return parse_plan(text, source=str(path))
+
+
+def parse_plan(text: str, source: str = "<plan>") -> Plan:
+    """Validate plan YAML text; raise PlanError listing every problem."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PlanError(source, [PlanProblem("", f"not valid YAML: {problem}", line)]) from None
+    if not isinstance(data, dict):
+        raise PlanError(
+            source, [PlanProblem("", "a plan must be a YAML mapping (name, stages, ...)", 1)]
+        )
+    lines = _LineIndex(node)
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            path, line = lines.locate(error["loc"])
+            problems.append(PlanProblem(path, _clean_message(error), line))
+        raise PlanError(source, problems) from None
+    problems = [
+        PlanProblem(path, message, lines.locate(loc)[1])
+        for loc, message in semantic_problems(plan)
+        for path in [_format_path(loc)]
+    ]
+    if problems:
+        raise PlanError(source, problems)
+    return plan
+
+
+def semantic_problems(plan: Plan) -> list[tuple[tuple[str | int, ...], str]]:
+    """Cross-field rules: the shape of a plan that makes sense to run."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    names = [stage.name for stage in plan.stages]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            problems.append((("stages", i, "name"), f"duplicate stage name {name!r}"))
+    criteria = [c.name for c in plan.stop_criteria]
+    for i, name in enumerate(criteria):
+        if name in criteria[:i]:
+            problems.append((("stop_criteria", i, "name"), f"duplicate criterion name {name!r}"))
+    for i, criterion in enumerate(plan.stop_criteria):
+        for stage_name in criterion.stages or []:
+            if stage_name not in names:
+                problems.append((("stop_criteria", i, "stages"), f"no stage named {stage_name!r}"))
+
+    previous = 0
+    traffic_seen = False
+    verify_seen = False
+    for i, stage in enumerate(plan.stages):
+        if verify_seen:
+            problems.append((("stages", i), "the verify stage must be the last stage"))
+        if isinstance(stage, SoakStage) and traffic_seen:
+            problems.append((("stages", i), "a soak stage must come before any traffic moves"))
+        if isinstance(stage, CanaryStage) and traffic_seen:
+            problems.append((("stages", i), "the canary stage must come before the ramp"))
+        weighted: list[tuple[tuple[str | int, ...], int]] = []
+        if isinstance(stage, CanaryStage):
+            weighted.append((("stages", i, "weight"), stage.weight))
+        elif isinstance(stage, RampStage):
+            weighted += [
+                (("stages", i, "steps", j, "weight"), s.weight) for j, s in enumerate(stage.steps)
+            ]
+        for loc, weight in weighted:
+            if weight <= previous:
+                problems.append((loc, f"weights must rise: {weight} follows {previous}"))
+            previous = max(previous, weight)
+            traffic_seen = True
+        if isinstance(stage, VerifyStage):
+            verify_seen = True
+            if previous != 100:
+                problems.append(
+                    (("stages", i), "verify needs all traffic on the new version first")
+                )
+    if not traffic_seen:
+        problems.append((("stages",), "a plan needs a canary or ramp stage that moves traffic"))
+    elif previous != 100:
+        problems.append((("stages",), f"weights must end at 100, the last one is {previous}"))
+    return problems
+
+
+def _clean_message(error: dict) -> str:
+    message = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if error["type"] == "extra_forbidden":
+        return "unknown field"
+    if error["type"] == "union_tag_invalid":
+        return message.replace("Input tag", "value")
+    return message
+
+
+def _format_path(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _LineIndex:
+    """Maps a validation error's location in the data to a line of the YAML text."""
+
+    def __init__(self, root: yaml.Node | None):
+        self.root = root
+
+    def locate(self, loc: Sequence[str | int]) -> tuple[str, int | None]:
+        node = self.root
+        line = node.start_mark.line + 1 if node is not None else None
+        kept: list[str | int] = []
+        for part in loc:
+            child = self._child(node, part)
+            if child is None:
+                # Discriminated unions add the tag to the location; it is not in the data.
+                if isinstance(part, str) and part in _UNION_TAGS:
+                    continue
+                kept.append(part)
+                continue
+            node = child
+            kept.append(part)
+            line = node.start_mark.line + 1
+        return _format_path(kept), line
+
+    @staticmethod
+    def _child(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == part:
+                    return value
+        if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            return node.value[part]
+        return None
+
+
+_UNION_TAGS = {
+    "soak",
+    "canary",
+    "ramp",
+    "verify",
+    "ratio_to_baseline",
+    "ratio_threshold",
+    "rising_trend",
+    "zero_tolerance",
+}

@@ -1,0 +1,190 @@
+"""Rollback: put all traffic back on the stable version, and prove it.
+
+Rollback beats everything. It moves traffic first, without waiting for any lease,
+because every second on a bad canary hurts users. Then it takes the lease, so that
+an advance still in flight cannot have moved traffic back behind its back, reads
+the router again and only then records the rollout as rolled back. If the router
+will not confirm, the rollout is ``rollback_failed``, loudly, and retried; it is
+never reported as rolled back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy.orm import Session
+
+from controller.engine import rollout_variables
+from controller.plan import Plan
+from controller.runtime import Runtime
+from controller.store import repository
+from controller.store.models import ROLLBACK_STATES, Rollout, RolloutState
+from controller.traffic.base import RouterError, TrafficRouter
+
+log = structlog.get_logger(__name__)
+
+ACTOR = "rollback"
+RETRY_FAILED_ROLLBACK_SECONDS = 15
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    rollout_id: str
+    acted: bool
+    state: str | None = None
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class ShiftOutcome:
+    confirmed: bool
+    attempts: int
+    error: str | None
+
+
+def shift_to_stable(router: TrafficRouter, attempts: int, backoff_seconds: float) -> ShiftOutcome:
+    """Set the canary weight to 0 until the router reads back 0, with exponential backoff."""
+    error = None
+    for attempt in range(1, attempts + 1):
+        try:
+            router.set_canary_weight(0)
+            weight = router.get_canary_weight()
+            if weight == 0:
+                return ShiftOutcome(True, attempt, None)
+            error = f"router reads back {weight}% for the canary after setting 0%"
+        except RouterError as exc:
+            error = str(exc)
+        if attempt < attempts:
+            time.sleep(backoff_seconds * 2 ** (attempt - 1))
+    return ShiftOutcome(False, attempts, error)
+
+
+def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
+    """Run the rollback of a rollout marked ``rolling_back`` (or retry a failed one)."""
+    with runtime.sessions() as session:
+        rollout = repository.get_rollout(session, rollout_id)
+        if rollout is None or rollout.state not in ROLLBACK_STATES:
+            return RollbackResult(
+                rollout_id, False, rollout.state if rollout else None, "nothing to roll back"
+            )
+        bound = log.bind(rollout_id=rollout.id, service=rollout.service)
+        router = runtime.router_for(Plan.model_validate(rollout.plan), rollout_variables(rollout))
+        shift = shift_to_stable(router, runtime.rollback_attempts, runtime.rollback_backoff_seconds)
+        shifted_at = runtime.clock()
+        bound.info(
+            "traffic_shift", confirmed=shift.confirmed, attempts=shift.attempts, error=shift.error
+        )
+        session.rollback()
+
+        claimed = _wait_for_lease(runtime, session, rollout_id)
+        if claimed is None:
+            return RollbackResult(
+                rollout_id,
+                False,
+                RolloutState.ROLLING_BACK,
+                "traffic shifted; another actor still holds the rollout",
+            )
+        try:
+            return _settle(runtime, session, claimed, router, shift, shifted_at, bound)
+        finally:
+            session.rollback()
+            repository.release(session, rollout_id, runtime.owner)
+
+
+def _wait_for_lease(runtime: Runtime, session: Session, rollout_id: str) -> Rollout | None:
+    """Take the lease, waiting for an advance in flight to let go (bounded)."""
+    deadline = time.monotonic() + min(runtime.lease.total_seconds(), 30)
+    while True:
+        claimed = repository.claim(
+            session, rollout_id, runtime.owner, runtime.clock(), runtime.lease, ROLLBACK_STATES
+        )
+        if claimed is not None or time.monotonic() > deadline:
+            return claimed
+        time.sleep(0.05)
+
+
+def _settle(
+    runtime: Runtime,
+    session: Session,
+    rollout: Rollout,
+    router: TrafficRouter,
+    shift: ShiftOutcome,
+    shifted_at: datetime,
+    bound: structlog.typing.FilteringBoundLogger,
+) -> RollbackResult:
+    if shift.confirmed:
+        # An advance that held the lease may have moved traffic after our shift.
+        try:
+            if router.get_canary_weight() != 0:
+                shift = shift_to_stable(
+                    router, runtime.rollback_attempts, runtime.rollback_backoff_seconds
+                )
+        except RouterError:
+            shift = shift_to_stable(
+                router, runtime.rollback_attempts, runtime.rollback_backoff_seconds
+            )
+    now = runtime.clock()
+    previous_weight = rollout.weight
+    if not shift.confirmed:
+        rollout.state = RolloutState.ROLLBACK_FAILED
+        rollout.next_check_at = now + timedelta(seconds=RETRY_FAILED_ROLLBACK_SECONDS)
+        rollout.updated_at = now
+        repository.append_event(
+            session,
+            rollout.id,
+            "rollback_failed",
+            actor=ACTOR,
+            at=now,
+            message=f"ROLLBACK FAILED: traffic is NOT confirmed on stable after "
+            f"{shift.attempts} attempts: {shift.error}; retrying in "
+            f"{RETRY_FAILED_ROLLBACK_SECONDS}s",
+            data={"attempts": shift.attempts, "error": shift.error},
+            step_index=rollout.step_index,
+        )
+        session.commit()
+        bound.error("rollback_failed", attempts=shift.attempts, error=shift.error)
+        return RollbackResult(
+            rollout.id, True, rollout.state, "rollback failed: " + str(shift.error)
+        )
+
+    final = (rollout.analysis or {}).get("final_state", RolloutState.ROLLED_BACK)
+    rollout.state = final
+    rollout.weight = 0
+    rollout.finished_at = now
+    rollout.updated_at = now
+    repository.append_event(
+        session,
+        rollout.id,
+        "weight_set",
+        actor=ACTOR,
+        at=shifted_at,
+        message=f"rollback: canary weight {previous_weight}% -> 0% (read back from the router), "
+        f"all traffic on stable {rollout.stable_version}",
+        data={
+            "weight": 0,
+            "previous": previous_weight,
+            "attempts": shift.attempts,
+            "rollback": True,
+        },
+        step_index=rollout.step_index,
+    )
+    repository.append_event(
+        session,
+        rollout.id,
+        "decision",
+        actor=ACTOR,
+        at=now,
+        message=f"rollout {final.replace('_', ' ')}: {rollout.reason}",
+        data={
+            "decision": str(final),
+            "reason": rollout.reason,
+            "tripped": rollout.tripped_criterion,
+        },
+        step_index=rollout.step_index,
+    )
+    session.commit()
+    bound.warning("rolled_back", state=str(final), reason=rollout.reason)
+    return RollbackResult(rollout.id, True, str(final), f"traffic on stable; {final}")

@@ -1,0 +1,73 @@
+"""What the engine needs from the outside world, built once per process.
+
+Workers, the CLI and the tests build a ``Runtime``; the engine and the rollback
+only ever talk to these parts, so each can be replaced in a unit test and is the
+real thing everywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import Settings
+from controller.analysis.runner import MetricsProvider
+from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
+from controller.plan import Plan, render_template
+from controller.store.db import session_factory
+from controller.traffic.base import TrafficRouter
+from controller.traffic.haproxy import HAProxyRouter
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def worker_identity() -> str:
+    """Who holds a lease: enough to find the process on a host."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+RouterFactory = Callable[[Plan, dict[str, str]], TrafficRouter]
+
+
+@dataclass
+class Runtime:
+    sessions: sessionmaker[Session]
+    metrics: MetricsProvider
+    router_for: RouterFactory
+    lease: timedelta = timedelta(seconds=45)
+    rollback_attempts: int = 5
+    rollback_backoff_seconds: float = 0.2
+    clock: Callable[[], datetime] = utcnow
+    owner: str = field(default_factory=worker_identity)
+    enqueue_rollback: Callable[[str], None] = lambda rollout_id: None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Runtime:
+        def haproxy_router(plan: Plan, variables: dict[str, str]) -> TrafficRouter:
+            return HAProxyRouter(
+                settings.haproxy_socket,
+                backend=render_template(plan.traffic.backend, variables),
+                stable_server=plan.traffic.stable_server,
+                canary_server=plan.traffic.canary_server,
+                timeout=settings.haproxy_timeout_seconds,
+            )
+
+        return cls(
+            sessions=session_factory(settings.database_url),
+            metrics=PrometheusProvider(
+                settings.prometheus_url,
+                timeout_seconds=settings.prometheus_timeout_seconds,
+                retry=RetryPolicy(attempts=settings.prometheus_attempts),
+            ),
+            router_for=haproxy_router,
+            lease=timedelta(seconds=settings.lease_seconds),
+            rollback_attempts=settings.rollback_attempts,
+            rollback_backoff_seconds=settings.rollback_backoff_seconds,
+        )

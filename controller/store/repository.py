@@ -1,0 +1,250 @@
+"""Queries and conditional updates on the store: the only way state changes.
+
+The lease is what keeps one actor per rollout: a conditional UPDATE that succeeds
+for exactly one caller while the lease is free or expired.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from controller.store.models import (
+    ACTIVE_STATES,
+    ADVANCING_STATES,
+    ROLLBACK_STATES,
+    Event,
+    Rollout,
+    RolloutState,
+)
+
+
+def new_rollout_id() -> str:
+    return "r-" + secrets.token_hex(5)
+
+
+def create_rollout(
+    session: Session,
+    *,
+    service: str,
+    canary_version: str,
+    stable_version: str,
+    plan_name: str,
+    plan: dict[str, Any],
+    created_by: str,
+    now: datetime,
+) -> Rollout:
+    rollout = Rollout(
+        id=new_rollout_id(),
+        service=service,
+        canary_version=canary_version,
+        stable_version=stable_version,
+        plan_name=plan_name,
+        plan=plan,
+        state=RolloutState.PENDING,
+        step_index=0,
+        next_check_at=now,
+        analysis={},
+        created_by=created_by,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(rollout)
+    session.flush()
+    append_event(
+        session,
+        rollout.id,
+        "created",
+        actor=created_by,
+        at=now,
+        message=f"rollout of {service} {canary_version} (stable {stable_version}) "
+        f"with plan {plan_name} created",
+        data={
+            "service": service,
+            "canary_version": canary_version,
+            "stable_version": stable_version,
+            "plan": plan_name,
+        },
+    )
+    return rollout
+
+
+def append_event(
+    session: Session,
+    rollout_id: str,
+    kind: str,
+    *,
+    actor: str,
+    at: datetime,
+    message: str,
+    data: dict[str, Any] | None = None,
+    step_index: int | None = None,
+) -> Event:
+    event = Event(
+        rollout_id=rollout_id,
+        kind=kind,
+        actor=actor,
+        at=at,
+        message=message,
+        data=data or {},
+        step_index=step_index,
+    )
+    session.add(event)
+    return event
+
+
+def claim(
+    session: Session,
+    rollout_id: str,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    states: Iterable[str],
+    due_only: bool = False,
+) -> Rollout | None:
+    """Take the rollout's lease if it is free (or ours, or expired); None if someone has it.
+
+    The UPDATE's WHERE clause is the whole lock: two workers racing for one rollout
+    cannot both see a row count of one.
+    """
+    conditions = [
+        Rollout.id == rollout_id,
+        Rollout.state.in_([str(s) for s in states]),
+        or_(
+            Rollout.lease_owner.is_(None),
+            Rollout.lease_owner == owner,
+            Rollout.lease_expires_at < now,
+        ),
+    ]
+    if due_only:
+        conditions.append(Rollout.next_check_at <= now)
+    result = session.execute(
+        update(Rollout)
+        .where(*conditions)
+        .values(lease_owner=owner, lease_expires_at=now + lease, version=Rollout.version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    return session.get(Rollout, rollout_id, populate_existing=True)
+
+
+def release(session: Session, rollout_id: str, owner: str) -> None:
+    """Give the lease back; only its owner can."""
+    session.execute(
+        update(Rollout)
+        .where(Rollout.id == rollout_id, Rollout.lease_owner == owner)
+        .values(lease_owner=None, lease_expires_at=None, version=Rollout.version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def request_rollback(
+    session: Session,
+    rollout_id: str,
+    *,
+    reason: str,
+    actor: str,
+    now: datetime,
+    final_state: RolloutState = RolloutState.ROLLED_BACK,
+    tripped: str | None = None,
+) -> bool:
+    """Mark an active rollout for rollback, whoever holds its lease; False if not active.
+
+    Rollback beats everything: this does not wait for the lease. An advance that
+    holds it will fail its own commit on the version check, and the rollback waits
+    for its lease before it declares traffic settled.
+    """
+    rollout = session.get(Rollout, rollout_id)
+    if rollout is None or rollout.state not in [*ADVANCING_STATES, RolloutState.PAUSED]:
+        return False
+    values: dict[str, Any] = {
+        "state": RolloutState.ROLLING_BACK,
+        "reason": reason,
+        "updated_at": now,
+        "next_check_at": now,
+        "version": Rollout.version + 1,
+        "analysis": {**(rollout.analysis or {}), "final_state": str(final_state)},
+    }
+    if tripped:
+        values["tripped_criterion"] = tripped
+    result = session.execute(
+        update(Rollout)
+        .where(
+            Rollout.id == rollout_id, Rollout.state.in_([*ADVANCING_STATES, RolloutState.PAUSED])
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    append_event(
+        session,
+        rollout_id,
+        "rollback_requested",
+        actor=actor,
+        at=now,
+        message=f"rollback requested: {reason}",
+        data={"reason": reason, "tripped": tripped},
+    )
+    session.commit()
+    return True
+
+
+def due_for_advance(session: Session, now: datetime, limit: int = 500) -> Sequence[str]:
+    """Rollouts whose next check is due and whose lease is free."""
+    return session.scalars(
+        select(Rollout.id)
+        .where(
+            Rollout.state.in_([str(s) for s in ADVANCING_STATES]),
+            Rollout.next_check_at <= now,
+            or_(Rollout.lease_owner.is_(None), Rollout.lease_expires_at < now),
+        )
+        .order_by(Rollout.next_check_at)
+        .limit(limit)
+    ).all()
+
+
+def due_for_rollback(session: Session, now: datetime, limit: int = 500) -> Sequence[str]:
+    """Rollbacks not yet finished (or failed and due for another try) with a free lease."""
+    return session.scalars(
+        select(Rollout.id)
+        .where(
+            Rollout.state.in_([str(s) for s in ROLLBACK_STATES]),
+            Rollout.next_check_at <= now,
+            or_(Rollout.lease_owner.is_(None), Rollout.lease_expires_at < now),
+        )
+        .limit(limit)
+    ).all()
+
+
+def get_rollout(session: Session, rollout_id: str) -> Rollout | None:
+    return session.get(Rollout, rollout_id)
+
+
+def list_rollouts(
+    session: Session, *, active_only: bool = False, service: str | None = None, limit: int = 50
+) -> Sequence[Rollout]:
+    query = select(Rollout).order_by(Rollout.created_at.desc()).limit(limit)
+    if active_only:
+        query = query.where(Rollout.state.in_([str(s) for s in ACTIVE_STATES]))
+    if service:
+        query = query.where(Rollout.service == service)
+    return session.scalars(query).all()
+
+
+def events_for(
+    session: Session, rollout_id: str, kinds: Iterable[str] | None = None
+) -> Sequence[Event]:
+    query = select(Event).where(Event.rollout_id == rollout_id).order_by(Event.id)
+    if kinds is not None:
+        query = query.where(Event.kind.in_(list(kinds)))
+    return session.scalars(query).all()

@@ -1,0 +1,59 @@
+"""The Celery application: Redis broker, short messages, settings from ``CANARY_*``.
+
+Long waits never live in Redis: with the Redis transport an unacknowledged message
+comes back after ``visibility_timeout``, so a task that slept through a soak would
+run twice. Every wait is ``next_check_at`` in the database, checked by the short
+``rollout.reconcile`` task that beat fires every few seconds.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from config.settings import get_settings
+
+
+def queue_names() -> tuple[str, str]:
+    """(work queue, rollback queue) for this installation."""
+    prefix = get_settings().queue_prefix
+    return f"{prefix}.rollouts", f"{prefix}.rollback"
+
+
+def create_app() -> Celery:
+    settings = get_settings()
+    work_queue, rollback_queue = queue_names()
+    app = Celery(
+        "canary",
+        broker=settings.broker_url,
+        backend=settings.result_backend or settings.broker_url,
+        include=["tasks.rollout"],
+    )
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit_seconds,
+        task_soft_time_limit=max(settings.task_time_limit_seconds - 5, 1),
+        task_queues=(Queue(work_queue), Queue(rollback_queue)),
+        task_default_queue=work_queue,
+        task_routes={"rollout.rollback": {"queue": rollback_queue}},
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        result_expires=24 * 3600,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 3600},
+        timezone="UTC",
+        beat_schedule={
+            "rollout.reconcile": {
+                "task": "rollout.reconcile",
+                "schedule": settings.reconcile_interval_seconds,
+                # A reconcile that waited longer than one interval is stale: drop it.
+                "options": {"expires": settings.reconcile_interval_seconds * 2},
+            },
+        },
+    )
+    return app
+
+
+app = create_app()
