@@ -181,10 +181,15 @@ class _Advance:
         self.rollout.analysis = analysis
         self.rollout.weight = step.weight
         self.rollout.step_started_at = self.now
+        moved = previous != step.weight
+        before = "-" if previous is None else f"{previous}%"
         self.event(
-            "weight_set",
-            f"{step.label}: canary weight {previous if previous is not None else '-'}% -> "
-            f"{step.weight}% (read back from the router), hold {format_duration(step.hold)}",
+            "weight_set" if moved else "step_started",
+            f"{step.label}: canary weight {before} -> {step.weight}% (read back from the router), "
+            f"hold {format_duration(step.hold)}"
+            if moved
+            else f"{step.label}: canary weight stays at {step.weight}% (read back from the "
+            f"router), hold {format_duration(step.hold)}",
             {
                 "weight": step.weight,
                 "previous": previous,

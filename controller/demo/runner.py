@@ -1,0 +1,186 @@
+"""``canary demo``: the whole project on one machine, in under three minutes.
+
+It starts the lab (Redis if none answers, Prometheus, HAProxy, the demo service
+in a stable and a canary version, synthetic load, Celery workers and beat), then
+runs two rollouts of ``config/plans/demo.yaml`` the way an SRE would, through the
+store, and watches them from the store like on-call would:
+
+1. ``1.1.0``, healthy: soak, canary, ramp to 100 %, verify -> ``succeeded``;
+2. ``1.2.0``, which starts answering 5xx once it takes production traffic ->
+   ``rolled_back`` by the 5xx-against-baseline criterion.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from controller.lab.stack import LabSettings, RolloutLab
+from controller.operations import start_rollout
+from controller.plan_loader import load_plan
+from controller.runtime import utcnow
+from controller.store import repository
+from controller.store.db import migrate, session_factory
+from controller.store.models import FINAL_STATES, ROLLBACK_STATES, Event, Rollout
+from controller.views import weights_of
+
+DEMO_PLAN = Path(__file__).resolve().parents[2] / "config" / "plans" / "demo.yaml"
+ROLLOUT_TIMEOUT_SECONDS = 100
+SHOWN_EVENTS = {
+    "started",
+    "weight_set",
+    "step_completed",
+    "decision",
+    "rollback_requested",
+    "router_error",
+    "rollback_failed",
+}
+
+
+class RolloutWatcher:
+    """Follows one rollout in the store and prints what on-call would want to see."""
+
+    def __init__(self, lab: RolloutLab, rollout_id: str, console: Console):
+        self.sessions = session_factory(lab.database_url)
+        self.rollout_id = rollout_id
+        self.console = console
+        self.seen = 0
+
+    def poll(self) -> tuple[Rollout, list[Event]]:
+        with self.sessions() as session:
+            rollout = repository.get_rollout(session, self.rollout_id)
+            events = list(repository.events_for(session, self.rollout_id))
+        assert rollout is not None
+        fresh = events[self.seen :]
+        self.seen = len(events)
+        for event in fresh:
+            if event.kind in SHOWN_EVENTS:
+                self.console.print(
+                    f"  {event.at:%H:%M:%S} [{rollout.canary_version}] "
+                    f"{event.kind}: {event.message}",
+                    markup=False,
+                )
+            elif event.kind == "measurement" and event.data.get("verdict") == "fail":
+                self.console.print(
+                    f"  {event.at:%H:%M:%S} [{rollout.canary_version}] FAIL {event.message}",
+                    markup=False,
+                )
+        return rollout, fresh
+
+    def wait(
+        self,
+        until: Callable[[Rollout, list[Event]], bool],
+        timeout: float = ROLLOUT_TIMEOUT_SECONDS,
+    ) -> Rollout:
+        deadline = time.monotonic() + timeout
+        while True:
+            rollout, fresh = self.poll()
+            if until(rollout, fresh) or time.monotonic() > deadline:
+                return rollout
+            time.sleep(0.25)
+
+
+def _finished(rollout: Rollout, _events: list[Event]) -> bool:
+    return rollout.state in FINAL_STATES
+
+
+def _canary_traffic_started(rollout: Rollout, events: list[Event]) -> bool:
+    return rollout.state in (*ROLLBACK_STATES, *FINAL_STATES) or any(
+        e.kind == "weight_set" and e.data.get("kind") == "canary" for e in events
+    )
+
+
+def run_demo(workdir: Path | None = None, console: Console | None = None) -> dict[str, Any]:
+    """Run the demo; return ``{"rollouts": [...]}`` with each rollout's outcome."""
+    console = console or Console()
+    plan = load_plan(DEMO_PLAN)
+    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="canary-demo-"))
+    settings = LabSettings(service="checkout", stable_version="1.0.0", canary_version="1.1.0")
+    started = time.monotonic()
+    console.print(f"[bold]canary demo[/]: starting the lab in {base}")
+    with RolloutLab(base, settings) as lab:
+        migrate(lab.database_url)
+        lab.start_controller()
+        assert lab.prometheus and lab.haproxy
+        console.print(
+            f"  prometheus {lab.prometheus.url}  haproxy {lab.haproxy.url}  "
+            f"redis {lab.redis.url if lab.redis else '-'}  "
+            f"database {lab.database_url}",
+            markup=False,
+        )
+        sessions = session_factory(lab.database_url)
+        results = []
+
+        def run(version: str, stable: str, fault: dict[str, float] | None) -> None:
+            with sessions() as session:
+                rollout = start_rollout(
+                    session,
+                    plan,
+                    service=settings.service,
+                    version=version,
+                    stable=stable,
+                    created_by="canary-demo",
+                    now=utcnow(),
+                )
+            console.print(
+                f"\n[bold]rollout {rollout.id}[/]: {settings.service} {version} "
+                f"(stable {stable})"
+                + (f", fault {fault} once it takes traffic" if fault else ", healthy")
+            )
+            watcher = RolloutWatcher(lab, rollout.id, console)
+            if fault:
+                watcher.wait(_canary_traffic_started)
+                lab.set_faults("canary", **fault)
+                console.print(f"  injected {fault} into {version}", markup=False)
+            final = watcher.wait(_finished)
+            with sessions() as session:
+                weights = weights_of(session, final.id)
+            results.append(
+                {
+                    "id": final.id,
+                    "version": version,
+                    "state": final.state,
+                    "weights": weights,
+                    "tripped": final.tripped_criterion,
+                    "reason": final.reason,
+                }
+            )
+
+        run("1.1.0", "1.0.0", None)
+        if results[-1]["state"] == "succeeded":
+            console.print(
+                "\n  promoting 1.1.0 to the stable slot; deploying 1.2.0 to the canary slot"
+            )
+            lab.promote_stable("1.1.0")
+        lab.deploy_canary("1.2.0")
+        run("1.2.0", "1.1.0", {"error_rate": 0.3})
+        console.print("\n  stopping the lab")
+    _print_summary(console, results, time.monotonic() - started)
+    return {
+        "rollouts": [
+            {k: r[k] for k in ("id", "version", "state", "weights", "tripped")} for r in results
+        ]
+    }
+
+
+def _print_summary(console: Console, results: list[dict[str, Any]], seconds: float) -> None:
+    table = Table(
+        "rollout",
+        "version",
+        "state",
+        "weights",
+        "tripped",
+        title=f"canary demo: {len(results)} rollouts in {seconds:.0f}s",
+    )
+    for r in results:
+        weights = " -> ".join(f"{w}%" for w in r["weights"])
+        table.add_row(r["id"], r["version"], r["state"], weights, r["tripped"] or "-")
+    console.print(table)
+    for r in results:
+        console.print(f"{r['id']} {r['state']}: {r['reason']}", markup=False)

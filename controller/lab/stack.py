@@ -1,0 +1,260 @@
+"""The whole rollout lab: every real part of a rollout, on free loopback ports.
+
+``canary demo`` and the integration tests use the same lab: a stable and a canary
+demo service behind HAProxy, a staging instance of the canary, Prometheus scraping
+all three, synthetic load, and Celery workers and beat running the controller as
+separate processes, exactly as in production.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controller.demo.loadgen import LoadGenerator
+from controller.lab.errors import LabError
+from controller.lab.haproxy import HAProxyServer, start_haproxy
+from controller.lab.ports import free_port
+from controller.lab.process import ManagedProcess, ProcessGroup, http_ready
+from controller.lab.prometheus import PrometheusServer, start_prometheus
+from controller.lab.redis import RedisServer, ensure_redis
+from controller.traffic.haproxy import HAProxyRouter
+
+DEMO_DB = 9  # Redis database the lab uses when it borrows a running Redis
+
+
+@dataclass
+class DemoInstance:
+    """One demo-service process: a version of the service in an environment."""
+
+    name: str
+    port: int
+    version: str
+    environment: str
+    process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass
+class LabSettings:
+    service: str = "checkout"
+    stable_version: str = "1.0.0"
+    canary_version: str = "1.1.0"
+    production_rps: float = 60.0
+    staging_rps: float = 20.0
+    database_url: str | None = None
+    reconcile_interval_seconds: float = 0.5
+    lease_seconds: float = 45.0
+    task_time_limit_seconds: float = 40.0
+    own_redis: bool = False
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class RolloutLab:
+    """Starts, reconfigures and stops the lab; ``with RolloutLab(...) as lab:``."""
+
+    def __init__(self, workdir: Path, settings: LabSettings | None = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.settings = settings or LabSettings()
+        self.group = ProcessGroup()
+        self.queue_prefix = f"lab-{secrets.token_hex(4)}"
+        self.redis: RedisServer | None = None
+        self.haproxy: HAProxyServer | None = None
+        self.prometheus: PrometheusServer | None = None
+        self.load: LoadGenerator | None = None
+        self.instances: dict[str, DemoInstance] = {}
+        self.workers: dict[str, ManagedProcess] = {}
+        self.database_url = self.settings.database_url or f"sqlite:///{self.workdir / 'canary.db'}"
+
+    # -- servers --------------------------------------------------------------
+
+    def start(self) -> RolloutLab:
+        """Start Redis, the demo services, HAProxy, Prometheus and the load."""
+        s = self.settings
+        try:
+            self.redis = self.group.add(ensure_redis(self.workdir, db=DEMO_DB, own=s.own_redis))
+            self.instances = {
+                "stable": DemoInstance("stable", free_port(), s.stable_version, "production"),
+                "canary": DemoInstance("canary", free_port(), s.canary_version, "production"),
+                "staging": DemoInstance("staging", free_port(), s.canary_version, "staging"),
+            }
+            for instance in self.instances.values():
+                self._start_instance(instance)
+            self.haproxy = self.group.add(
+                start_haproxy(
+                    self.workdir,
+                    s.service,
+                    {
+                        "stable": self.instances["stable"].address,
+                        "canary": self.instances["canary"].address,
+                    },
+                    {"stable": 100, "canary": 0},
+                )
+            )
+            self.haproxy.wait_servers_up()
+            self.prometheus = self.group.add(
+                start_prometheus(
+                    self.workdir, [i.address for i in self.instances.values()], scrape_interval="1s"
+                )
+            )
+            self.load = LoadGenerator(
+                [
+                    (self.haproxy.url + "/checkout", s.production_rps),
+                    (self.instances["staging"].url + "/checkout", s.staging_rps),
+                ]
+            )
+            self.load.start()
+            self.group.add(self.load)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_instance(self, instance: DemoInstance) -> None:
+        process = ManagedProcess(
+            f"demo-{instance.name}",
+            [
+                sys.executable,
+                "-m",
+                "controller.demo.service",
+                "--port",
+                str(instance.port),
+                "--service",
+                self.settings.service,
+                "--version",
+                instance.version,
+                "--environment",
+                instance.environment,
+            ],
+            self.workdir / "demo",
+        )
+        instance.process = process
+        process.wait_ready(lambda: http_ready(f"{instance.url}/healthz"), timeout=15)
+
+    def redeploy(self, name: str, version: str) -> None:
+        """Replace one demo instance with another version on the same port."""
+        instance = self.instances[name]
+        if instance.process is not None:
+            instance.process.stop()
+        instance.version = version
+        self._start_instance(instance)
+        if self.haproxy is not None and name in ("stable", "canary"):
+            self.haproxy.wait_servers_up()
+
+    def deploy_canary(self, version: str) -> None:
+        """What a deploy system does before a rollout: the new version in staging and
+        in the canary slot, with no production traffic yet."""
+        self.redeploy("staging", version)
+        self.redeploy("canary", version)
+
+    def promote_stable(self, version: str) -> None:
+        """After a successful rollout, the new version becomes the stable slot and the
+        canary slot goes back to weight 0 (the slot swap of a blue/green deploy)."""
+        self.redeploy("stable", version)
+        self.router().set_canary_weight(0)
+
+    def set_faults(self, name: str, **knobs: float) -> dict[str, Any]:
+        """Set fault knobs on one instance (absolute values, unknown knobs refused)."""
+        response = httpx.put(
+            f"{self.instances[name].url}/admin/faults", json=knobs, timeout=5, trust_env=False
+        )
+        if response.status_code != 200:
+            raise LabError(f"demo {name} refused faults {knobs}: {response.text}")
+        return response.json()
+
+    def router(self) -> HAProxyRouter:
+        assert self.haproxy is not None, "lab not started"
+        return HAProxyRouter(self.haproxy.socket_path, backend=self.settings.service)
+
+    # -- controller processes ------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        """The ``CANARY_*`` settings every controller process of this lab runs with."""
+        assert self.redis and self.prometheus and self.haproxy, "lab not started"
+        s = self.settings
+        return {
+            "CANARY_DATABASE_URL": self.database_url,
+            "CANARY_BROKER_URL": self.redis.url,
+            "CANARY_PROMETHEUS_URL": self.prometheus.url,
+            "CANARY_HAPROXY_SOCKET": self.haproxy.socket_path,
+            "CANARY_QUEUE_PREFIX": self.queue_prefix,
+            "CANARY_RECONCILE_INTERVAL_SECONDS": str(s.reconcile_interval_seconds),
+            "CANARY_LEASE_SECONDS": str(s.lease_seconds),
+            "CANARY_TASK_TIME_LIMIT_SECONDS": str(s.task_time_limit_seconds),
+            "CANARY_LOG_JSON": "true",
+            **s.extra_env,
+        }
+
+    def start_worker(
+        self, name: str, queues: str = "rollouts", concurrency: int = 2
+    ) -> ManagedProcess:
+        """A Celery worker process (``canary worker``); waits until it consumes."""
+        process = ManagedProcess(
+            f"worker-{name}",
+            [
+                sys.executable,
+                "-m",
+                "controller",
+                "worker",
+                "--queues",
+                queues,
+                "--concurrency",
+                str(concurrency),
+                "--hostname",
+                f"{name}@{self.queue_prefix}",
+            ],
+            self.workdir / "workers",
+            env=self.env(),
+        )
+        self.workers[name] = self.group.add(process)
+        process.wait_ready(lambda: b"ready." in process.log_path.read_bytes(), timeout=60)
+        return process
+
+    def start_beat(self) -> ManagedProcess:
+        process = ManagedProcess(
+            "beat",
+            [
+                sys.executable,
+                "-m",
+                "controller",
+                "beat",
+                "--schedule",
+                str(self.workdir / "workers" / "beat-schedule"),
+            ],
+            self.workdir / "workers",
+            env=self.env(),
+        )
+        self.workers["beat"] = self.group.add(process)
+        process.wait_ready(lambda: b"beat: Starting" in process.log_path.read_bytes(), timeout=30)
+        return process
+
+    def start_controller(self) -> None:
+        """One worker for rollouts, one of its own for the rollback queue, and beat."""
+        self.start_worker("rollouts", "rollouts", concurrency=2)
+        self.start_worker("rollback", "rollback", concurrency=1)
+        self.start_beat()
+
+    def stop(self) -> None:
+        for instance in self.instances.values():
+            if instance.process is not None:
+                instance.process.stop()
+        self.group.stop()
+
+    def __enter__(self) -> RolloutLab:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
