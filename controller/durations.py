@@ -38,7 +38,7 @@ def parse_duration(text: str) -> timedelta:
 def format_duration(value: timedelta) -> str:
     """Render for humans and for PromQL range selectors (``5m``, ``1h30m``, ``45s``)."""
     seconds = value.total_seconds()
-    if seconds < 1:
+    if 0 < seconds < 1:
         return f"{round(seconds * 1000)}ms"
     whole = int(round(seconds))
     hours, rest = divmod(whole, 3600)

@@ -1,0 +1,311 @@
+"""The rollout state machine with a fake clock, fake metrics and a fake router.
+
+The store is a real SQLite file; only the outside world is faked. What is checked
+here is the logic: when to hold, promote, pause, trip and roll back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from textwrap import dedent
+
+import pytest
+
+from controller.engine import advance
+from controller.metrics.prometheus import MetricsError, Sample
+from controller.operations import OperationError, abort_rollout, start_rollout
+from controller.plan import Plan
+from controller.plan_loader import parse_plan
+from controller.rollback import rollback
+from controller.runtime import Runtime
+from controller.store import repository
+from controller.store.db import migrate, session_factory
+from controller.traffic.base import RouterError
+
+PLAN = """
+name: unit
+analysis: {{interval: 5s, window: 30s, inconclusive_limit: 3, error_limit: 2, on_limit: {on_limit}}}
+stages:
+  - {{name: canary, kind: canary, weight: 10, hold: 20s}}
+  - {{name: ramp, kind: ramp, steps: [{{weight: 50, hold: 10s}}, {{weight: 100, hold: 10s}}]}}
+stop_criteria:
+  - name: errors
+    judge: ratio_threshold
+    max_ratio: 0.05
+    min_requests: 10
+    sustained_for: {sustained}
+    errors: errors{{v="{{{{ canary_version }}}}"}}
+    total: total{{v="{{{{ canary_version }}}}"}}
+"""
+
+
+def make_plan(on_limit: str = "pause", sustained: str = "0s") -> Plan:
+    return parse_plan(dedent(PLAN.format(on_limit=on_limit, sustained=sustained)))
+
+
+@dataclass
+class FakeMetrics:
+    errors: float | None = 0.0
+    total: float | None = 1000.0
+    down: bool = False
+    calls: int = 0
+
+    def instant(self, query: str, at: datetime | None = None) -> list[Sample]:
+        self.calls += 1
+        if self.down:
+            raise MetricsError(query, "connection refused")
+        value = self.errors if query.startswith("errors") else self.total
+        return [] if value is None else [Sample({}, value)]
+
+    def range(self, query, start, end, step_seconds):  # noqa: ANN001
+        raise AssertionError("no range criteria in this plan")
+
+
+@dataclass
+class FakeRouter:
+    weight: int = 0
+    fail_sets: int = 0
+    lie: bool = False
+    history: list[int] = field(default_factory=list)
+
+    def set_canary_weight(self, weight: int) -> None:
+        if self.fail_sets > 0:
+            self.fail_sets -= 1
+            raise RouterError("socket timeout")
+        self.history.append(weight)
+        self.weight = weight
+
+    def get_canary_weight(self) -> int:
+        return 7 if self.lie else self.weight
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def world(tmp_path):
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    migrate(url)
+    metrics, router, clock, enqueued = FakeMetrics(), FakeRouter(), Clock(), []
+    runtime = Runtime(
+        sessions=session_factory(url),
+        metrics=metrics,
+        router_for=lambda plan, variables: router,
+        clock=clock,
+        rollback_backoff_seconds=0,
+        owner="test-worker",
+        enqueue_rollback=enqueued.append,
+    )
+    return runtime, metrics, router, clock, enqueued
+
+
+def start(runtime: Runtime, plan: Plan) -> str:
+    with runtime.sessions() as session:
+        return start_rollout(
+            session,
+            plan,
+            service="api",
+            version="2.0",
+            stable="1.0",
+            created_by="tester",
+            now=runtime.clock(),
+        ).id
+
+
+def state(runtime: Runtime, rollout_id: str):
+    with runtime.sessions() as session:
+        rollout = repository.get_rollout(session, rollout_id)
+        events = list(repository.events_for(session, rollout_id))
+    return rollout, events
+
+
+def run_until_settled(runtime: Runtime, clock: Clock, rollout_id: str, limit: int = 100) -> None:
+    """Advance whenever due, moving the clock to the next check, until nothing is due."""
+    for _ in range(limit):
+        rollout, _ = state(runtime, rollout_id)
+        if rollout.state not in ("pending", "running"):
+            return
+        clock.now = max(clock.now, rollout.next_check_at)
+        advance(runtime, rollout_id)
+    raise AssertionError("rollout never settled")
+
+
+def test_healthy_rollout_walks_every_step_and_succeeds(world) -> None:
+    runtime, _, router, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    run_until_settled(runtime, clock, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert rollout.state == "succeeded" and rollout.weight == 100
+    assert router.history == [10, 50, 100]
+    assert [e.data["weight"] for e in events if e.kind == "weight_set"] == [10, 50, 100]
+    completed = [e.step_index for e in events if e.kind == "step_completed"]
+    assert completed == [0, 1, 2]
+    # The canary held its full 20 s before the ramp.
+    weight_times = [e.at for e in events if e.kind == "weight_set"]
+    assert weight_times[1] - weight_times[0] >= timedelta(seconds=20)
+
+
+def test_every_measurement_keeps_query_value_limit_and_verdict(world) -> None:
+    runtime, _, _, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    advance(runtime, rollout_id)
+    _, events = state(runtime, rollout_id)
+    m = next(e for e in events if e.kind == "measurement")
+    assert m.data["queries"] == {"errors": 'errors{v="2.0"}', "total": 'total{v="2.0"}'}
+    assert m.data["value"] == 0.0 and m.data["limit"] == 0.05 and m.data["verdict"] == "pass"
+
+
+def test_failure_trips_only_after_it_is_sustained(world) -> None:
+    runtime, metrics, router, clock, enqueued = world
+    rollout_id = start(runtime, make_plan(sustained="10s"))
+    advance(runtime, rollout_id)
+    metrics.errors = 200.0
+    for _ in range(2):  # fails at t+5 and t+10: breach lasted 5 s, not yet 10 s
+        clock.now += timedelta(seconds=5)
+        advance(runtime, rollout_id)
+        assert state(runtime, rollout_id)[0].state == "running"
+    clock.now += timedelta(seconds=5)
+    advance(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert rollout.state == "rolling_back" and rollout.tripped_criterion == "errors"
+    assert enqueued == [rollout_id]
+    decision = [e for e in events if e.kind == "decision"][-1]
+    assert decision.data["criterion"] == "errors" and "failing for 10s" in decision.message
+
+    result = rollback(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert result.state == "rolled_back" and rollout.state == "rolled_back"
+    assert router.weight == 0 and rollout.weight == 0
+    assert [e.data["weight"] for e in events if e.kind == "weight_set"] == [10, 0]
+
+
+def test_a_pass_ends_a_breach(world) -> None:
+    runtime, metrics, _, clock, _ = world
+    rollout_id = start(runtime, make_plan(sustained="10s"))
+    advance(runtime, rollout_id)
+    for errors in (200.0, 200.0, 0.0, 200.0, 200.0):
+        metrics.errors = errors
+        clock.now += timedelta(seconds=5)
+        advance(runtime, rollout_id)
+    assert state(runtime, rollout_id)[0].state == "running"
+
+
+def test_inconclusive_never_promotes_and_pauses_at_the_limit(world) -> None:
+    runtime, metrics, router, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    metrics.total = 3.0  # below min_requests
+    for _ in range(2):
+        advance(runtime, rollout_id)
+        clock.now += timedelta(seconds=30)  # the hold is long over
+    assert state(runtime, rollout_id)[0].state == "running"
+    advance(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert rollout.state == "paused" and "inconclusive" in rollout.reason
+    assert router.history == [10] and not [e for e in events if e.kind == "step_completed"]
+
+
+def test_prometheus_down_is_error_never_pass(world) -> None:
+    runtime, metrics, router, clock, enqueued = world
+    rollout_id = start(runtime, make_plan(on_limit="rollback"))
+    metrics.down = True
+    advance(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert [e.data["verdict"] for e in events if e.kind == "measurement"] == ["error"]
+    clock.now += timedelta(seconds=30)
+    advance(runtime, rollout_id)
+    rollout, _ = state(runtime, rollout_id)
+    assert rollout.state == "rolling_back" and "could not reach Prometheus" in rollout.reason
+    assert router.history == [10] and enqueued == [rollout_id]
+
+
+def test_router_that_does_not_confirm_holds_the_step(world) -> None:
+    runtime, _, router, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    router.lie = True
+    advance(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert rollout.weight is None and rollout.step_started_at is None
+    assert [e.kind for e in events][-1] == "router_error"
+    assert "reads back 7%" in events[-1].message
+    router.lie = False
+    clock.now = rollout.next_check_at
+    advance(runtime, rollout_id)
+    assert state(runtime, rollout_id)[0].weight == 10
+
+
+def test_lease_keeps_a_second_worker_out(world) -> None:
+    runtime, _, router, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    with runtime.sessions() as session:
+        assert (
+            repository.claim(
+                session, rollout_id, "other-worker", clock(), runtime.lease, ["pending", "running"]
+            )
+            is not None
+        )
+    result = advance(runtime, rollout_id)
+    assert not result.acted and router.history == []
+    clock.now += runtime.lease + timedelta(seconds=1)  # the other worker died
+    assert advance(runtime, rollout_id).acted and router.history == [10]
+
+
+def test_rollback_retries_then_fails_loudly_and_recovers(world) -> None:
+    runtime, metrics, router, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    advance(runtime, rollout_id)
+    with runtime.sessions() as session:
+        abort_rollout(session, rollout_id, reason="bad smell", actor="alice", now=clock())
+    router.fail_sets = 100
+    result = rollback(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert result.state == "rollback_failed" and rollout.state == "rollback_failed"
+    assert events[-1].kind == "rollback_failed" and "NOT confirmed" in events[-1].message
+    assert router.weight == 10
+    router.fail_sets = 0
+    rollback(runtime, rollout_id)
+    rollout, _ = state(runtime, rollout_id)
+    assert rollout.state == "aborted" and router.weight == 0
+    assert "aborted by alice: bad smell" in rollout.reason
+
+
+def test_start_refuses_bad_input_and_a_second_active_rollout(world) -> None:
+    runtime, *_ = world
+    plan = make_plan()
+    start(runtime, plan)
+    with runtime.sessions() as session:
+        with pytest.raises(OperationError, match="already has an active rollout"):
+            start_rollout(
+                session,
+                plan,
+                service="api",
+                version="3.0",
+                stable="1.0",
+                created_by="t",
+                now=runtime.clock(),
+            )
+        with pytest.raises(OperationError, match="^version: "):
+            start_rollout(
+                session,
+                plan,
+                service="web",
+                version='1"} or vector(1)',
+                stable="1",
+                created_by="t",
+                now=runtime.clock(),
+            )
+        with pytest.raises(OperationError, match="^stable: no stable version"):
+            start_rollout(
+                session,
+                plan,
+                service="web",
+                version="2",
+                stable=None,
+                created_by="t",
+                now=runtime.clock(),
+            )
