@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from config import PLANS_DIR
 from controller.lab.stack import LabSettings, RolloutLab
 from controller.operations import start_rollout
 from controller.plan_loader import load_plan
@@ -30,7 +31,7 @@ from controller.store.db import migrate, session_factory
 from controller.store.models import FINAL_STATES, ROLLBACK_STATES, Event, Rollout
 from controller.views import weights_of
 
-DEMO_PLAN = Path(__file__).resolve().parents[2] / "config" / "plans" / "demo.yaml"
+DEMO_PLAN = PLANS_DIR / "demo.yaml"
 ROLLOUT_TIMEOUT_SECONDS = 100
 SHOWN_EVENTS = {
     "started",

@@ -6,10 +6,11 @@ from textwrap import dedent
 
 import pytest
 
+from config import PLANS_DIR
 from controller.plan import render_template
 from controller.plan_loader import PlanError, load_plan, parse_plan
 
-PLANS = Path(__file__).resolve().parents[2] / "config" / "plans"
+PLANS = PLANS_DIR
 
 CRITERION = """
 stop_criteria:

@@ -1,0 +1,50 @@
+"""Fixtures shared by unit and integration tests: the databases the store runs on."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "CANARY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL into a fresh, empty PostgreSQL schema, dropped afterwards.
+
+    Each test gets its own schema (through ``search_path``) so tests never see
+    each other's rows and nothing is left in the shared ``test`` database.
+    """
+    schema = f"canary_test_{secrets.token_hex(4)}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:  # a clear failure, never a skip
+        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is needed: {exc}", pytrace=False)
+    separator = "&" if "?" in POSTGRES_ADMIN_URL else "?"
+    try:
+        yield f"{POSTGRES_ADMIN_URL}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'canary.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The store's two backends: every test using this runs on both."""
+    name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return request.getfixturevalue(name)

@@ -1,0 +1,131 @@
+"""The state store on SQLite and on PostgreSQL: migrations, the event log, the lease,
+and optimistic versions. Concurrency is checked on PostgreSQL, which really locks."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import inspect
+from sqlalchemy.orm.exc import StaleDataError
+
+from config import PLANS_DIR as PLANS
+from controller.plan_loader import load_plan
+from controller.store import repository
+from controller.store.db import make_engine, migrate, session_factory
+from controller.store.models import RolloutState
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=30)
+
+
+def new_rollout(url: str) -> str:
+    plan = load_plan(PLANS / "demo.yaml")
+    with session_factory(url)() as session:
+        rollout = repository.create_rollout(
+            session,
+            service="api",
+            canary_version="2",
+            stable_version="1",
+            plan_name=plan.name,
+            plan=plan.model_dump(mode="json"),
+            created_by="t",
+            now=NOW,
+        )
+        session.commit()
+        return rollout.id
+
+
+def test_migrations_create_the_schema_and_are_idempotent(database_url: str) -> None:
+    migrate(database_url)
+    migrate(database_url)
+    tables = set(inspect(make_engine(database_url)).get_table_names())
+    assert {"rollouts", "events", "alembic_version"} <= tables
+
+
+def test_rollout_round_trips_with_utc_times_and_ordered_events(database_url: str) -> None:
+    migrate(database_url)
+    rollout_id = new_rollout(database_url)
+    with session_factory(database_url)() as session:
+        for i in range(3):
+            repository.append_event(
+                session,
+                rollout_id,
+                "measurement",
+                actor="c",
+                at=NOW + timedelta(seconds=i),
+                message=str(i),
+                data={"value": i, "nan": "nan"},
+            )
+        session.commit()
+    with session_factory(database_url)() as session:
+        rollout = repository.get_rollout(session, rollout_id)
+        assert rollout.next_check_at == NOW and rollout.next_check_at.tzinfo is not None
+        events = repository.events_for(session, rollout_id)
+        assert [e.kind for e in events] == ["created", "measurement", "measurement", "measurement"]
+        assert [e.data.get("value") for e in events[1:]] == [0, 1, 2]
+
+
+def test_claim_is_exclusive_until_released_or_expired(database_url: str) -> None:
+    migrate(database_url)
+    rollout_id = new_rollout(database_url)
+    sessions = session_factory(database_url)
+    states = [RolloutState.PENDING]
+    with sessions() as a, sessions() as b:
+        assert repository.claim(a, rollout_id, "a", NOW, LEASE, states) is not None
+        assert (
+            repository.claim(b, rollout_id, "b", NOW + timedelta(seconds=5), LEASE, states) is None
+        )
+        assert (
+            repository.claim(b, rollout_id, "b", NOW + LEASE + timedelta(seconds=1), LEASE, states)
+            is not None
+        )
+        repository.release(a, rollout_id, "a")  # not the owner any more: no effect
+        assert repository.get_rollout(b, rollout_id).lease_owner == "b"
+        repository.release(b, rollout_id, "b")
+        assert repository.claim(a, rollout_id, "a", NOW, LEASE, states) is not None
+
+
+def test_only_one_of_many_racing_workers_gets_the_lease(postgres_url: str) -> None:
+    migrate(postgres_url)
+    rollout_id = new_rollout(postgres_url)
+    sessions = session_factory(postgres_url)
+    barrier = threading.Barrier(8)
+    winners: list[str] = []
+
+    def race(name: str) -> None:
+        with sessions() as session:
+            barrier.wait()
+            if (
+                repository.claim(session, rollout_id, name, NOW, LEASE, [RolloutState.PENDING])
+                is not None
+            ):
+                winners.append(name)
+
+    threads = [threading.Thread(target=race, args=(f"w{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+
+
+def test_a_stale_write_fails_instead_of_overwriting(database_url: str) -> None:
+    migrate(database_url)
+    rollout_id = new_rollout(database_url)
+    sessions = session_factory(database_url)
+    with sessions() as worker:
+        rollout = repository.claim(worker, rollout_id, "w", NOW, LEASE, [RolloutState.PENDING])
+        with sessions() as api:
+            assert repository.request_rollback(
+                api, rollout_id, reason="alert", actor="api", now=NOW
+            )
+        rollout.weight = 50
+        with pytest.raises(StaleDataError):
+            worker.commit()
+    with sessions() as session:
+        rollout = repository.get_rollout(session, rollout_id)
+        assert rollout.state == "rolling_back" and rollout.weight is None
