@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     queue_prefix: str = Field(
         "canary", description="Prefix of the Celery queues, so several installs share a Redis."
     )
+    flower_user: str | None = Field(None, description="Flower basic-auth user.")
+    flower_password: SecretStr | None = Field(None, description="Flower basic-auth password.")
     log_json: bool | None = Field(
         None, description="JSON logs; by default JSON unless stderr is a terminal."
     )

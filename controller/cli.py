@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -217,6 +218,28 @@ def beat(
     from tasks.app import app as celery_app
 
     celery_app.start(["beat", f"--schedule={schedule}", f"--loglevel={loglevel}"])
+
+
+@app.command()
+@friendly_errors
+def flower(
+    port: Annotated[int, typer.Option(help="Port of the web UI and API")] = 5555,
+    address: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+) -> None:
+    """Run Flower on the workers' task events, behind basic auth from the settings."""
+    from tasks.app import app as celery_app
+
+    settings = get_settings()
+    if not settings.flower_user or settings.flower_password is None:
+        raise OperationError(
+            "flower: set CANARY_FLOWER_USER and CANARY_FLOWER_PASSWORD; Flower shows every "
+            "rollout's tasks and can revoke them, so it never runs without authentication"
+        )
+    # Through the environment, not argv: a password on the command line shows in `ps`.
+    os.environ["FLOWER_BASIC_AUTH"] = (
+        f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
+    )
+    celery_app.start(["flower", f"--port={port}", f"--address={address}"])
 
 
 @app.command()

@@ -12,39 +12,16 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 from controller.demo.loadgen import LoadGenerator
-from controller.lab.errors import LabError
+from controller.lab.demo import DemoServiceProcess, start_demo_service
 from controller.lab.haproxy import HAProxyServer, start_haproxy
-from controller.lab.ports import free_port
-from controller.lab.process import ManagedProcess, ProcessGroup, http_ready
+from controller.lab.process import ManagedProcess, ProcessGroup
 from controller.lab.prometheus import PrometheusServer, start_prometheus
 from controller.lab.redis import RedisServer, ensure_redis
 from controller.traffic.haproxy import HAProxyRouter
 
 DEMO_DB = 9  # Redis database the lab uses when it borrows a running Redis
-
-
-@dataclass
-class DemoInstance:
-    """One demo-service process: a version of the service in an environment."""
-
-    name: str
-    port: int
-    version: str
-    environment: str
-    process: ManagedProcess | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
 
 @dataclass
@@ -75,7 +52,7 @@ class RolloutLab:
         self.haproxy: HAProxyServer | None = None
         self.prometheus: PrometheusServer | None = None
         self.load: LoadGenerator | None = None
-        self.instances: dict[str, DemoInstance] = {}
+        self.instances: dict[str, DemoServiceProcess] = {}
         self.workers: dict[str, ManagedProcess] = {}
         self.database_url = self.settings.database_url or f"sqlite:///{self.workdir / 'canary.db'}"
 
@@ -87,12 +64,10 @@ class RolloutLab:
         try:
             self.redis = self.group.add(ensure_redis(self.workdir, db=DEMO_DB, own=s.own_redis))
             self.instances = {
-                "stable": DemoInstance("stable", free_port(), s.stable_version, "production"),
-                "canary": DemoInstance("canary", free_port(), s.canary_version, "production"),
-                "staging": DemoInstance("staging", free_port(), s.canary_version, "staging"),
+                "stable": self._start_instance(s.stable_version, "production"),
+                "canary": self._start_instance(s.canary_version, "production"),
+                "staging": self._start_instance(s.canary_version, "staging"),
             }
-            for instance in self.instances.values():
-                self._start_instance(instance)
             self.haproxy = self.group.add(
                 start_haproxy(
                     self.workdir,
@@ -123,34 +98,22 @@ class RolloutLab:
             raise
         return self
 
-    def _start_instance(self, instance: DemoInstance) -> None:
-        process = ManagedProcess(
-            f"demo-{instance.name}",
-            [
-                sys.executable,
-                "-m",
-                "controller.demo.service",
-                "--port",
-                str(instance.port),
-                "--service",
-                self.settings.service,
-                "--version",
-                instance.version,
-                "--environment",
-                instance.environment,
-            ],
+    def _start_instance(
+        self, version: str, environment: str, port: int | None = None
+    ) -> DemoServiceProcess:
+        return start_demo_service(
             self.workdir / "demo",
+            version,
+            service=self.settings.service,
+            environment=environment,
+            port=port,
         )
-        instance.process = process
-        process.wait_ready(lambda: http_ready(f"{instance.url}/healthz"), timeout=15)
 
     def redeploy(self, name: str, version: str) -> None:
         """Replace one demo instance with another version on the same port."""
-        instance = self.instances[name]
-        if instance.process is not None:
-            instance.process.stop()
-        instance.version = version
-        self._start_instance(instance)
+        old = self.instances[name]
+        old.stop()
+        self.instances[name] = self._start_instance(version, old.environment, port=old.port)
         if self.haproxy is not None and name in ("stable", "canary"):
             self.haproxy.wait_servers_up()
 
@@ -166,14 +129,9 @@ class RolloutLab:
         self.redeploy("stable", version)
         self.router().set_canary_weight(0)
 
-    def set_faults(self, name: str, **knobs: float) -> dict[str, Any]:
-        """Set fault knobs on one instance (absolute values, unknown knobs refused)."""
-        response = httpx.put(
-            f"{self.instances[name].url}/admin/faults", json=knobs, timeout=5, trust_env=False
-        )
-        if response.status_code != 200:
-            raise LabError(f"demo {name} refused faults {knobs}: {response.text}")
-        return response.json()
+    def set_faults(self, name: str, **knobs: float) -> dict[str, float]:
+        """Set fault knobs on one instance (absolute: knobs left out go back to 0)."""
+        return self.instances[name].set_faults(**knobs)
 
     def router(self) -> HAProxyRouter:
         assert self.haproxy is not None, "lab not started"
@@ -249,8 +207,7 @@ class RolloutLab:
 
     def stop(self) -> None:
         for instance in self.instances.values():
-            if instance.process is not None:
-                instance.process.stop()
+            instance.stop()
         self.group.stop()
 
     def __enter__(self) -> RolloutLab:

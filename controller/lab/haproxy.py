@@ -1,0 +1,183 @@
+"""A throwaway HAProxy in front of lab services, steerable via its runtime API.
+
+Layout: the traffic frontend (``url``) sends *every* path to the backend, so
+``/metrics`` through it reaches the service like any user request. HAProxy's
+own Prometheus exporter lives on a second, stats-only frontend
+(``metrics_url``), which keeps proxy metrics and service metrics apart.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller.lab.binaries import require_binary
+from controller.lab.errors import LabError
+from controller.lab.ports import free_port
+from controller.lab.process import ManagedProcess, tcp_ready
+from controller.traffic.base import RouterError
+from controller.traffic.haproxy import haproxy_command
+
+# sockaddr_un.sun_path is 108 bytes on Linux; deep pytest tmp dirs can exceed it.
+_MAX_SOCKET_PATH = 100
+
+
+def render_config(
+    backend: str,
+    servers: dict[str, str],
+    weights: dict[str, int],
+    port: int,
+    stats_port: int,
+    socket_path: str,
+) -> str:
+    """The haproxy.cfg text. Short timeouts so a dead server is noticed within seconds."""
+    missing = [name for name in servers if name not in weights]
+    if missing:
+        raise LabError(f"no weight given for HAProxy server(s): {', '.join(missing)}")
+    # fastinter: re-check quickly while a server changes state, so the first
+    # check after start-up (and a crash) settles in ~100ms instead of a full inter.
+    checks = "check inter 1s fastinter 100ms rise 1 fall 2"
+    server_lines = "\n".join(
+        f"    server {name} {address} weight {weights[name]} {checks}"
+        for name, address in servers.items()
+    )
+    return f"""\
+global
+    stats socket {socket_path} mode 600 level admin
+    stats timeout 10s
+
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 10s
+    timeout server 5s
+    timeout http-request 5s
+    timeout check 1s
+
+frontend lab_traffic
+    bind 127.0.0.1:{port}
+    default_backend {backend}
+
+frontend lab_stats
+    bind 127.0.0.1:{stats_port}
+    http-request use-service prometheus-exporter if {{ path /metrics }}
+    stats enable
+    stats uri /stats
+
+backend {backend}
+    balance roundrobin
+    option httpchk GET /healthz
+{server_lines}
+"""
+
+
+@dataclass
+class HAProxyServer:
+    """A running HAProxy owned by the lab."""
+
+    url: str
+    port: int
+    stats_port: int
+    metrics_url: str
+    socket_path: str
+    backend: str
+    servers: dict[str, str]
+    process: ManagedProcess
+    config_path: Path
+    _socket_dir: Path | None = field(default=None, repr=False)
+
+    def command(self, command: str, timeout: float = 2.0) -> str:
+        """Send one runtime API command (e.g. ``show stat``) and return the answer."""
+        return haproxy_command(self.socket_path, command, timeout)
+
+    def server_status(self) -> dict[str, str]:
+        """Health state per server of our backend, e.g. ``{"stable": "UP"}``."""
+        rows = csv.DictReader(io.StringIO(self.command("show stat").lstrip("# ")))
+        return {
+            row["svname"]: row["status"]
+            for row in rows
+            if row.get("pxname") == self.backend and row["svname"] not in ("FRONTEND", "BACKEND")
+        }
+
+    def wait_servers_up(self, timeout: float = 10.0) -> None:
+        """Block until every server passes its health check (weight aside)."""
+        deadline = time.monotonic() + timeout
+        status: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            status = self.server_status()
+            # "UP 1/2" is still a transition; only a settled "UP" counts.
+            if status and all(state in ("UP", "no check") for state in status.values()):
+                return
+            time.sleep(0.1)
+        raise LabError(f"HAProxy servers not all UP after {timeout}s: {status}")
+
+    def stop(self) -> None:
+        self.process.stop()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+
+def _socket_location(workdir: Path) -> tuple[str, Path | None]:
+    """Socket path in the workdir, or in a short temp dir if the workdir is too deep."""
+    path = workdir / "haproxy.sock"
+    if len(str(path)) <= _MAX_SOCKET_PATH:
+        return str(path), None
+    short_dir = Path(tempfile.mkdtemp(prefix="lab-haproxy-"))
+    return str(short_dir / "haproxy.sock"), short_dir
+
+
+def _runtime_api_ready(socket_path: str) -> bool:
+    try:
+        return "Name: HAProxy" in haproxy_command(socket_path, "show info", timeout=0.5)
+    except RouterError:
+        return False
+
+
+def start_haproxy(
+    workdir: Path,
+    backend: str,
+    servers: dict[str, str],
+    weights: dict[str, int],
+    timeout: float = 15.0,
+) -> HAProxyServer:
+    """Start HAProxy in the foreground on free loopback ports.
+
+    ``servers`` maps server name to ``host:port``; ``weights`` gives each its
+    initial weight (0 means it gets no traffic until changed at runtime).
+    Returns once the traffic port and the runtime API both answer; call
+    ``wait_servers_up()`` if the test needs health checks to have passed.
+    """
+    binary = require_binary("haproxy")
+    workdir = Path(workdir) / "haproxy"
+    workdir.mkdir(parents=True, exist_ok=True)
+    socket_path, socket_dir = _socket_location(workdir)
+    port, stats_port = free_port(), free_port()
+    config_path = workdir / "haproxy.cfg"
+    config_path.write_text(render_config(backend, servers, weights, port, stats_port, socket_path))
+    process = ManagedProcess("haproxy", [binary, "-f", str(config_path), "-db"], workdir)
+    server = HAProxyServer(
+        url=f"http://127.0.0.1:{port}",
+        port=port,
+        stats_port=stats_port,
+        metrics_url=f"http://127.0.0.1:{stats_port}/metrics",
+        socket_path=socket_path,
+        backend=backend,
+        servers=dict(servers),
+        process=process,
+        config_path=config_path,
+        _socket_dir=socket_dir,
+    )
+    try:
+        process.wait_ready(
+            lambda: tcp_ready("127.0.0.1", port) and _runtime_api_ready(socket_path),
+            timeout=timeout,
+        )
+    except BaseException:
+        server.stop()
+        raise
+    return server

@@ -1,0 +1,42 @@
+"""The contract every traffic router implements.
+
+The rollout engine only ever speaks in "percent of traffic to the canary" so
+that HAProxy, a service mesh or a cloud load balancer can be swapped without
+touching rollout logic.
+"""
+
+from typing import Protocol, runtime_checkable
+
+
+class RouterError(Exception):
+    """The router could not be reached, refused a command, or is in a state we cannot read."""
+
+
+@runtime_checkable
+class TrafficRouter(Protocol):
+    """Moves real traffic between the stable and the canary version.
+
+    Every call is absolute and idempotent: ``set_canary_weight(25)`` means
+    "25% to the canary" no matter what was set before, so a retried or
+    duplicated task can never compound a shift. A step counts as done only
+    when ``get_canary_weight()`` reads back from the router what was set;
+    callers must not trust their own memory of the weight, because a crash,
+    a restart or an operator may have changed it since.
+    """
+
+    def set_canary_weight(self, weight: int) -> None:
+        """Send ``weight`` percent (0..100) of traffic to the canary.
+
+        Raises:
+            ValueError: ``weight`` is not an integer in 0..100.
+            RouterError: the router could not apply it.
+        """
+        ...
+
+    def get_canary_weight(self) -> int:
+        """Read the canary's current share of traffic (0..100) from the router itself.
+
+        Raises:
+            RouterError: the router could not be read or routes nowhere.
+        """
+        ...

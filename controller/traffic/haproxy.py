@@ -1,0 +1,137 @@
+"""Traffic shifting through the HAProxy runtime API.
+
+The backend holds two servers, stable and canary. A canary weight of ``w``
+percent becomes HAProxy weights ``canary=w`` and ``stable=100-w``, so the
+percentage can be read back exactly from HAProxy itself.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+
+from controller.traffic.base import RouterError
+
+_WEIGHT_ANSWER = re.compile(r"^(\d+) \(initial \d+\)\s*$")
+
+
+def haproxy_command(socket_path: str, command: str, timeout: float = 2.0) -> str:
+    """Send one runtime API command and return HAProxy's answer.
+
+    One connection per command: in non-interactive mode HAProxy answers and
+    closes, which gives a clean end-of-answer marker and no session state.
+
+    Raises:
+        RouterError: the socket is missing, refused, or did not answer in time.
+    """
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(socket_path)
+            sock.sendall(command.encode() + b"\n")
+            chunks: list[bytes] = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise RouterError(
+            f"HAProxy runtime API at {socket_path} did not answer {command!r} within {timeout}s"
+        ) from exc
+    except OSError as exc:
+        raise RouterError(
+            f"HAProxy runtime API at {socket_path} is unreachable for {command!r}: {exc}"
+        ) from exc
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _validate_weight(weight: int) -> int:
+    if isinstance(weight, bool) or not isinstance(weight, int):
+        raise ValueError(f"canary weight must be an integer percent, got {weight!r}")
+    if not 0 <= weight <= 100:
+        raise ValueError(f"canary weight must be within 0..100, got {weight}")
+    return weight
+
+
+def _canary_share(canary: int, stable: int) -> float:
+    """Fraction of traffic the canary gets; inf when nothing is routable."""
+    total = canary + stable
+    return canary / total if total else float("inf")
+
+
+class HAProxyRouter:
+    """A :class:`~controller.traffic.base.TrafficRouter` backed by one HAProxy backend."""
+
+    def __init__(
+        self,
+        socket_path: str,
+        backend: str,
+        stable_server: str = "stable",
+        canary_server: str = "canary",
+        timeout: float = 2.0,
+    ) -> None:
+        self.socket_path = str(socket_path)
+        self.backend = backend
+        self.stable_server = stable_server
+        self.canary_server = canary_server
+        self.timeout = timeout
+
+    def _command(self, command: str) -> str:
+        return haproxy_command(self.socket_path, command, self.timeout)
+
+    def _get_weight(self, server: str) -> int:
+        command = f"get weight {self.backend}/{server}"
+        answer = self._command(command)
+        match = _WEIGHT_ANSWER.match(answer.strip())
+        if match is None:
+            raise RouterError(f"HAProxy refused {command!r}: {answer.strip() or '<no answer>'}")
+        return int(match.group(1))
+
+    def _set_weight(self, server: str, weight: int) -> None:
+        command = f"set server {self.backend}/{server} weight {weight}"
+        answer = self._command(command).strip()
+        if answer:
+            # Success is an empty answer; anything else is HAProxy explaining a refusal.
+            raise RouterError(f"HAProxy refused {command!r}: {answer}")
+
+    def server_weights(self) -> tuple[int, int]:
+        """Current raw HAProxy weights as ``(canary, stable)``."""
+        return self._get_weight(self.canary_server), self._get_weight(self.stable_server)
+
+    def set_canary_weight(self, weight: int) -> None:
+        """Route ``weight`` percent to the canary with two runtime API commands.
+
+        The two servers cannot be changed atomically, so for a moment HAProxy
+        runs with one new and one old weight. Of the two possible orders the
+        one whose in-between state gives the canary the smaller share wins,
+        and an order that would leave both weights at 0 (no server, 503s for
+        everyone) never does. In practice: when lowering, and on a rollback to
+        0, the canary is cut first; when raising, the stable server is lowered
+        first (unless it is going to 0). Either way the canary never gets more
+        than the larger of its old and new share.
+        """
+        new_canary = _validate_weight(weight)
+        new_stable = 100 - new_canary
+        old_canary, old_stable = self.server_weights()
+        canary_first = (new_canary, old_stable)
+        stable_first = (old_canary, new_stable)
+        if _canary_share(*canary_first) <= _canary_share(*stable_first):
+            self._set_weight(self.canary_server, new_canary)
+            self._set_weight(self.stable_server, new_stable)
+        else:
+            self._set_weight(self.stable_server, new_stable)
+            self._set_weight(self.canary_server, new_canary)
+
+    def get_canary_weight(self) -> int:
+        """The canary's share in percent, computed from the weights HAProxy reports."""
+        canary, stable = self.server_weights()
+        if canary + stable == 0:
+            raise RouterError(
+                f"backend {self.backend} has weight 0 on both {self.canary_server} and "
+                f"{self.stable_server}: it routes no traffic at all"
+            )
+        return round(100 * canary / (canary + stable))
+
+    def __repr__(self) -> str:
+        return (
+            f"HAProxyRouter(socket_path={self.socket_path!r}, backend={self.backend!r}, "
+            f"stable={self.stable_server!r}, canary={self.canary_server!r})"
+        )
