@@ -1,0 +1,143 @@
+"""The `canary` command as a user runs it: a real process, real exit codes, real output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config import PLANS_DIR
+
+pytestmark = pytest.mark.integration
+
+
+def canary(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "controller", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+
+
+def test_plan_validate_accepts_the_shipped_plans() -> None:
+    for name in ("standard.yaml", "demo.yaml"):
+        result = canary("plan", "validate", str(PLANS_DIR / name))
+        assert result.returncode == 0, result.stderr
+        assert "is valid: 6 steps, 4 stop criteria" in result.stdout
+
+
+def test_plan_validate_reports_every_error_with_its_line(tmp_path: Path) -> None:
+    plan = tmp_path / "bad.yaml"
+    plan.write_text(
+        "name: x\nanalysis:\n  interval: 30\nstages:\n"
+        "  - {name: c, kind: canary, weight: 10, hold: soon}\n"
+        "stop_criteria: []\n"
+    )
+    result = canary("plan", "validate", str(plan))
+    assert result.returncode == 2
+    assert f"{plan}:3: analysis.interval: expected a duration" in result.stderr
+    assert f"{plan}:5: stages[0].hold: 'soon' is not a duration" in result.stderr
+    assert "stop_criteria" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_start_status_abort_on_postgres(postgres_url: str) -> None:
+    env = {"CANARY_DATABASE_URL": postgres_url}
+    plan = str(PLANS_DIR / "demo.yaml")
+    started = canary(
+        "start",
+        plan,
+        "--service",
+        "checkout",
+        "--version",
+        "2.0.0",
+        "--stable",
+        "1.0.0",
+        "--by",
+        "alice",
+        env=env,
+    )
+    assert started.returncode == 0, started.stderr
+    rollout_id = started.stdout.strip()
+    assert rollout_id.startswith("r-")
+
+    again = canary(
+        "start", plan, "--service", "checkout", "--version", "2.0.1", "--stable", "1.0.0", env=env
+    )
+    assert again.returncode == 2 and "already has an active rollout" in again.stderr
+
+    listed = json.loads(canary("status", "--json", env=env).stdout)
+    assert [r["id"] for r in listed] == [rollout_id]
+    assert listed[0]["state"] == "pending" and listed[0]["created_by"] == "alice"
+
+    aborted = canary("abort", rollout_id, "--reason", "wrong build", "--by", "bob", env=env)
+    assert aborted.returncode == 0 and "abort accepted" in aborted.stdout
+    detail = json.loads(canary("status", rollout_id, "--json", env=env).stdout)
+    assert detail["state"] == "rolling_back"
+    assert detail["reason"] == "aborted by bob: wrong build"
+    assert [e["kind"] for e in detail["events"]] == ["created", "rollback_requested"]
+
+    human = canary("status", rollout_id, env=env)
+    assert human.returncode == 0 and "rolling_back" in human.stdout
+
+    missing = canary("status", "r-nope", env=env)
+    assert missing.returncode == 2 and "no rollout 'r-nope'" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--version", '1" or 1', "--stable", "1"], "version: "),
+        (["--version", "2", "--stable", "2"], "is already the stable version"),
+        (["--version", "2"], "stable: no stable version of checkout is known"),
+    ],
+)
+def test_start_refuses_bad_input_with_the_field(
+    sqlite_url: str, args: list[str], message: str
+) -> None:
+    result = canary(
+        "start",
+        str(PLANS_DIR / "demo.yaml"),
+        "--service",
+        "checkout",
+        *args,
+        env={"CANARY_DATABASE_URL": sqlite_url},
+    )
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_settings_name_the_variable(sqlite_url: str) -> None:
+    result = canary(
+        "status", env={"CANARY_DATABASE_URL": sqlite_url, "CANARY_LEASE_SECONDS": "soon"}
+    )
+    assert result.returncode == 2
+    assert "CANARY_LEASE_SECONDS" in result.stderr and "Traceback" not in result.stderr
+    result = canary(
+        "status",
+        env={
+            "CANARY_DATABASE_URL": sqlite_url,
+            "CANARY_LEASE_SECONDS": "10",
+            "CANARY_TASK_TIME_LIMIT_SECONDS": "20",
+        },
+    )
+    assert result.returncode == 2 and "below CANARY_LEASE_SECONDS" in result.stderr
+
+
+def test_demo_json_reports_one_success_and_one_rollback(tmp_path: Path) -> None:
+    result = canary("demo", "--json", "--workdir", str(tmp_path / "lab"), timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    healthy, faulty = summary["rollouts"]
+    assert healthy["state"] == "succeeded" and healthy["weights"][-1] == 100
+    assert healthy["tripped"] is None
+    assert faulty["state"] == "rolled_back" and faulty["weights"][-1] == 0
+    assert faulty["tripped"] == "http_5xx_vs_baseline"
