@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     queue_prefix: str = Field(
         "canary", description="Prefix of the Celery queues, so several installs share a Redis."
     )
+    incident_webhook_url: SecretStr | None = Field(
+        None, description="Where the rollback runbook posts incidents (JSON); may hold a token."
+    )
+    incident_webhook_token: SecretStr | None = Field(
+        None, description="Bearer token sent with incident posts."
+    )
     flower_user: str | None = Field(None, description="Flower basic-auth user.")
     flower_password: SecretStr | None = Field(None, description="Flower basic-auth password.")
     log_json: bool | None = Field(

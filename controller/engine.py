@@ -83,7 +83,7 @@ class _Advance:
         self.runtime = runtime
         self.session = session
         self.rollout = rollout
-        self.plan = Plan.model_validate(rollout.plan)
+        self.plan = Plan.from_data(rollout.plan)
         self.steps = self.plan.steps()
         self.now = runtime.clock()
         self.log = log.bind(rollout_id=rollout.id, service=rollout.service)
@@ -286,6 +286,13 @@ class _Advance:
             actor=ACTOR,
             now=self.now,
             tripped=criterion.name,
+            trigger={
+                "kind": "criterion",
+                "criterion": criterion.name,
+                "stage": step.label,
+                "value": measurement.as_event()["value"],
+                "limit": measurement.as_event()["limit"],
+            },
         ):
             self.runtime.enqueue_rollback(self.rollout.id)
         self.session.refresh(self.rollout)
@@ -312,7 +319,12 @@ class _Advance:
             self.event("decision", reason, {"decision": "rollback", "policy": "on_limit"})
             self.commit()
             if repository.request_rollback(
-                self.session, self.rollout.id, reason=reason, actor=ACTOR, now=self.now
+                self.session,
+                self.rollout.id,
+                reason=reason,
+                actor=ACTOR,
+                now=self.now,
+                trigger={"kind": "policy", "policy": "on_limit"},
             ):
                 self.runtime.enqueue_rollback(self.rollout.id)
             self.session.refresh(self.rollout)

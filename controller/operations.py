@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from controller.plan import Plan
@@ -124,3 +124,106 @@ def abort_rollout(
         else "rollout changed state meanwhile; see canary status"
     )
     return AbortOutcome(rollout_id, accepted, message)
+
+
+def rollback_rollout(
+    session: Session, rollout_id: str, *, reason: str, actor: str, now: datetime
+) -> AbortOutcome:
+    """A manual rollback: traffic back to stable, runbook, incident; state ``rolled_back``."""
+    rollout = repository.get_rollout(session, rollout_id)
+    if rollout is None:
+        raise OperationError(f"id: no rollout {rollout_id!r}")
+    if not reason.strip():
+        raise OperationError("reason: say why (it goes into the incident)")
+    accepted = repository.request_rollback(
+        session,
+        rollout_id,
+        reason=f"rollback by {actor}: {reason}",
+        actor=actor,
+        now=now,
+        trigger={"kind": "manual", "reason": reason},
+    )
+    if not accepted:
+        return AbortOutcome(
+            rollout_id, False, f"rollout {rollout_id} is {rollout.state}; nothing to roll back"
+        )
+    return AbortOutcome(rollout_id, True, "rollback accepted; traffic is going back to stable")
+
+
+def pause_rollout(
+    session: Session, rollout_id: str, *, reason: str, actor: str, now: datetime
+) -> AbortOutcome:
+    """Stop advancing; traffic stays where it is until resumed or rolled back."""
+    return _set_state(
+        session,
+        rollout_id,
+        actor=actor,
+        now=now,
+        kind="paused",
+        allowed=(RolloutState.PENDING, RolloutState.RUNNING),
+        new_state=RolloutState.PAUSED,
+        reason=f"paused by {actor}: {reason}",
+    )
+
+
+def resume_rollout(session: Session, rollout_id: str, *, actor: str, now: datetime) -> AbortOutcome:
+    """Carry on from where the rollout stands; missing-data counts start again."""
+    return _set_state(
+        session,
+        rollout_id,
+        actor=actor,
+        now=now,
+        kind="resumed",
+        allowed=(RolloutState.PAUSED,),
+        new_state=RolloutState.RUNNING,
+        reason=None,
+    )
+
+
+def _set_state(
+    session: Session,
+    rollout_id: str,
+    *,
+    actor: str,
+    now: datetime,
+    kind: str,
+    allowed: tuple[RolloutState, ...],
+    new_state: RolloutState,
+    reason: str | None,
+) -> AbortOutcome:
+    rollout = repository.get_rollout(session, rollout_id)
+    if rollout is None:
+        raise OperationError(f"id: no rollout {rollout_id!r}")
+    if rollout.state not in allowed:
+        return AbortOutcome(
+            rollout_id, False, f"rollout {rollout_id} is {rollout.state}; cannot be {kind}"
+        )
+    analysis = dict(rollout.analysis or {})
+    analysis.update(error_streak=0, inconclusive_streak=0)
+    changed = session.execute(
+        update(Rollout)
+        .where(Rollout.id == rollout_id, Rollout.state.in_([str(s) for s in allowed]))
+        .values(
+            state=new_state,
+            reason=reason,
+            analysis=analysis,
+            next_check_at=now,
+            updated_at=now,
+            version=Rollout.version + 1,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if changed != 1:
+        session.rollback()
+        return AbortOutcome(rollout_id, False, "rollout changed state meanwhile; try again")
+    repository.append_event(
+        session,
+        rollout_id,
+        kind,
+        actor=actor,
+        at=now,
+        message=f"{kind} by {actor}" + (f": {reason}" if reason else ""),
+        step_index=rollout.step_index,
+    )
+    session.commit()
+    return AbortOutcome(rollout_id, True, f"rollout {rollout_id} {kind}")

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -21,7 +21,9 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from controller.durations import format_duration, parse_duration
@@ -51,14 +53,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _check_template(value: str) -> str:
+def _check_template(value: str, info: ValidationInfo) -> str:
+    """Known variables are the built-in ones plus those the plan declares; the loader
+    passes the declared names in the validation context."""
     if not value or not value.strip():
-        raise ValueError("query must not be empty")
-    unknown = [n for n in template_variables(value) if n not in TEMPLATE_VARIABLES]
+        raise ValueError("template must not be empty")
+    declared = tuple((info.context or {}).get("variables", ()))
+    known = (*TEMPLATE_VARIABLES, *declared)
+    unknown = [n for n in template_variables(value) if n not in known]
     if unknown:
         raise ValueError(
             f"unknown template variable(s) {', '.join(sorted(set(unknown)))}; "
-            f"known: {', '.join(TEMPLATE_VARIABLES)}"
+            f"known: {', '.join(known)}"
         )
     if value.count("{{") != value.count("}}"):
         raise ValueError("unbalanced '{{' / '}}' in query template")
@@ -241,15 +247,117 @@ class HAProxyTraffic(_Strict):
     canary_server: str = Field(default="canary", min_length=1)
 
 
+class HttpCheck(_Strict):
+    """An HTTP check: a health endpoint or one step of a core user journey."""
+
+    name: str = Field(pattern=_NAME, max_length=64)
+    url: QueryTemplate
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    expect_status: int = Field(default=200, ge=100, le=599)
+    body_contains: str | None = None
+    timeout: Duration = Field(default=timedelta(seconds=5))
+    max_latency: Duration | None = None
+
+
+class HttpHook(_Strict):
+    """An HTTP call the runbook makes, e.g. to scale the canary to zero."""
+
+    url: QueryTemplate
+    method: Literal["GET", "POST", "PUT", "DELETE", "PATCH"] = "POST"
+    json_body: dict[str, Any] | None = None
+    timeout: Duration = Field(default=timedelta(seconds=10))
+
+
+class CanaryDisable(_Strict):
+    """How to disable the canary's artifacts: a command or an HTTP call (exactly one)."""
+
+    command: list[QueryTemplate] | None = Field(default=None, min_length=1)
+    http: HttpHook | None = None
+    timeout: Duration = Field(default=timedelta(seconds=60))
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CanaryDisable:
+        if (self.command is None) == (self.http is None):
+            raise ValueError("give exactly one of command or http")
+        return self
+
+
+class Runbook(_Strict):
+    """The rollback runbook's steps after traffic is back on stable."""
+
+    stable_healthchecks: list[HttpCheck] = Field(default_factory=list)
+    smoke_checks: list[HttpCheck] = Field(default_factory=list)
+    disable_canary: CanaryDisable | None = None
+
+
+_MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"?(.*?)"?\s*$')
+
+
+class AlertRule(_Strict):
+    """Which Alertmanager alerts roll a rollout back, in Alertmanager's matcher syntax
+    (``severity="critical"``, ``team=~"pay.*"``). The alert must also carry the
+    rollout's service in ``service_label``."""
+
+    matchers: list[str] = Field(default_factory=lambda: ['severity="critical"'])
+    service_label: str = Field(default="service", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("matchers")
+    @classmethod
+    def _parse(cls, value: list[str]) -> list[str]:
+        for matcher in value:
+            parsed = _MATCHER.match(matcher)
+            if not parsed:
+                raise ValueError(f'{matcher!r} is not a matcher like severity="critical"')
+            if parsed.group(2) in ("=~", "!~"):
+                try:
+                    re.compile(parsed.group(3))
+                except re.error as exc:
+                    raise ValueError(f"{matcher!r}: bad regular expression: {exc}") from None
+        return value
+
+    def parsed(self) -> list[tuple[str, str, str]]:
+        out = []
+        for matcher in self.matchers:
+            found = _MATCHER.match(matcher)
+            assert found is not None
+            out.append((found.group(1), found.group(2), found.group(3)))
+        return out
+
+
 class Plan(_Strict):
     """A whole rollout plan as loaded from YAML."""
 
     name: str = Field(pattern=_NAME, max_length=64)
     description: str = ""
+    variables: dict[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")], str] = Field(
+        default_factory=dict,
+        description="Plan-specific template variables with their defaults; a rollout may "
+        "override them (canary start --var name=value).",
+    )
     traffic: HAProxyTraffic = HAProxyTraffic()
     analysis: AnalysisPolicy = AnalysisPolicy()
     stages: list[Stage] = Field(min_length=1)
     stop_criteria: list[StopCriterion] = Field(min_length=1)
+    alerts: AlertRule = AlertRule()
+    runbook: Runbook = Runbook()
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Plan:
+        """Validate plan data (from YAML or the store), with its declared variables known
+        to the template checks."""
+        declared = data.get("variables") if isinstance(data, dict) else None
+        names = list(declared) if isinstance(declared, dict) else []
+        return cls.model_validate(data, context={"variables": names})
+
+    def template_values(
+        self, builtins: dict[str, str], overrides: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """Values for every template: the built-ins, and each plan variable from the
+        rollout's overrides or the plan's default (which may use built-ins)."""
+        values = dict(builtins)
+        for name, default in self.variables.items():
+            values[name] = render_template((overrides or {}).get(name, default), builtins)
+        return values
 
     def steps(self) -> list[Step]:
         """The plan flattened into the steps a rollout walks, one hold each."""

@@ -15,7 +15,15 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from controller.plan import CanaryStage, Plan, RampStage, SoakStage, VerifyStage
+from controller.plan import (
+    TEMPLATE_VARIABLES,
+    CanaryStage,
+    Plan,
+    RampStage,
+    SoakStage,
+    VerifyStage,
+    template_variables,
+)
 
 MAX_PLAN_BYTES = 1_000_000
 
@@ -78,7 +86,7 @@ def parse_plan(text: str, source: str = "<plan>") -> Plan:
         )
     lines = _LineIndex(node)
     try:
-        plan = Plan.model_validate(data)
+        plan = Plan.from_data(data)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -110,6 +118,19 @@ def semantic_problems(plan: Plan) -> list[tuple[tuple[str | int, ...], str]]:
         for stage_name in criterion.stages or []:
             if stage_name not in names:
                 problems.append((("stop_criteria", i, "stages"), f"no stage named {stage_name!r}"))
+
+    for name, default in plan.variables.items():
+        unknown = [v for v in template_variables(default) if v not in TEMPLATE_VARIABLES]
+        if unknown:
+            problems.append(
+                (
+                    ("variables", name),
+                    f"a variable's default may only use built-in variables "
+                    f"({', '.join(TEMPLATE_VARIABLES)}), not {', '.join(unknown)}",
+                )
+            )
+        if name in TEMPLATE_VARIABLES:
+            problems.append((("variables", name), f"{name!r} is a built-in variable"))
 
     previous = 0
     traffic_seen = False

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from controller.engine import rollout_variables
 from controller.plan import Plan
+from controller.runbook import run_runbook
 from controller.runtime import Runtime
 from controller.store import repository
 from controller.store.models import ROLLBACK_STATES, Rollout, RolloutState
@@ -71,7 +72,9 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
                 rollout_id, False, rollout.state if rollout else None, "nothing to roll back"
             )
         bound = log.bind(rollout_id=rollout.id, service=rollout.service)
-        router = runtime.router_for(Plan.model_validate(rollout.plan), rollout_variables(rollout))
+        first_attempt = rollout.state == RolloutState.ROLLING_BACK
+        router = runtime.router_for(Plan.from_data(rollout.plan), rollout_variables(rollout))
+        shift_started = runtime.clock()
         shift = shift_to_stable(router, runtime.rollback_attempts, runtime.rollback_backoff_seconds)
         shifted_at = runtime.clock()
         bound.info(
@@ -88,10 +91,27 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
                 "traffic shifted; another actor still holds the rollout",
             )
         try:
-            return _settle(runtime, session, claimed, router, shift, shifted_at, bound)
+            result, shift = _settle(runtime, session, claimed, router, shift, shifted_at, bound)
         finally:
             session.rollback()
             repository.release(session, rollout_id, runtime.owner)
+    if result.acted and (shift.confirmed or first_attempt):
+        # Steps 2-5 after the lease is back: they never touch traffic.
+        detail = (
+            f"canary weight 0% read back after {shift.attempts} attempt(s)"
+            if shift.confirmed
+            else f"not confirmed: {shift.error}"
+        )
+        run_runbook(
+            runtime,
+            rollout_id,
+            shift_started=shift_started,
+            shifted_at=shifted_at,
+            shift_detail=detail,
+            post=runtime.post_incident,
+            traffic_on_stable=shift.confirmed,
+        )
+    return result
 
 
 def _wait_for_lease(runtime: Runtime, session: Session, rollout_id: str) -> Rollout | None:
@@ -114,7 +134,8 @@ def _settle(
     shift: ShiftOutcome,
     shifted_at: datetime,
     bound: structlog.typing.FilteringBoundLogger,
-) -> RollbackResult:
+) -> tuple[RollbackResult, ShiftOutcome]:
+    """Confirm traffic under the lease and record the outcome."""
     if shift.confirmed:
         # An advance that held the lease may have moved traffic after our shift.
         try:
@@ -146,9 +167,8 @@ def _settle(
         )
         session.commit()
         bound.error("rollback_failed", attempts=shift.attempts, error=shift.error)
-        return RollbackResult(
-            rollout.id, True, rollout.state, "rollback failed: " + str(shift.error)
-        )
+        failed = RollbackResult(rollout.id, True, rollout.state, f"rollback failed: {shift.error}")
+        return failed, shift
 
     final = (rollout.analysis or {}).get("final_state", RolloutState.ROLLED_BACK)
     rollout.state = final
@@ -187,4 +207,4 @@ def _settle(
     )
     session.commit()
     bound.warning("rolled_back", state=str(final), reason=rollout.reason)
-    return RollbackResult(rollout.id, True, str(final), f"traffic on stable; {final}")
+    return RollbackResult(rollout.id, True, str(final), f"traffic on stable; {final}"), shift

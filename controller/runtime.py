@@ -12,11 +12,15 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
 
+from pydantic import SecretStr
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
 from controller.analysis.runner import MetricsProvider
+from controller.incidents import post_incident
 from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
 from controller.plan import Plan, render_template
 from controller.store.db import session_factory
@@ -47,6 +51,7 @@ class Runtime:
     clock: Callable[[], datetime] = utcnow
     owner: str = field(default_factory=worker_identity)
     enqueue_rollback: Callable[[str], None] = lambda rollout_id: None
+    post_incident: Callable[[dict[str, Any]], str] = lambda document: "no incident webhook"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -70,4 +75,13 @@ class Runtime:
             lease=timedelta(seconds=settings.lease_seconds),
             rollback_attempts=settings.rollback_attempts,
             rollback_backoff_seconds=settings.rollback_backoff_seconds,
+            post_incident=partial(
+                post_incident,
+                _secret(settings.incident_webhook_url),
+                _secret(settings.incident_webhook_token),
+            ),
         )
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None

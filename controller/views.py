@@ -22,7 +22,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def rollout_summary(rollout: Rollout) -> dict[str, Any]:
-    steps = Plan.model_validate(rollout.plan).steps()
+    steps = Plan.from_data(rollout.plan).steps()
     step = steps[min(rollout.step_index, len(steps) - 1)]
     return {
         "id": rollout.id,
@@ -52,7 +52,7 @@ def rollout_detail(session: Session, rollout: Rollout, event_limit: int = 20) ->
     for e in events:
         if e.kind == "measurement":
             latest[e.data["criterion"]] = {**e.data, "at": _iso(e.at)}
-    steps = Plan.model_validate(rollout.plan).steps()
+    steps = Plan.from_data(rollout.plan).steps()
     return {
         **rollout_summary(rollout),
         "weights": weights,

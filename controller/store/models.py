@@ -52,7 +52,7 @@ FINAL_STATES = (RolloutState.SUCCEEDED, RolloutState.ROLLED_BACK, RolloutState.A
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
 
 
 class Rollout(Base):
@@ -70,6 +70,7 @@ class Rollout(Base):
     weight: Mapped[int | None] = mapped_column(Integer, default=None)
     next_check_at: Mapped[datetime] = mapped_column(index=True)
     analysis: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    variables: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     tripped_criterion: Mapped[str | None] = mapped_column(String(64), default=None)
     created_by: Mapped[str] = mapped_column(String(128))
@@ -98,3 +99,22 @@ class Event(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     __table_args__ = (Index("ix_events_rollout_id_id", "rollout_id", "id"),)
+
+
+class Incident(Base):
+    """What the rollback runbook opens: the trigger, the timeline and a metrics snapshot."""
+
+    __tablename__ = "incidents"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    rollout_id: Mapped[str] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), index=True
+    )
+    opened_at: Mapped[datetime]
+    severity: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(Text)
+    trigger: Mapped[dict[str, Any]] = mapped_column(JSON)
+    started_by: Mapped[str] = mapped_column(String(128))
+    timeline: Mapped[list[Any]] = mapped_column(JSON)
+    snapshot: Mapped[list[Any]] = mapped_column(JSON)
+    webhook_status: Mapped[str | None] = mapped_column(Text, default=None)

@@ -155,6 +155,7 @@ def request_rollback(
     now: datetime,
     final_state: RolloutState = RolloutState.ROLLED_BACK,
     tripped: str | None = None,
+    trigger: dict[str, Any] | None = None,
 ) -> bool:
     """Mark an active rollout for rollback, whoever holds its lease; False if not active.
 
@@ -171,7 +172,16 @@ def request_rollback(
         "updated_at": now,
         "next_check_at": now,
         "version": Rollout.version + 1,
-        "analysis": {**(rollout.analysis or {}), "final_state": str(final_state)},
+        "analysis": {
+            **(rollout.analysis or {}),
+            "final_state": str(final_state),
+            "trigger": {
+                "at": now.isoformat(),
+                "actor": actor,
+                "reason": reason,
+                **(trigger or {"kind": "manual"}),
+            },
+        },
     }
     if tripped:
         values["tripped_criterion"] = tripped

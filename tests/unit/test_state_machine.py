@@ -265,7 +265,10 @@ def test_rollback_retries_then_fails_loudly_and_recovers(world) -> None:
     result = rollback(runtime, rollout_id)
     rollout, events = state(runtime, rollout_id)
     assert result.state == "rollback_failed" and rollout.state == "rollback_failed"
-    assert events[-1].kind == "rollback_failed" and "NOT confirmed" in events[-1].message
+    failure = next(e for e in events if e.kind == "rollback_failed")
+    assert "NOT confirmed" in failure.message
+    step5 = [e for e in events if e.kind == "runbook"][-1]
+    assert step5.data["step"] == 5 and step5.data["incident_id"].startswith("inc-")
     assert router.weight == 10
     router.fail_sets = 0
     rollback(runtime, rollout_id)

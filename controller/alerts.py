@@ -1,0 +1,128 @@
+"""Alertmanager webhooks: which firing alert rolls back which rollout.
+
+Matching is pure logic over the payload and the active rollouts, so every case
+(resolved, another service, the stable version, a repeat) is a unit test; the API
+only validates, authenticates and enqueues.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.plan import Plan
+from controller.store.models import ADVANCING_STATES, ROLLBACK_STATES, Rollout, RolloutState
+
+MAX_ALERTS = 1000
+
+
+class Alert(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: datetime | None = None  # noqa: N815 - Alertmanager's field names
+    endsAt: datetime | None = None  # noqa: N815
+    fingerprint: str = ""
+
+
+class AlertmanagerPayload(BaseModel):
+    """Alertmanager's webhook body, version 4."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: Literal["4"]
+    status: Literal["firing", "resolved"]
+    receiver: str = ""
+    groupKey: str = ""  # noqa: N815
+    alerts: list[Alert] = Field(max_length=MAX_ALERTS)
+
+
+@dataclass(frozen=True)
+class AlertMatch:
+    """One alert and what it means for one rollout (or for none)."""
+
+    alertname: str
+    fingerprint: str
+    rollout_id: str | None
+    action: Literal["rollback", "ignored"]
+    reason: str
+    labels: dict[str, str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "alertname": self.alertname,
+            "fingerprint": self.fingerprint,
+            "rollout_id": self.rollout_id,
+            "action": self.action,
+            "reason": self.reason,
+        }
+
+
+def matchers_hold(plan: Plan, labels: dict[str, str]) -> tuple[bool, str]:
+    """Whether an alert's labels satisfy the plan's alert matchers, and if not, which not."""
+    for name, op, value in plan.alerts.parsed():
+        actual = labels.get(name, "")
+        ok = {
+            "=": actual == value,
+            "!=": actual != value,
+            "=~": re.fullmatch(value, actual) is not None,
+            "!~": re.fullmatch(value, actual) is None,
+        }[op]
+        if not ok:
+            return False, f'matcher {name}{op}"{value}" does not hold ({name}="{actual}")'
+    return True, ""
+
+
+def match_alert(alert: Alert, rollouts: list[Rollout]) -> list[AlertMatch]:
+    """Decide, for one alert, which of the service's rollouts it rolls back."""
+    name = alert.labels.get("alertname", "")
+
+    def outcome(rollout_id: str | None, action: str, reason: str) -> AlertMatch:
+        return AlertMatch(
+            name,
+            alert.fingerprint,
+            rollout_id,
+            action,
+            reason,  # type: ignore[arg-type]
+            alert.labels,
+        )
+
+    if alert.status == "resolved":
+        return [outcome(None, "ignored", "resolved alert: nothing to do")]
+    found: list[AlertMatch] = []
+    for rollout in rollouts:
+        plan = Plan.from_data(rollout.plan)
+        if alert.labels.get(plan.alerts.service_label) != rollout.service:
+            continue
+        if "rollout_id" in alert.labels and alert.labels["rollout_id"] != rollout.id:
+            continue
+        version = alert.labels.get("version")
+        if version is not None and version != rollout.canary_version:
+            found.append(
+                outcome(
+                    rollout.id,
+                    "ignored",
+                    f"alert is about version {version}, the canary is {rollout.canary_version}",
+                )
+            )
+            continue
+        ok, why = matchers_hold(plan, alert.labels)
+        if not ok:
+            found.append(outcome(rollout.id, "ignored", why))
+        elif rollout.state in ROLLBACK_STATES or rollout.state not in (
+            *ADVANCING_STATES,
+            RolloutState.PAUSED,
+        ):
+            found.append(outcome(rollout.id, "ignored", f"already {rollout.state}"))
+        else:
+            found.append(outcome(rollout.id, "rollback", f"alert {name} fired"))
+    if not found:
+        service = alert.labels.get("service", "(no service label)")
+        return [outcome(None, "ignored", f"no active rollout of {service}")]
+    return found

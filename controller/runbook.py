@@ -1,0 +1,312 @@
+"""The rollback runbook after traffic is back on stable (seed plan §3.2, steps 2–5).
+
+1. shift traffic to stable — done by ``controller.rollback`` before this runs;
+2. confirm stable's healthchecks;
+3. validate core journeys (the plan's smoke checks, against stable);
+4. disable the canary's artifacts (a command or an HTTP call from the plan);
+5. open an incident with the trigger, the timeline and a metrics snapshot, and post
+   it to the incident webhook.
+
+Every step is recorded as an event with its start and end. A step that fails is
+recorded and the next one still runs; nothing here can move traffic back.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.analysis.runner import measure
+from controller.plan import CanaryDisable, HttpCheck, Plan, render_template
+from controller.runtime import Runtime
+from controller.store import repository
+from controller.store.models import Incident, Rollout
+from controller.views import event_view
+
+log = structlog.get_logger(__name__)
+
+ACTOR = "runbook"
+
+
+@dataclass
+class StepResult:
+    number: int
+    name: str
+    ok: bool
+    detail: str
+    started_at: datetime
+    finished_at: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def run_http_check(
+    check: HttpCheck, values: dict[str, str], client: httpx.Client
+) -> tuple[bool, str]:
+    """One HTTP check: status, optional body text, optional latency bound."""
+    url = render_template(check.url, values)
+    started = time.monotonic()
+    try:
+        response = client.request(check.method, url, timeout=check.timeout.total_seconds())
+    except httpx.HTTPError as exc:
+        return False, f"{check.name}: {type(exc).__name__}: {exc}"
+    elapsed = time.monotonic() - started
+    if response.status_code != check.expect_status:
+        return False, f"{check.name}: status {response.status_code}, expected {check.expect_status}"
+    if check.body_contains and check.body_contains not in response.text:
+        return False, f"{check.name}: body does not contain {check.body_contains!r}"
+    if check.max_latency and elapsed > check.max_latency.total_seconds():
+        return False, f"{check.name}: took {elapsed * 1000:.0f} ms, limit {check.max_latency}"
+    return True, f"{check.name}: {response.status_code} in {elapsed * 1000:.0f} ms"
+
+
+def run_checks(checks: list[HttpCheck], values: dict[str, str]) -> tuple[bool, str]:
+    if not checks:
+        return True, "no checks in the plan"
+    with httpx.Client(trust_env=False, follow_redirects=False) as client:
+        results = [run_http_check(check, values, client) for check in checks]
+    return all(ok for ok, _ in results), "; ".join(detail for _, detail in results)
+
+
+def disable_canary(hook: CanaryDisable | None, values: dict[str, str]) -> tuple[bool, str]:
+    """Run the plan's disable hook (scale the canary to zero, say)."""
+    if hook is None:
+        return True, "no disable_canary hook in the plan"
+    if hook.command is not None:
+        argv = [render_template(arg, values) for arg in hook.command]
+        try:
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=hook.timeout.total_seconds(),
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return False, f"command {argv[0]!r} failed: {exc}"
+        tail = (done.stdout + done.stderr).strip()[-300:]
+        return done.returncode == 0, f"command {argv[0]!r} exited {done.returncode}: {tail}"
+    assert hook.http is not None
+    url = render_template(hook.http.url, values)
+    try:
+        response = httpx.request(
+            hook.http.method,
+            url,
+            json=hook.http.json_body,
+            timeout=hook.http.timeout.total_seconds(),
+            trust_env=False,
+        )
+    except httpx.HTTPError as exc:
+        return False, f"{hook.http.method} {url}: {type(exc).__name__}: {exc}"
+    ok = response.is_success
+    return ok, f"{hook.http.method} {url}: {response.status_code}"
+
+
+def metrics_snapshot(
+    runtime: Runtime, plan: Plan, values: dict[str, str], now: datetime
+) -> list[dict[str, Any]]:
+    """Each stop criterion measured over its last window: queries, values, limits."""
+    return [
+        measure(criterion, runtime.metrics, values, plan.analysis.window, now).as_event()
+        for criterion in plan.stop_criteria
+    ]
+
+
+def new_incident_id() -> str:
+    return "inc-" + secrets.token_hex(5)
+
+
+def open_or_update_incident(
+    session: Session,
+    rollout: Rollout,
+    *,
+    now: datetime,
+    severity: str,
+    title: str,
+    snapshot: list[dict[str, Any]],
+) -> Incident:
+    """One incident per rollout: the first failure opens it, later runs bring it up to date."""
+    incident = session.scalars(select(Incident).where(Incident.rollout_id == rollout.id)).first()
+    timeline = [
+        event_view(e) for e in repository.events_for(session, rollout.id) if e.kind != "measurement"
+    ]
+    trigger = (rollout.analysis or {}).get("trigger") or {
+        "kind": "unknown",
+        "reason": rollout.reason,
+    }
+    if incident is None:
+        incident = Incident(
+            id=new_incident_id(),
+            rollout_id=rollout.id,
+            opened_at=now,
+            started_by=rollout.created_by,
+            trigger=trigger,
+            severity=severity,
+            title=title,
+            timeline=timeline,
+            snapshot=snapshot,
+        )
+        session.add(incident)
+    else:
+        incident.severity, incident.title = severity, title
+        incident.timeline, incident.snapshot = timeline, snapshot
+    session.flush()
+    return incident
+
+
+def incident_document(incident: Incident, rollout: Rollout) -> dict[str, Any]:
+    """The incident as posted to the webhook and shown by the CLI and the API."""
+    return {
+        "id": incident.id,
+        "rollout_id": incident.rollout_id,
+        "service": rollout.service,
+        "canary_version": rollout.canary_version,
+        "stable_version": rollout.stable_version,
+        "state": rollout.state,
+        "severity": incident.severity,
+        "title": incident.title,
+        "opened_at": incident.opened_at.isoformat(),
+        "started_by": incident.started_by,
+        "trigger": incident.trigger,
+        "timeline": incident.timeline,
+        "metrics_snapshot": incident.snapshot,
+        "webhook_status": incident.webhook_status,
+    }
+
+
+def run_runbook(
+    runtime: Runtime,
+    rollout_id: str,
+    *,
+    shift_started: datetime,
+    shifted_at: datetime,
+    shift_detail: str,
+    post: Callable[[dict[str, Any]], str],
+    traffic_on_stable: bool = True,
+) -> list[StepResult]:
+    """Steps 2–5 (and the record of step 1), each an event; returns what each did."""
+    results: list[StepResult] = []
+    with runtime.sessions() as session:
+        rollout = repository.get_rollout(session, rollout_id)
+        assert rollout is not None
+        plan = Plan.from_data(rollout.plan)
+        builtins = {
+            "service": rollout.service,
+            "canary_version": rollout.canary_version,
+            "stable_version": rollout.stable_version,
+            "environment": "production",
+        }
+        values = plan.template_values(builtins, rollout.variables)
+
+        def record(
+            number: int,
+            name: str,
+            started: datetime,
+            ok: bool,
+            detail: str,
+            data: dict[str, Any] | None = None,
+        ) -> None:
+            finished = runtime.clock()
+            result = StepResult(number, name, ok, detail, started, finished, data or {})
+            results.append(result)
+            repository.append_event(
+                session,
+                rollout_id,
+                "runbook",
+                actor=ACTOR,
+                at=finished,
+                message=f"step {number}/5 {name}: {'ok' if ok else 'FAILED'}: {detail}",
+                data={
+                    "step": number,
+                    "name": name,
+                    "ok": ok,
+                    "detail": detail,
+                    "started_at": started.isoformat(),
+                    "finished_at": finished.isoformat(),
+                    **(data or {}),
+                },
+                step_index=rollout.step_index,
+            )
+            session.commit()
+            (log.info if ok else log.error)(
+                "runbook_step", rollout_id=rollout_id, step=number, name=name, ok=ok, detail=detail
+            )
+
+        results.append(
+            StepResult(
+                1,
+                "shift traffic to stable",
+                traffic_on_stable,
+                shift_detail,
+                shift_started,
+                shifted_at,
+            )
+        )
+        repository.append_event(
+            session,
+            rollout_id,
+            "runbook",
+            actor=ACTOR,
+            at=shifted_at,
+            message=f"step 1/5 shift traffic to stable: "
+            f"{'ok' if traffic_on_stable else 'FAILED'}: {shift_detail}",
+            data={
+                "step": 1,
+                "name": "shift traffic to stable",
+                "ok": traffic_on_stable,
+                "detail": shift_detail,
+                "started_at": shift_started.isoformat(),
+                "finished_at": shifted_at.isoformat(),
+            },
+            step_index=rollout.step_index,
+        )
+        session.commit()
+
+        if traffic_on_stable:
+            started = runtime.clock()
+            ok, detail = run_checks(plan.runbook.stable_healthchecks, values)
+            record(2, "confirm stable healthchecks", started, ok, detail)
+            started = runtime.clock()
+            ok, detail = run_checks(plan.runbook.smoke_checks, values)
+            record(3, "validate core journeys", started, ok, detail)
+            started = runtime.clock()
+            ok, detail = disable_canary(plan.runbook.disable_canary, values)
+            record(4, "disable canary artifacts", started, ok, detail)
+
+        started = runtime.clock()
+        snapshot = metrics_snapshot(runtime, plan, values, started)
+        failed = not traffic_on_stable
+        incident = open_or_update_incident(
+            session,
+            rollout,
+            now=started,
+            severity="critical" if failed else "major",
+            title=(
+                f"ROLLBACK FAILED: {rollout.service} {rollout.canary_version} still takes traffic"
+                if failed
+                else f"{rollout.service} {rollout.canary_version} rolled back to "
+                f"{rollout.stable_version}"
+            ),
+            snapshot=snapshot,
+        )
+        session.commit()
+        incident.webhook_status = post(incident_document(incident, rollout))
+        session.commit()
+        record(
+            5,
+            "open incident",
+            started,
+            True,
+            f"incident {incident.id} ({incident.webhook_status})",
+            {"incident_id": incident.id},
+        )
+    return results
