@@ -8,9 +8,12 @@ URLs, tokens) only ever come from here, never from plan files.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config import PLANS_DIR
 
 
 class Settings(BaseSettings):
@@ -53,6 +56,16 @@ class Settings(BaseSettings):
     incident_webhook_token: SecretStr | None = Field(
         None, description="Bearer token sent with incident posts."
     )
+    api_tokens: SecretStr | None = Field(
+        None,
+        description="API tokens as comma-separated name:role:token (roles: viewer, "
+        "operator, admin).",
+    )
+    alertmanager_token: SecretStr | None = Field(
+        None, description="Bearer token Alertmanager sends to the webhook."
+    )
+    api_max_body_bytes: int = Field(1_000_000, ge=1_000, le=100_000_000)
+    plans_dir: Path = Field(PLANS_DIR, description="Where the API finds plans by name.")
     flower_user: str | None = Field(None, description="Flower basic-auth user.")
     flower_password: SecretStr | None = Field(None, description="Flower basic-auth password.")
     log_json: bool | None = Field(
@@ -80,4 +93,11 @@ def get_settings() -> Settings:
             "invalid settings: CANARY_TASK_TIME_LIMIT_SECONDS must be below CANARY_LEASE_SECONDS "
             "so that a task is killed before another worker may take its rollout"
         )
+    if settings.api_tokens is not None:
+        from controller.api.auth import parse_tokens
+
+        try:
+            parse_tokens(settings.api_tokens.get_secret_value())
+        except ValueError as exc:
+            raise SettingsError(f"invalid settings: CANARY_API_TOKENS: {exc}") from None
     return settings

@@ -23,8 +23,17 @@ from sqlalchemy.exc import OperationalError
 from config.settings import SettingsError, get_settings
 from controller.durations import format_duration
 from controller.lab.errors import LabError
-from controller.operations import OperationError, abort_rollout, start_rollout
+from controller.operations import (
+    AbortOutcome,
+    OperationError,
+    abort_rollout,
+    pause_rollout,
+    resume_rollout,
+    rollback_rollout,
+    start_rollout,
+)
 from controller.plan_loader import PlanError, load_plan
+from controller.runbook import find_incident
 from controller.runtime import utcnow
 from controller.store import repository
 from controller.store.db import migrate, session_factory
@@ -38,7 +47,9 @@ app = typer.Typer(
 plan_app = typer.Typer(no_args_is_help=True, help="Work with plan files.")
 db_app = typer.Typer(no_args_is_help=True, help="The state store.")
 app.add_typer(plan_app, name="plan")
+incident_app = typer.Typer(no_args_is_help=True, help="Incidents opened by rollbacks.")
 app.add_typer(db_app, name="db")
+app.add_typer(incident_app, name="incident")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -109,9 +120,18 @@ def start(
         str | None, typer.Option(help="Stable version; default: the last version that succeeded")
     ] = None,
     by: Annotated[str | None, typer.Option(help="Who starts it (default: login name)")] = None,
+    var: Annotated[
+        list[str] | None, typer.Option(help="A plan variable, name=value (repeatable)")
+    ] = None,
 ) -> None:
     """Start a rollout; prints its id. Workers pick it up within seconds."""
     loaded = load_plan(plan)
+    variables = {}
+    for item in var or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise OperationError(f"var: {item!r} is not name=value")
+        variables[name] = value
     with _sessions()() as session:
         rollout = start_rollout(
             session,
@@ -121,6 +141,7 @@ def start(
             stable=stable,
             created_by=by or getpass.getuser(),
             now=utcnow(),
+            variables=variables,
         )
         print(rollout.id)
 
@@ -165,9 +186,128 @@ def abort(
         outcome = abort_rollout(
             session, rollout_id, reason=reason, actor=by or getpass.getuser(), now=utcnow()
         )
+    _report(outcome)
+
+
+@app.command()
+@friendly_errors
+def rollback(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the incident)")],
+    by: Annotated[str | None, typer.Option(help="Who (default: login name)")] = None,
+) -> None:
+    """Roll back now: traffic to stable, the runbook, an incident."""
+    with _sessions()() as session:
+        outcome = rollback_rollout(
+            session, rollout_id, reason=reason, actor=by or getpass.getuser(), now=utcnow()
+        )
+    _report(outcome)
+
+
+@app.command()
+@friendly_errors
+def pause(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
+    reason: Annotated[str, typer.Option(help="Why")] = "manual pause",
+    by: Annotated[str | None, typer.Option(help="Who (default: login name)")] = None,
+) -> None:
+    """Stop advancing; traffic stays where it is."""
+    with _sessions()() as session:
+        _report(
+            pause_rollout(
+                session, rollout_id, reason=reason, actor=by or getpass.getuser(), now=utcnow()
+            ),
+            enqueue=False,
+        )
+
+
+@app.command()
+@friendly_errors
+def resume(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
+    by: Annotated[str | None, typer.Option(help="Who (default: login name)")] = None,
+) -> None:
+    """Carry on a paused rollout from where it stands."""
+    with _sessions()() as session:
+        _report(
+            resume_rollout(session, rollout_id, actor=by or getpass.getuser(), now=utcnow()),
+            enqueue=False,
+        )
+
+
+@incident_app.command("show")
+@friendly_errors
+def incident_show(
+    incident_id: Annotated[str, typer.Argument(help="Incident id, or a rollout id")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Show an incident opened by a rollback: trigger, timeline, metrics snapshot."""
+    with _sessions()() as session:
+        document = find_incident(session, incident_id)
+    if document is None:
+        raise OperationError(f"id: no incident {incident_id!r}")
+    if as_json:
+        print(json.dumps(document, indent=2))
+        return
+    out.print(f"[bold]{document['id']}[/] {document['severity']}: {document['title']}")
+    out.print(
+        f"rollout {document['rollout_id']} started by {document['started_by']}, "
+        f"opened {document['opened_at']}; webhook: {document['webhook_status']}",
+        markup=False,
+    )
+    out.print(f"trigger: {json.dumps(document['trigger'])}", markup=False)
+    snapshot = Table("criterion", "verdict", "value", "limit", "reason")
+    for m in document["metrics_snapshot"]:
+        snapshot.add_row(
+            m["criterion"], m["verdict"], _num(m["value"]), _num(m["limit"]), m["reason"]
+        )
+    out.print(snapshot)
+    timeline = Table("at", "kind", "actor", "message")
+    for e in document["timeline"]:
+        timeline.add_row(e["at"][11:19], e["kind"], e["actor"], e["message"])
+    out.print(timeline)
+
+
+@app.command()
+@friendly_errors
+def api(
+    host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 8000,
+) -> None:
+    """Run the HTTP API (and the Alertmanager webhook) with uvicorn."""
+    import uvicorn
+
+    from controller.api.app import create_app
+    from tasks.dispatch import enqueue_rollback
+
+    settings = get_settings()
+    migrate(settings.database_url)
+    uvicorn.run(
+        create_app(settings, enqueue_rollback),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+def _report(outcome: AbortOutcome, enqueue: bool = True) -> None:
+    """Print what happened; hand an accepted rollback straight to the rollback queue
+    (the reconcile loop picks it up anyway if the broker cannot be reached)."""
     out.print(outcome.message, markup=False)
     if not outcome.accepted:
         raise typer.Exit(1)
+    if enqueue:
+        try:
+            from tasks.dispatch import enqueue_rollback
+
+            enqueue_rollback(outcome.rollout_id)
+        except Exception as exc:  # the database already holds the request
+            err.print(
+                f"note: could not enqueue directly ({type(exc).__name__}); the "
+                "reconcile loop will start the rollback",
+                markup=False,
+            )
 
 
 @app.command()

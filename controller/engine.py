@@ -43,14 +43,16 @@ class AdvanceResult:
     summary: str = ""
 
 
-def rollout_variables(rollout: Rollout, step: Step | None = None) -> dict[str, str]:
-    """Template values for queries and router settings."""
-    return {
+def rollout_variables(plan: Plan, rollout: Rollout, step: Step | None = None) -> dict[str, str]:
+    """Template values for queries, checks and router settings: the built-ins and the
+    plan's own variables with this rollout's overrides."""
+    builtins = {
         "service": rollout.service,
         "canary_version": rollout.canary_version,
         "stable_version": rollout.stable_version,
         "environment": step.environment if step else "production",
     }
+    return plan.template_values(builtins, rollout.variables)
 
 
 def advance(runtime: Runtime, rollout_id: str) -> AdvanceResult:
@@ -145,7 +147,9 @@ class _Advance:
 
     def apply_weight(self, step: Step) -> bool:
         """Set the step's weight and keep it only if the router reads it back."""
-        router = self.runtime.router_for(self.plan, rollout_variables(self.rollout, step))
+        router = self.runtime.router_for(
+            self.plan, rollout_variables(self.plan, self.rollout, step)
+        )
         analysis = dict(self.rollout.analysis or {})
         try:
             router.set_canary_weight(step.weight)
@@ -204,7 +208,7 @@ class _Advance:
     # -- analysis -------------------------------------------------------------
 
     def measure(self, step: Step) -> list[Measurement]:
-        variables = rollout_variables(self.rollout, step)
+        variables = rollout_variables(self.plan, self.rollout, step)
         state = dict(self.rollout.analysis or {})
         baselines = state.get("baselines", {})
         measurements = []

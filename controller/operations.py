@@ -54,9 +54,18 @@ def start_rollout(
     stable: str | None,
     created_by: str,
     now: datetime,
+    variables: dict[str, str] | None = None,
 ) -> Rollout:
     """Record a new rollout; the reconcile loop picks it up within seconds."""
     check_identifier("service", service)
+    for name, value in (variables or {}).items():
+        if name not in plan.variables:
+            declared = ", ".join(plan.variables) or "none"
+            raise OperationError(
+                f"variables.{name}: the plan does not declare it (declared: {declared})"
+            )
+        if len(value) > 2000 or "\n" in value or "{{" in value:
+            raise OperationError(f"variables.{name}: must be one line, without templates")
     check_identifier("version", version)
     if stable is None:
         stable = stable_version_of(session, service)
@@ -87,6 +96,7 @@ def start_rollout(
         plan=plan.model_dump(mode="json"),
         created_by=created_by,
         now=now,
+        variables=variables or {},
     )
     session.commit()
     return rollout

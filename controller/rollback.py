@@ -73,7 +73,8 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
             )
         bound = log.bind(rollout_id=rollout.id, service=rollout.service)
         first_attempt = rollout.state == RolloutState.ROLLING_BACK
-        router = runtime.router_for(Plan.from_data(rollout.plan), rollout_variables(rollout))
+        plan = Plan.from_data(rollout.plan)
+        router = runtime.router_for(plan, rollout_variables(plan, rollout))
         shift_started = runtime.clock()
         shift = shift_to_stable(router, runtime.rollback_attempts, runtime.rollback_backoff_seconds)
         shifted_at = runtime.clock()

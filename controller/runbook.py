@@ -183,6 +183,21 @@ def incident_document(incident: Incident, rollout: Rollout) -> dict[str, Any]:
     }
 
 
+def find_incident(session: Session, incident_or_rollout_id: str) -> dict[str, Any] | None:
+    """An incident document by incident id or by its rollout's id."""
+    incident = (
+        session.get(Incident, incident_or_rollout_id)
+        or session.scalars(
+            select(Incident).where(Incident.rollout_id == incident_or_rollout_id)
+        ).first()
+    )
+    if incident is None:
+        return None
+    rollout = repository.get_rollout(session, incident.rollout_id)
+    assert rollout is not None
+    return incident_document(incident, rollout)
+
+
 def run_runbook(
     runtime: Runtime,
     rollout_id: str,

@@ -128,6 +128,7 @@ def run_demo(workdir: Path | None = None, console: Console | None = None) -> dic
                     stable=stable,
                     created_by="canary-demo",
                     now=utcnow(),
+                    variables=lab.plan_variables(),
                 )
             console.print(
                 f"\n[bold]rollout {rollout.id}[/]: {settings.service} {version} "

@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import choose_encoder
 
+DISABLE_PATH = "/admin/disable"
 FAULTS_PATH = "/admin/faults"
 
 # name -> (minimum, maximum or None for unbounded)
@@ -214,6 +215,9 @@ class DemoState:
         self._lock = threading.Lock()
         self._knobs = FaultKnobs()
         self.set_knobs(knobs or FaultKnobs())
+        # Set by POST /admin/disable: the "scale to zero" of the rollback runbook.
+        # Everything but /metrics answers 503 from then on, health checks included.
+        self.disabled = False
 
     @property
     def knobs(self) -> FaultKnobs:
@@ -264,7 +268,9 @@ def _make_handler(state: DemoState) -> type[BaseHTTPRequestHandler]:
             return self.path.split("?", 1)[0]
 
         def do_GET(self) -> None:
-            if self._path == "/healthz":
+            if state.disabled and self._path != "/metrics":
+                self._send_json(503, {"error": "disabled", "version": state.version})
+            elif self._path == "/healthz":
                 self._send(200, b"ok", "text/plain")
             elif self._path == "/metrics":
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
@@ -276,7 +282,12 @@ def _make_handler(state: DemoState) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             self._read_body()
-            if self._path == FAULTS_PATH:
+            if self._path == DISABLE_PATH:
+                state.disabled = True
+                self._send_json(200, {"disabled": True, "version": state.version})
+            elif state.disabled:
+                self._send_json(503, {"error": "disabled", "version": state.version})
+            elif self._path == FAULTS_PATH:
                 self._send_json(405, {"error": "use PUT to set fault knobs"})
             else:
                 self._user_request()

@@ -133,6 +133,13 @@ class RolloutLab:
         """Set fault knobs on one instance (absolute: knobs left out go back to 0)."""
         return self.instances[name].set_faults(**knobs)
 
+    def plan_variables(self) -> dict[str, str]:
+        """Values for the demo plan's variables: where stable and canary answer."""
+        return {
+            "stable_url": self.instances["stable"].url,
+            "canary_url": self.instances["canary"].url,
+        }
+
     def router(self) -> HAProxyRouter:
         assert self.haproxy is not None, "lab not started"
         return HAProxyRouter(self.haproxy.socket_path, backend=self.settings.service)

@@ -38,6 +38,7 @@ def create_rollout(
     plan: dict[str, Any],
     created_by: str,
     now: datetime,
+    variables: dict[str, str] | None = None,
 ) -> Rollout:
     rollout = Rollout(
         id=new_rollout_id(),
@@ -50,6 +51,7 @@ def create_rollout(
         step_index=0,
         next_check_at=now,
         analysis={},
+        variables=variables or {},
         created_by=created_by,
         created_at=now,
         updated_at=now,

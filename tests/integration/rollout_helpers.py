@@ -56,6 +56,7 @@ def begin(lab: RolloutLab, version: str) -> str:
             stable=STABLE,
             created_by="pytest",
             now=utcnow(),
+            variables=lab.plan_variables(),
         ).id
 
 

@@ -1,0 +1,305 @@
+"""The HTTP API (FastAPI): rollouts, their events and incidents, and the Alertmanager
+webhook that rolls back at once.
+
+The app is built by ``create_app`` from the settings and a function that enqueues a
+rollback, so the domain never imports Celery; ``canary api`` passes the Celery one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import redis
+import structlog
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from config.settings import Settings
+from controller import operations
+from controller.alerts import AlertmanagerPayload, match_alert
+from controller.api.auth import Principal, Role, TokenBook, bearer
+from controller.api.limits import BodySizeLimit
+from controller.api.schemas import Reason, StartRollout
+from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
+from controller.plan_loader import PlanError, load_plan, parse_plan
+from controller.runbook import incident_document
+from controller.runtime import utcnow
+from controller.store import repository
+from controller.store.db import session_factory
+from controller.store.models import ACTIVE_STATES, Incident, Rollout
+from controller.views import event_view, rollout_detail, rollout_summary
+
+log = structlog.get_logger(__name__)
+
+_PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def create_app(settings: Settings, enqueue_rollback: Callable[[str], None]) -> FastAPI:
+    sessions = session_factory(settings.database_url)
+    tokens = TokenBook.from_setting(
+        settings.api_tokens.get_secret_value() if settings.api_tokens else None
+    )
+    alert_token = (
+        settings.alertmanager_token.get_secret_value() if settings.alertmanager_token else None
+    )
+    prometheus = PrometheusProvider(
+        settings.prometheus_url, timeout_seconds=1.0, retry=RetryPolicy(attempts=1)
+    )
+
+    app = FastAPI(
+        title="canary-controller",
+        version="1",
+        docs_url="/api/v1/docs",
+        openapi_url="/api/v1/openapi.json",
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+
+    def db() -> Any:
+        with sessions() as session:
+            yield session
+
+    Db = Annotated[Session, Depends(db)]
+
+    def role(minimum: Role) -> Callable[[Request], Principal]:
+        def check(request: Request) -> Principal:
+            principal = tokens.identify(bearer(request.headers.get("authorization")))
+            if principal is None:
+                raise HTTPException(
+                    status.HTTP_401_UNAUTHORIZED,
+                    "missing or invalid token",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            if principal.role < minimum:
+                raise HTTPException(
+                    status.HTTP_403_FORBIDDEN,
+                    f"{principal.name} is {principal.role.name.lower()}; "
+                    f"this needs {minimum.name.lower()}",
+                )
+            return principal
+
+        return check
+
+    Viewer = Annotated[Principal, Depends(role(Role.VIEWER))]
+    Operator = Annotated[Principal, Depends(role(Role.OPERATOR))]
+
+    @app.exception_handler(operations.OperationError)
+    async def _operation_error(_request: Request, exc: operations.OperationError) -> JSONResponse:
+        code = 404 if str(exc).startswith("id: no ") else 409 if "already" in str(exc) else 422
+        field, _, message = str(exc).partition(": ")
+        return JSONResponse({"detail": [{"loc": [field], "msg": message}]}, status_code=code)
+
+    @app.exception_handler(PlanError)
+    async def _plan_error(_request: Request, exc: PlanError) -> JSONResponse:
+        return JSONResponse(
+            {
+                "detail": [
+                    {"loc": ["plan", *p.path.split(".")], "line": p.line, "msg": p.message}
+                    for p in exc.problems
+                ]
+            },
+            status_code=422,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]},
+            status_code=422,
+        )
+
+    def get_rollout(session: Session, rollout_id: str) -> Rollout:
+        rollout = repository.get_rollout(session, rollout_id)
+        if rollout is None:
+            raise HTTPException(404, f"no rollout {rollout_id!r}")
+        return rollout
+
+    def outcome(result: operations.AbortOutcome, accepted_code: int = 202) -> JSONResponse:
+        return JSONResponse(
+            {
+                "rollout_id": result.rollout_id,
+                "accepted": result.accepted,
+                "message": result.message,
+            },
+            status_code=accepted_code if result.accepted else 409,
+        )
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> JSONResponse:
+        """Database, Redis and Prometheus all reachable."""
+        checks: dict[str, str] = {}
+        try:
+            with sessions() as session:
+                session.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # report, never raise: this is a probe
+            checks["database"] = f"error: {type(exc).__name__}"
+        try:
+            redis.Redis.from_url(settings.broker_url, socket_timeout=1).ping()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"error: {type(exc).__name__}"
+        checks["prometheus"] = "ok" if prometheus.healthy() else "error: not ready"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.post("/api/v1/rollouts", status_code=201, tags=["rollouts"])
+    def start(body: StartRollout, session: Db, who: Operator) -> dict[str, Any]:
+        """Start a rollout from a named plan or inline plan YAML."""
+        if body.plan is not None:
+            if not _PLAN_NAME.match(body.plan):
+                raise operations.OperationError(f"plan: {body.plan!r} is not a plan name")
+            path = settings.plans_dir / f"{body.plan}.yaml"
+            if not path.is_file():
+                raise operations.OperationError(f"plan: no plan named {body.plan!r}")
+            plan = load_plan(path)
+        else:
+            plan = parse_plan(body.plan_yaml or "", source="plan_yaml")
+        rollout = operations.start_rollout(
+            session,
+            plan,
+            service=body.service,
+            version=body.version,
+            stable=body.stable,
+            created_by=who.name,
+            now=utcnow(),
+            variables=body.variables,
+        )
+        return rollout_summary(rollout)
+
+    @app.get("/api/v1/rollouts", tags=["rollouts"])
+    def list_rollouts(
+        session: Db, _who: Viewer, active: bool = False, service: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        rows = repository.list_rollouts(
+            session, active_only=active, service=service, limit=max(1, min(limit, 500))
+        )
+        return [rollout_summary(r) for r in rows]
+
+    @app.get("/api/v1/rollouts/{rollout_id}", tags=["rollouts"])
+    def get_one(rollout_id: str, session: Db, _who: Viewer) -> dict[str, Any]:
+        return rollout_detail(session, get_rollout(session, rollout_id))
+
+    @app.get("/api/v1/rollouts/{rollout_id}/events", tags=["rollouts"])
+    def events(rollout_id: str, session: Db, _who: Viewer) -> list[dict[str, Any]]:
+        get_rollout(session, rollout_id)
+        return [event_view(e) for e in repository.events_for(session, rollout_id)]
+
+    @app.post("/api/v1/rollouts/{rollout_id}/pause", tags=["rollouts"])
+    def pause(rollout_id: str, body: Reason, session: Db, who: Operator) -> JSONResponse:
+        return outcome(
+            operations.pause_rollout(
+                session, rollout_id, reason=body.reason, actor=who.name, now=utcnow()
+            ),
+            200,
+        )
+
+    @app.post("/api/v1/rollouts/{rollout_id}/resume", tags=["rollouts"])
+    def resume(rollout_id: str, session: Db, who: Operator) -> JSONResponse:
+        return outcome(
+            operations.resume_rollout(session, rollout_id, actor=who.name, now=utcnow()), 200
+        )
+
+    @app.post("/api/v1/rollouts/{rollout_id}/abort", tags=["rollouts"])
+    def abort(rollout_id: str, body: Reason, session: Db, who: Operator) -> JSONResponse:
+        result = operations.abort_rollout(
+            session, rollout_id, reason=body.reason or "abort", actor=who.name, now=utcnow()
+        )
+        if result.accepted:
+            enqueue_rollback(rollout_id)
+        return outcome(result)
+
+    @app.post("/api/v1/rollouts/{rollout_id}/rollback", tags=["rollouts"])
+    def rollback(rollout_id: str, body: Reason, session: Db, who: Operator) -> JSONResponse:
+        result = operations.rollback_rollout(
+            session, rollout_id, reason=body.reason, actor=who.name, now=utcnow()
+        )
+        if result.accepted:
+            enqueue_rollback(rollout_id)
+        return outcome(result)
+
+    @app.get("/api/v1/rollouts/{rollout_id}/incident", tags=["incidents"])
+    def rollout_incident(rollout_id: str, session: Db, _who: Viewer) -> dict[str, Any]:
+        rollout = get_rollout(session, rollout_id)
+        incident = session.scalars(
+            select(Incident).where(Incident.rollout_id == rollout_id)
+        ).first()
+        if incident is None:
+            raise HTTPException(404, f"rollout {rollout_id} has no incident")
+        return incident_document(incident, rollout)
+
+    @app.get("/api/v1/incidents/{incident_id}", tags=["incidents"])
+    def incident(incident_id: str, session: Db, _who: Viewer) -> dict[str, Any]:
+        found = session.get(Incident, incident_id)
+        if found is None:
+            raise HTTPException(404, f"no incident {incident_id!r}")
+        return incident_document(found, get_rollout(session, found.rollout_id))
+
+    @app.post("/api/v1/alerts/alertmanager", status_code=202, tags=["alerts"])
+    def alertmanager(payload: AlertmanagerPayload, request: Request, session: Db) -> JSONResponse:
+        """Alertmanager webhook (version 4): a matching firing alert rolls back at once."""
+        received = time.monotonic()
+        presented = bearer(request.headers.get("authorization"))
+        if alert_token is None or presented is None or not _same(presented, alert_token):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing or invalid token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        active = list(
+            session.scalars(
+                select(Rollout).where(Rollout.state.in_([str(s) for s in ACTIVE_STATES]))
+            )
+        )
+        results = []
+        now = utcnow()
+        for alert in payload.alerts:
+            for match in match_alert(alert, active):
+                entry = match.as_dict()
+                if match.action == "rollback" and match.rollout_id:
+                    accepted = repository.request_rollback(
+                        session,
+                        match.rollout_id,
+                        now=now,
+                        actor="alertmanager",
+                        reason=f"alert {match.alertname} fired",
+                        tripped=None,
+                        trigger={
+                            "kind": "alert",
+                            "alertname": match.alertname,
+                            "labels": match.labels,
+                            "fingerprint": match.fingerprint,
+                            "starts_at": alert.startsAt.isoformat() if alert.startsAt else None,
+                        },
+                    )
+                    if accepted:
+                        enqueue_rollback(match.rollout_id)
+                        entry["enqueued_ms"] = round((time.monotonic() - received) * 1000, 2)
+                        log.warning(
+                            "alert_rollback", rollout_id=match.rollout_id, alertname=match.alertname
+                        )
+                    else:
+                        entry.update(action="ignored", reason="already handled")
+                results.append(entry)
+        rolled = [r for r in results if r["action"] == "rollback"]
+        return JSONResponse(
+            {"matched": rolled, "ignored": [r for r in results if r["action"] != "rollback"]},
+            status_code=202,
+        )
+
+    return app
+
+
+def _same(presented: str, expected: str) -> bool:
+    return hmac.compare_digest(presented.encode(), expected.encode())

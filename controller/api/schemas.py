@@ -1,0 +1,28 @@
+"""Request bodies of the HTTP API; unknown fields are refused, like in plan files."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StartRollout(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plan: str | None = Field(None, description="Name of a plan in the plans directory")
+    plan_yaml: str | None = Field(None, description="A whole plan as YAML text")
+    service: str
+    version: str
+    stable: str | None = None
+    variables: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_plan(self) -> StartRollout:
+        if (self.plan is None) == (self.plan_yaml is None):
+            raise ValueError("give exactly one of plan (a name) or plan_yaml (the text)")
+        return self
+
+
+class Reason(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("", max_length=2000)
