@@ -2,4 +2,5 @@
 
 from pathlib import Path
 
-PLANS_DIR = Path(__file__).resolve().parent / "plans"
+CONFIG_DIR = Path(__file__).resolve().parent
+PLANS_DIR = CONFIG_DIR / "plans"

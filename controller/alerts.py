@@ -79,8 +79,13 @@ def matchers_hold(plan: Plan, labels: dict[str, str]) -> tuple[bool, str]:
     return True, ""
 
 
-def match_alert(alert: Alert, rollouts: list[Rollout]) -> list[AlertMatch]:
-    """Decide, for one alert, which of the service's rollouts it rolls back."""
+def match_alert(
+    alert: Alert, rollouts: list[Rollout], recent: list[Rollout] | None = None
+) -> list[AlertMatch]:
+    """Decide, for one alert, which of the service's active rollouts it rolls back.
+
+    ``recent`` are rollouts that ended lately: a repeat of the alert that rolled one
+    of them back is reported as already handled rather than as unknown."""
     name = alert.labels.get("alertname", "")
 
     def outcome(rollout_id: str | None, action: str, reason: str) -> AlertMatch:
@@ -123,6 +128,10 @@ def match_alert(alert: Alert, rollouts: list[Rollout]) -> list[AlertMatch]:
         else:
             found.append(outcome(rollout.id, "rollback", f"alert {name} fired"))
     if not found:
+        for ended in recent or []:
+            trigger = (ended.analysis or {}).get("trigger") or {}
+            if alert.fingerprint and trigger.get("fingerprint") == alert.fingerprint:
+                return [outcome(ended.id, "ignored", f"already handled: {ended.state}")]
         service = alert.labels.get("service", "(no service label)")
         return [outcome(None, "ignored", f"no active rollout of {service}")]
     return found

@@ -114,9 +114,13 @@ def disable_canary(hook: CanaryDisable | None, values: dict[str, str]) -> tuple[
 def metrics_snapshot(
     runtime: Runtime, plan: Plan, values: dict[str, str], now: datetime
 ) -> list[dict[str, Any]]:
-    """Each stop criterion measured over its last window: queries, values, limits."""
+    """Each stop criterion measured over the window ending at ``now``: queries, values,
+    limits, verdicts."""
     return [
-        measure(criterion, runtime.metrics, values, plan.analysis.window, now).as_event()
+        {
+            **measure(criterion, runtime.metrics, values, plan.analysis.window, now).as_event(),
+            "at": now.isoformat(),
+        }
         for criterion in plan.stop_criteria
     ]
 
@@ -298,7 +302,10 @@ def run_runbook(
             record(4, "disable canary artifacts", started, ok, detail)
 
         started = runtime.clock()
-        snapshot = metrics_snapshot(runtime, plan, values, started)
+        # The snapshot shows the windows that led to the decision, not the quiet after it.
+        trigger_at = (rollout.analysis or {}).get("trigger", {}).get("at")
+        measured_at = datetime.fromisoformat(trigger_at) if trigger_at else shift_started
+        snapshot = metrics_snapshot(runtime, plan, values, measured_at)
         failed = not traffic_on_stable
         incident = open_or_update_incident(
             session,

@@ -5,12 +5,11 @@ The app is built by ``create_app`` from the settings and a function that enqueue
 rollback, so the domain never imports Celery; ``canary api`` passes the Celery one.
 """
 
-from __future__ import annotations
-
 import hmac
 import re
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Annotated, Any
 
 import redis
@@ -33,11 +32,12 @@ from controller.runbook import incident_document
 from controller.runtime import utcnow
 from controller.store import repository
 from controller.store.db import session_factory
-from controller.store.models import ACTIVE_STATES, Incident, Rollout
+from controller.store.models import ACTIVE_STATES, FINAL_STATES, Incident, Rollout
 from controller.views import event_view, rollout_detail, rollout_summary
 
 log = structlog.get_logger(__name__)
 
+RECENT = timedelta(hours=1)  # how long a handled alert's repeats are recognised
 _PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
@@ -262,10 +262,18 @@ def create_app(settings: Settings, enqueue_rollback: Callable[[str], None]) -> F
                 select(Rollout).where(Rollout.state.in_([str(s) for s in ACTIVE_STATES]))
             )
         )
+        recent = list(
+            session.scalars(
+                select(Rollout).where(
+                    Rollout.state.in_([str(s) for s in FINAL_STATES]),
+                    Rollout.finished_at > utcnow() - RECENT,
+                )
+            )
+        )
         results = []
         now = utcnow()
         for alert in payload.alerts:
-            for match in match_alert(alert, active):
+            for match in match_alert(alert, active, recent):
                 entry = match.as_dict()
                 if match.action == "rollback" and match.rollout_id:
                     accepted = repository.request_rollback(

@@ -13,10 +13,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from config import CONFIG_DIR
 from controller.demo.loadgen import LoadGenerator
+from controller.lab.alertmanager import AlertmanagerServer, start_alertmanager
 from controller.lab.demo import DemoServiceProcess, start_demo_service
 from controller.lab.haproxy import HAProxyServer, start_haproxy
-from controller.lab.process import ManagedProcess, ProcessGroup
+from controller.lab.ports import free_port
+from controller.lab.process import ManagedProcess, ProcessGroup, http_ready
 from controller.lab.prometheus import PrometheusServer, start_prometheus
 from controller.lab.redis import RedisServer, ensure_redis
 from controller.traffic.haproxy import HAProxyRouter
@@ -211,6 +214,35 @@ class RolloutLab:
         self.start_worker("rollouts", "rollouts", concurrency=2)
         self.start_worker("rollback", "rollback", concurrency=1)
         self.start_beat()
+
+    def start_api(self) -> str:
+        """The HTTP API (``canary api``) on a free port; returns its base URL."""
+        port = free_port()
+        process = ManagedProcess(
+            "api",
+            [sys.executable, "-m", "controller", "api", "--port", str(port)],
+            self.workdir / "workers",
+            env=self.env(),
+        )
+        self.workers["api"] = self.group.add(process)
+        url = f"http://127.0.0.1:{port}"
+        process.wait_ready(lambda: http_ready(f"{url}/healthz"), timeout=30)
+        return url
+
+    def start_alerting(self, api_url: str, token: str) -> AlertmanagerServer:
+        """A real Alertmanager posting to the API's webhook, and Prometheus evaluating
+        the shipped service alerting rules and sending to it."""
+        assert self.prometheus is not None
+        alertmanager = self.group.add(
+            start_alertmanager(self.workdir, f"{api_url}/api/v1/alerts/alertmanager", token)
+        )
+        self.prometheus.reconfigure(
+            [i.address for i in self.instances.values()],
+            scrape_interval="1s",
+            rule_files=[CONFIG_DIR / "prometheus" / "service-alerts.yml"],
+            alertmanagers=[alertmanager.address],
+        )
+        return alertmanager
 
     def stop(self) -> None:
         for instance in self.instances.values():

@@ -15,6 +15,7 @@ from config import PLANS_DIR
 from controller.lab.errors import MissingBinaryError
 from controller.lab.stack import LabSettings, RolloutLab
 from controller.operations import start_rollout
+from controller.plan import Plan
 from controller.plan_loader import load_plan
 from controller.runtime import utcnow
 from controller.store import repository
@@ -46,11 +47,11 @@ def deploy(lab: RolloutLab) -> str:
     return version
 
 
-def begin(lab: RolloutLab, version: str) -> str:
+def begin(lab: RolloutLab, version: str, plan: Plan = PLAN) -> str:
     with session_factory(lab.database_url)() as session:
         return start_rollout(
             session,
-            PLAN,
+            plan,
             service=lab.settings.service,
             version=version,
             stable=STABLE,

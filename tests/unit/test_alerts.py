@@ -80,3 +80,16 @@ def test_payload_must_be_version_4_with_alerts() -> None:
         AlertmanagerPayload.model_validate(
             {"version": "4", "status": "firing", "alerts": [{"status": "odd", "labels": {}}]}
         )
+
+
+def test_a_repeat_after_the_rollback_ended_is_recognised_by_fingerprint() -> None:
+    ended = rollout("rolled_back")
+    ended.analysis = {"trigger": {"kind": "alert", "fingerprint": "abc"}}
+    assert decide_recent(alert(), ended) == [("r-1", "ignored", "already handled: rolled_back")]
+    other = alert()
+    other.fingerprint = "zzz"
+    assert decide_recent(other, ended)[0][2] == "no active rollout of checkout"
+
+
+def decide_recent(a: Alert, *recent: Rollout) -> list[tuple[str | None, str, str]]:
+    return [(m.rollout_id, m.action, m.reason) for m in match_alert(a, [], list(recent))]

@@ -1,0 +1,266 @@
+"""The HTTP API and the Alertmanager webhook on the real stack, with a real
+Alertmanager fed by a real Prometheus alerting rule on the canary's 5xx."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from controller.lab.stack import RolloutLab
+from controller.plan import Plan
+from controller.store.models import Event, Rollout
+from tests.conftest import postgres_schema
+from tests.integration.rollout_helpers import (
+    PLAN,
+    STABLE,
+    at_canary,
+    begin,
+    deploy,
+    finished,
+    snapshot,
+    start_lab,
+    versions_served,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+OPERATOR, VIEWER, ADMIN, ALERTS = (secrets.token_hex(16) for _ in range(4))
+
+
+def slow_criteria_plan() -> Plan:
+    """The demo plan with its 5xx criterion made slow, so only the alert path can be
+    what rolls the canary back within seconds."""
+    data = PLAN.model_dump(mode="json")
+    for criterion in data["stop_criteria"]:
+        if criterion["name"] == "http_5xx_vs_baseline":
+            criterion["sustained_for"] = "10m"
+    return Plan.from_data(data)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RolloutLab, str]]:
+    with postgres_schema() as url:
+        lab = start_lab(
+            tmp_path_factory.mktemp("api"),
+            url,
+            extra_env={
+                "CANARY_API_TOKENS": f"olga:operator:{OPERATOR},vic:viewer:{VIEWER},"
+                f"ada:admin:{ADMIN}",
+                "CANARY_ALERTMANAGER_TOKEN": ALERTS,
+            },
+        )
+        try:
+            lab.start_controller()
+            api = lab.start_api()
+            lab.start_alerting(api, ALERTS)
+            yield lab, api
+        finally:
+            lab.stop()
+
+
+def canary_measured_healthy(_rollout: Rollout, events: list[Event]) -> bool:
+    """The canary has taken traffic long enough for its 5xx to be judged (and pass)."""
+    return at_canary(_rollout, events) and any(
+        e.kind == "measurement"
+        and e.step_index == 1
+        and e.data["criterion"] == "http_5xx_vs_baseline"
+        and e.data["verdict"] == "pass"
+        for e in events
+    )
+
+
+def call(
+    method: str,
+    url: str,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> httpx.Response:
+    headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
+    return httpx.request(method, url, headers=headers, timeout=10, trust_env=False, **kwargs)
+
+
+def webhook(
+    api: str, token: str | None, fingerprint: str | None = None, **labels: str
+) -> httpx.Response:
+    payload = {
+        "version": "4",
+        "status": "firing",
+        "receiver": "x",
+        "groupKey": "{}",
+        "alerts": [
+            {
+                "status": "firing",
+                "fingerprint": fingerprint or secrets.token_hex(4),
+                "labels": {"alertname": "Manual", "severity": "critical", **labels},
+            }
+        ],
+    }
+    return call("POST", f"{api}/api/v1/alerts/alertmanager", token, json=payload)
+
+
+def test_alert_from_prometheus_rolls_back_through_alertmanager(stack) -> None:
+    lab, api = stack
+    version = deploy(lab)
+    rollout_id = begin(lab, version, plan=slow_criteria_plan())
+    wait_for(lab, rollout_id, canary_measured_healthy)
+    faulted = time.monotonic()
+    lab.set_faults("canary", error_rate=0.6)
+    rollout = wait_for(lab, rollout_id, finished, timeout=60)
+    took = time.monotonic() - faulted
+    assert rollout.state == "rolled_back", rollout.reason
+    assert rollout.analysis["trigger"]["kind"] == "alert"
+    assert rollout.analysis["trigger"]["alertname"] == "CanaryHigh5xxRate"
+    assert lab.router().get_canary_weight() == 0 and versions_served(lab) == {STABLE}
+    assert took < 20, f"fault to rollback took {took:.1f}s"
+
+    _, events = snapshot(lab, rollout_id)
+    deadline = time.monotonic() + 30
+    while len([e for e in events if e.kind == "runbook"]) < 5 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        _, events = snapshot(lab, rollout_id)
+    steps = {e.data["step"]: e.data for e in events if e.kind == "runbook"}
+    assert sorted(steps) == [1, 2, 3, 4, 5]
+    assert all(step["ok"] for step in steps.values()), steps
+    assert all(step["started_at"] <= step["finished_at"] for step in steps.values())
+    assert httpx.get(f"{lab.instances['canary'].url}/healthz", trust_env=False).status_code == 503
+
+    incident = call("GET", f"{api}/api/v1/rollouts/{rollout_id}/incident", VIEWER).json()
+    assert incident["trigger"]["kind"] == "alert"
+    assert incident["started_by"] == "pytest"
+    snapshot_by_name = {m["criterion"]: m for m in incident["metrics_snapshot"]}
+    assert set(snapshot_by_name) == {c.name for c in PLAN.stop_criteria}
+    five_xx = snapshot_by_name["http_5xx_vs_baseline"]
+    assert five_xx["verdict"] == "fail", five_xx
+    assert five_xx["value"] > five_xx["limit"] and version in five_xx["queries"]["canary_total"]
+    assert any(e["kind"] == "rollback_requested" for e in incident["timeline"])
+    same = call("GET", f"{api}/api/v1/incidents/{incident['id']}", VIEWER).json()
+    assert same["id"] == incident["id"]
+
+
+def test_webhooks_without_valid_credentials_change_nothing(stack) -> None:
+    lab, api = stack
+    version = deploy(lab)
+    rollout_id = begin(lab, version)
+    wait_for(lab, rollout_id, at_canary)
+    assert webhook(api, None, service="checkout").status_code == 401
+    assert webhook(api, "forged-token-0123456789", service="checkout").status_code == 401
+    assert webhook(api, OPERATOR, service="checkout").status_code == 401  # not the alert token
+    other = webhook(api, ALERTS, service="payments")
+    assert other.status_code == 202 and other.json()["matched"] == []
+    assert other.json()["ignored"][0]["reason"] == "no active rollout of payments"
+    stable_alert = webhook(api, ALERTS, service="checkout", version=STABLE)
+    assert stable_alert.json()["matched"] == []
+    resolved = call(
+        "POST",
+        f"{api}/api/v1/alerts/alertmanager",
+        ALERTS,
+        json={
+            "version": "4",
+            "status": "resolved",
+            "alerts": [
+                {"status": "resolved", "labels": {"service": "checkout", "severity": "critical"}}
+            ],
+        },
+    )
+    assert resolved.status_code == 202 and resolved.json()["matched"] == []
+    bad = call("POST", f"{api}/api/v1/alerts/alertmanager", ALERTS, json={"version": "4"})
+    assert bad.status_code == 422 and "alerts" in str(bad.json()["detail"])
+    huge = call(
+        "POST",
+        f"{api}/api/v1/alerts/alertmanager",
+        ALERTS,
+        content=b"{" + b" " * 2_000_000 + b"}",
+        headers={"Content-Type": "application/json"},
+    )
+    assert huge.status_code == 413
+    rollout, _ = snapshot(lab, rollout_id)
+    assert rollout.state == "running" and lab.router().get_canary_weight() > 0
+
+    hit_fingerprint = secrets.token_hex(4)
+    hit = webhook(api, ALERTS, service="checkout", fingerprint=hit_fingerprint)
+    assert hit.status_code == 202 and hit.json()["matched"][0]["rollout_id"] == rollout_id
+    again = webhook(api, ALERTS, service="checkout", fingerprint=hit_fingerprint)
+    assert again.json()["matched"] == []
+    assert again.json()["ignored"][0]["reason"].startswith("already")
+    assert wait_for(lab, rollout_id, finished).state == "rolled_back"
+
+
+def test_api_roles(stack) -> None:
+    lab, api = stack
+    rollouts = f"{api}/api/v1/rollouts"
+    assert call("GET", rollouts).status_code == 401
+    assert call("GET", rollouts, "not-a-token").status_code == 401
+    assert call("GET", rollouts, VIEWER).status_code == 200
+    body = {
+        "plan": "demo",
+        "service": "checkout",
+        "version": "9.9.9",
+        "stable": STABLE,
+        "variables": lab.plan_variables(),
+    }
+    refused = call("POST", rollouts, VIEWER, json=body)
+    assert refused.status_code == 403 and "needs operator" in refused.json()["detail"]
+    deploy(lab)
+    created = call("POST", rollouts, OPERATOR, json=body)
+    assert created.status_code == 201, created.text
+    rollout_id = created.json()["id"]
+    assert call("GET", f"{rollouts}/{rollout_id}", VIEWER).json()["created_by"] == "olga"
+    assert call("POST", f"{rollouts}/{rollout_id}/pause", VIEWER, json={}).status_code == 403
+    paused = call("POST", f"{rollouts}/{rollout_id}/pause", OPERATOR, json={"reason": "look"})
+    assert paused.status_code == 200 and paused.json()["accepted"]
+    assert call("POST", f"{rollouts}/{rollout_id}/resume", ADMIN).status_code == 200
+    rolled = call(
+        "POST", f"{rollouts}/{rollout_id}/rollback", OPERATOR, json={"reason": "manual test"}
+    )
+    assert rolled.status_code == 202
+    assert wait_for(lab, rollout_id, finished).state == "rolled_back"
+    events = call("GET", f"{rollouts}/{rollout_id}/events", VIEWER).json()
+    assert [e["kind"] for e in events if e["kind"] in ("paused", "resumed")] == [
+        "paused",
+        "resumed",
+    ]
+
+
+def test_api_refuses_bad_input_with_the_field(stack) -> None:
+    _, api = stack
+    rollouts = f"{api}/api/v1/rollouts"
+    cases = [
+        ({"plan": "nope", "service": "checkout", "version": "2", "stable": "1"}, "plan"),
+        ({"plan": "demo", "service": "check out", "version": "2", "stable": "1"}, "service"),
+        ({"plan": "demo", "plan_yaml": "x", "service": "s", "version": "2"}, "exactly one"),
+        (
+            {"plan_yaml": "name: x\nstages: []\n", "service": "s", "version": "2", "stable": "1"},
+            "stages",
+        ),
+        ({"plan": "demo", "service": "s", "version": "2", "stable": "1", "extra": 1}, "extra"),
+        (
+            {
+                "plan": "demo",
+                "service": "s",
+                "version": "2",
+                "stable": "1",
+                "variables": {"nope": "x"},
+            },
+            "variables.nope",
+        ),
+    ]
+    for body, word in cases:
+        response = call("POST", rollouts, OPERATOR, json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert word in response.text
+    assert call("GET", f"{rollouts}/r-missing", VIEWER).status_code == 404
+    assert call("GET", f"{api}/readyz").json()["checks"] == {
+        "database": "ok",
+        "redis": "ok",
+        "prometheus": "ok",
+    }
+    assert (
+        "/api/v1/alerts/alertmanager" in call("GET", f"{api}/api/v1/openapi.json").json()["paths"]
+    )
