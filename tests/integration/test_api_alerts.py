@@ -3,7 +3,11 @@ Alertmanager fed by a real Prometheus alerting rule on the canary's 5xx."""
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -142,6 +146,15 @@ def test_alert_from_prometheus_rolls_back_through_alertmanager(stack) -> None:
     assert any(e["kind"] == "rollback_requested" for e in incident["timeline"])
     same = call("GET", f"{api}/api/v1/incidents/{incident['id']}", VIEWER).json()
     assert same["id"] == incident["id"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "controller", "incident", "show", rollout_id, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **lab.env()},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == incident["id"]
 
 
 def test_webhooks_without_valid_credentials_change_nothing(stack) -> None:
