@@ -44,6 +44,7 @@ def test_compose_has_the_parts_of_the_design() -> None:
         "postgres",
         "prometheus",
         "haproxy",
+        "api",
         "worker",
         "rollback-worker",
         "beat",
@@ -89,6 +90,7 @@ def test_no_secret_is_written_in_the_file() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     assert "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?" in text
     assert "CANARY_FLOWER_PASSWORD: ${FLOWER_PASSWORD:?" in text
+    assert "CANARY_API_TOKENS: ${CANARY_API_TOKENS:?" in text
 
 
 def test_an_unknown_command_is_caught() -> None:
