@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     alertmanager_token: SecretStr | None = Field(
         None, description="Bearer token Alertmanager sends to the webhook."
     )
+    metrics_token: SecretStr | None = Field(
+        None, description="If set, /metrics of the API requires this bearer token."
+    )
     api_max_body_bytes: int = Field(1_000_000, ge=1_000, le=100_000_000)
     plans_dir: Path = Field(PLANS_DIR, description="Where the API finds plans by name.")
     flower_user: str | None = Field(None, description="Flower basic-auth user.")

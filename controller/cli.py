@@ -10,14 +10,16 @@ import getpass
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.live import Live
 from sqlalchemy.exc import OperationalError
 
 from config.settings import SettingsError, get_settings
@@ -33,11 +35,12 @@ from controller.operations import (
     start_rollout,
 )
 from controller.plan_loader import PlanError, load_plan
+from controller.render import detail_view, history_table, incident_view, rollout_table
 from controller.runbook import find_incident
 from controller.runtime import utcnow
 from controller.store import repository
 from controller.store.db import migrate, session_factory
-from controller.views import rollout_detail, rollout_summary
+from controller.views import event_view, rollout_detail, rollout_summary
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -154,24 +157,77 @@ def status(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
     events: Annotated[int, typer.Option(help="How many recent events to show")] = 15,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow it live until it ends")] = False,
+    interval: Annotated[float, typer.Option(help="Refresh interval of --watch, seconds")] = 1.0,
 ) -> None:
-    """Show rollouts, or one rollout with its criteria, weights and recent events."""
-    with _sessions()() as session:
-        if rollout_id is None:
+    """Show rollouts, or one rollout: where it stands, criteria against limits, events."""
+    sessions = _sessions()
+    if rollout_id is None:
+        with sessions() as session:
             rows = [rollout_summary(r) for r in repository.list_rollouts(session)]
-            if as_json:
-                print(json.dumps(rows, indent=2))
-                return
-            _print_rollout_table(rows)
-            return
-        rollout = repository.get_rollout(session, rollout_id)
-        if rollout is None:
-            raise OperationError(f"id: no rollout {rollout_id!r}")
-        detail = rollout_detail(session, rollout, event_limit=events)
-    if as_json:
-        print(json.dumps(detail, indent=2))
+        if as_json:
+            print(json.dumps(rows, indent=2))
+        else:
+            out.print(rollout_table(rows))
         return
-    _print_detail(detail)
+
+    def read() -> dict[str, Any]:
+        with sessions() as session:
+            rollout = repository.get_rollout(session, rollout_id)
+            if rollout is None:
+                raise OperationError(f"id: no rollout {rollout_id!r}")
+            return rollout_detail(session, rollout, event_limit=events)
+
+    detail = read()
+    if not watch:
+        if as_json:
+            print(json.dumps(detail, indent=2))
+        else:
+            out.print(detail_view(detail))
+        return
+    _watch(read, detail, as_json, max(interval, 0.2))
+
+
+def _watch(
+    read: Callable[[], dict[str, Any]], detail: dict[str, Any], as_json: bool, interval: float
+) -> None:
+    """Redraw (or, with --json, print a line per change) until the rollout ends."""
+    final = ("succeeded", "rolled_back", "aborted")
+    last = None
+    with (
+        Live(detail_view(detail), console=out, auto_refresh=False, transient=False)
+        if not as_json
+        else nullcontext() as live
+    ):
+        while True:
+            if as_json:
+                line = json.dumps(detail)
+                if line != last:
+                    print(line, flush=True)
+                    last = line
+            else:
+                live.update(detail_view(detail), refresh=True)
+            if detail["state"] in final:
+                return
+            time.sleep(interval)
+            detail = read()
+
+
+@app.command()
+@friendly_errors
+def history(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """The whole timeline of a rollout: every weight, measurement and decision."""
+    with _sessions()() as session:
+        if repository.get_rollout(session, rollout_id) is None:
+            raise OperationError(f"id: no rollout {rollout_id!r}")
+        timeline = [event_view(e) for e in repository.events_for(session, rollout_id)]
+    if as_json:
+        print(json.dumps(timeline, indent=2))
+    else:
+        out.print(history_table(timeline))
 
 
 @app.command()
@@ -249,23 +305,7 @@ def incident_show(
     if as_json:
         print(json.dumps(document, indent=2))
         return
-    out.print(f"[bold]{document['id']}[/] {document['severity']}: {document['title']}")
-    out.print(
-        f"rollout {document['rollout_id']} started by {document['started_by']}, "
-        f"opened {document['opened_at']}; webhook: {document['webhook_status']}",
-        markup=False,
-    )
-    out.print(f"trigger: {json.dumps(document['trigger'])}", markup=False)
-    snapshot = Table("criterion", "verdict", "value", "limit", "reason")
-    for m in document["metrics_snapshot"]:
-        snapshot.add_row(
-            m["criterion"], m["verdict"], _num(m["value"]), _num(m["limit"]), m["reason"]
-        )
-    out.print(snapshot)
-    timeline = Table("at", "kind", "actor", "message")
-    for e in document["timeline"]:
-        timeline.add_row(e["at"][11:19], e["kind"], e["actor"], e["message"])
-    out.print(timeline)
+    out.print(incident_view(document))
 
 
 @app.command()
@@ -278,12 +318,12 @@ def api(
     import uvicorn
 
     from controller.api.app import create_app
-    from tasks.dispatch import enqueue_rollback
+    from tasks.dispatch import enqueue_rollback, enqueue_start
 
     settings = get_settings()
     migrate(settings.database_url)
     uvicorn.run(
-        create_app(settings, enqueue_rollback),
+        create_app(settings, enqueue_rollback, enqueue_start),
         host=host,
         port=port,
         log_level="warning",
@@ -317,8 +357,17 @@ def worker(
     concurrency: Annotated[int, typer.Option(min=1, max=64)] = 2,
     loglevel: Annotated[str, typer.Option()] = "INFO",
     hostname: Annotated[str | None, typer.Option(help="Celery node name")] = None,
+    metrics_port: Annotated[
+        int, typer.Option(help="Serve the worker's /metrics here (0: off)", min=0, max=65535)
+    ] = 0,
 ) -> None:
     """Run a Celery worker (task events on). Run one on the rollback queue of its own."""
+    metrics_dir = None
+    if metrics_port:
+        # Before any task module creates a metric: the prefork children share counters.
+        from tasks.metrics import enable_multiprocess
+
+        metrics_dir = enable_multiprocess()
     from tasks.app import app as celery_app
     from tasks.app import queue_names
 
@@ -343,7 +392,15 @@ def worker(
     if hostname:
         argv.append(f"--hostname={hostname}")
     migrate(get_settings().database_url)
-    celery_app.worker_main(argv)
+    if metrics_dir is not None:
+        from tasks.metrics import cleanup, serve
+
+        serve(metrics_port, queues)
+    try:
+        celery_app.worker_main(argv)
+    finally:
+        if metrics_dir is not None:
+            cleanup(metrics_dir)
 
 
 @app.command()
@@ -411,47 +468,6 @@ def demo_service(
     from controller.demo.service import serve
 
     serve(port=port, service=service, version=version, environment=environment, host=host)
-
-
-def _print_rollout_table(rows: list[dict[str, Any]]) -> None:
-    table = Table("id", "service", "version", "stable", "state", "stage", "weight", "tripped")
-    for r in rows:
-        table.add_row(
-            r["id"],
-            r["service"],
-            r["version"],
-            r["stable"],
-            r["state"],
-            r["stage"],
-            "-" if r["weight"] is None else f"{r['weight']}%",
-            r["tripped"] or "",
-        )
-    out.print(table)
-
-
-def _print_detail(d: dict[str, Any]) -> None:
-    weight = "-" if d["weight"] is None else f"{d['weight']}%"
-    out.print(
-        f"[bold]{d['id']}[/] {d['service']} {d['version']} (stable {d['stable']}) "
-        f"plan {d['plan']}: [bold]{d['state']}[/] at {d['stage']} "
-        f"(step {d['step']}), canary weight {weight}"
-    )
-    if d["reason"]:
-        out.print(f"reason: {d['reason']}", markup=False)
-    out.print("weights so far: " + " -> ".join(f"{w}%" for w in d["weights"]), markup=False)
-    table = Table("criterion", "verdict", "value", "limit", "reason")
-    for name, m in d["criteria"].items():
-        table.add_row(name, m["verdict"], _num(m["value"]), _num(m["limit"]), m["reason"])
-    if d["criteria"]:
-        out.print(table)
-    events = Table("at", "kind", "actor", "message")
-    for e in d["events"]:
-        events.add_row(e["at"][11:19], e["kind"], e["actor"], e["message"])
-    out.print(events)
-
-
-def _num(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
 
 
 def main() -> None:

@@ -41,6 +41,21 @@ class AdvanceResult:
     stage: str | None = None
     weight: int | None = None
     summary: str = ""
+    next_check_at: datetime | None = None
+
+    def sentence(self) -> str:
+        """One line of state for Flower and logs: where, how much traffic, what next."""
+        if not self.acted:
+            return f"{self.rollout_id}: nothing done ({self.summary})"
+        weight = "-" if self.weight is None else f"{self.weight}%"
+        nxt = (
+            f"; next check {self.next_check_at:%H:%M:%S}"
+            if self.next_check_at and self.state in ("pending", "running")
+            else ""
+        )
+        return (
+            f"{self.rollout_id} {self.state} at {self.stage}, weight {weight}: {self.summary}{nxt}"
+        )
 
 
 def rollout_variables(plan: Plan, rollout: Rollout, step: Step | None = None) -> dict[str, str]:
@@ -107,7 +122,13 @@ class _Advance:
     def result(self, summary: str) -> AdvanceResult:
         step = self.steps[min(self.rollout.step_index, len(self.steps) - 1)]
         return AdvanceResult(
-            self.rollout.id, True, self.rollout.state, step.label, self.rollout.weight, summary
+            self.rollout.id,
+            True,
+            self.rollout.state,
+            step.label,
+            self.rollout.weight,
+            summary,
+            self.rollout.next_check_at,
         )
 
     def commit(self) -> None:

@@ -38,6 +38,9 @@ class RollbackResult:
     state: str | None = None
     summary: str = ""
 
+    def sentence(self) -> str:
+        return f"{self.rollout_id} {self.state or '-'}: {self.summary}"
+
 
 @dataclass(frozen=True)
 class ShiftOutcome:

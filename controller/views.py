@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from controller.durations import format_duration
 from controller.plan import Plan
+from controller.runtime import utcnow
 from controller.store import repository
 from controller.store.models import Rollout
 
@@ -43,31 +44,49 @@ def rollout_summary(rollout: Rollout) -> dict[str, Any]:
     }
 
 
-def rollout_detail(session: Session, rollout: Rollout, event_limit: int = 20) -> dict[str, Any]:
-    """Summary, the weights traffic went through, the latest verdict per criterion, and
-    the most recent events."""
+def rollout_detail(
+    session: Session, rollout: Rollout, event_limit: int = 20, now: datetime | None = None
+) -> dict[str, Any]:
+    """Summary, each step and where the rollout stands, the time left in the hold, the
+    weights traffic went through, the latest verdict per criterion, recent events."""
     events = repository.events_for(session, rollout.id)
-    weights = [e.data.get("weight") for e in events if e.kind == "weight_set"]
     latest: dict[str, dict[str, Any]] = {}
     for e in events:
         if e.kind == "measurement":
             latest[e.data["criterion"]] = {**e.data, "at": _iso(e.at)}
+    completed = {e.step_index for e in events if e.kind == "step_completed"}
     steps = Plan.from_data(rollout.plan).steps()
+    hold_left = None
+    if rollout.step_started_at and rollout.state in ("running", "paused"):
+        current = steps[min(rollout.step_index, len(steps) - 1)]
+        remaining = rollout.step_started_at + current.hold - (now or utcnow())
+        hold_left = max(0.0, remaining.total_seconds())
     return {
         **rollout_summary(rollout),
-        "weights": weights,
+        "weights": weights_from(events),
+        "hold_left_seconds": hold_left,
         "steps": [
             {
                 "index": s.index,
                 "label": s.label,
                 "weight": s.weight,
                 "hold": format_duration(s.hold),
+                "status": "done"
+                if s.index in completed
+                else "current"
+                if s.index == rollout.step_index
+                else "pending",
             }
             for s in steps
         ],
         "criteria": latest,
-        "events": [event_view(e) for e in events[-event_limit:]],
+        "events": [event_view(e) for e in events[-event_limit:]] if event_limit else [],
     }
+
+
+def weights_from(events: Any) -> list[int]:
+    """The canary weights traffic went through, in order, as read back from the router."""
+    return [e.data["weight"] for e in events if e.kind == "weight_set"]
 
 
 def event_view(event: Any) -> dict[str, Any]:
@@ -83,4 +102,4 @@ def event_view(event: Any) -> dict[str, Any]:
 
 
 def weights_of(session: Session, rollout_id: str) -> list[int]:
-    return [e.data["weight"] for e in repository.events_for(session, rollout_id, ["weight_set"])]
+    return weights_from(repository.events_for(session, rollout_id, ["weight_set"]))

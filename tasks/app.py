@@ -8,10 +8,13 @@ run twice. Every wait is ``next_check_at`` in the database, checked by the short
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import Any
+
+from celery import Celery, signals
 from kombu import Queue
 
 from config.settings import get_settings
+from controller.logging import configure_logging
 
 
 def queue_names() -> tuple[str, str]:
@@ -27,7 +30,7 @@ def create_app() -> Celery:
         "canary",
         broker=settings.broker_url,
         backend=settings.result_backend or settings.broker_url,
-        include=["tasks.rollout"],
+        include=["tasks.rollout", "tasks.metrics"],
     )
     app.conf.update(
         task_acks_late=True,
@@ -42,6 +45,7 @@ def create_app() -> Celery:
         worker_send_task_events=True,
         result_expires=24 * 3600,
         broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
         broker_transport_options={"visibility_timeout": 3600},
         timezone="UTC",
         beat_schedule={
@@ -54,6 +58,12 @@ def create_app() -> Celery:
         },
     )
     return app
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    """Celery's own lines go through structlog too: JSON, bound fields, no secrets."""
+    configure_logging(get_settings().log_json)
 
 
 app = create_app()

@@ -1,17 +1,20 @@
-"""Thin Celery tasks: each one calls into ``controller`` and returns a sentence of state."""
+"""Thin Celery tasks named by intent. Each carries the rollout id, service and stage
+in its arguments (so Flower shows what it is about) and returns a sentence of state
+(so Flower shows what happened); the store keeps the full record."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from functools import lru_cache
 
 import structlog
+from structlog.contextvars import bound_contextvars
 
 from config.settings import get_settings
 from controller.engine import advance
 from controller.rollback import rollback
 from controller.runtime import Runtime
 from controller.store import repository
+from controller.views import rollout_summary
 from tasks.app import app
 
 log = structlog.get_logger(__name__)
@@ -21,12 +24,30 @@ log = structlog.get_logger(__name__)
 def runtime() -> Runtime:
     """One runtime per worker process: pooled DB connections, one Prometheus client."""
     rt = Runtime.from_settings(get_settings())
-    rt.enqueue_rollback = lambda rollout_id: rollback_task.apply_async((rollout_id,))
+    rt.enqueue_rollback = lambda rollout_id: enqueue_rollback(rollout_id)
     return rt
 
 
+def describe(rollout_id: str) -> dict[str, str]:
+    """The arguments that make a task readable in Flower: id, service, stage."""
+    with runtime().sessions() as session:
+        rollout = repository.get_rollout(session, rollout_id)
+        if rollout is None:
+            return {"rollout_id": rollout_id, "service": "", "stage": ""}
+        summary = rollout_summary(rollout)
+    return {"rollout_id": rollout_id, "service": summary["service"], "stage": summary["stage"]}
+
+
+def enqueue_rollback(rollout_id: str, reason: str = "") -> None:
+    rollback_task.apply_async(kwargs={**describe(rollout_id), "reason": reason})
+
+
+def enqueue_start(rollout_id: str) -> None:
+    start_task.apply_async(kwargs=describe(rollout_id))
+
+
 @app.task(name="rollout.reconcile", ignore_result=True)
-def reconcile_task() -> dict:
+def reconcile_task() -> str:
     """Hand out due work: one advance per due rollout, one rollback per pending rollback."""
     rt = runtime()
     with rt.sessions() as session:
@@ -34,23 +55,32 @@ def reconcile_task() -> dict:
         advances = repository.due_for_advance(session, now)
         rollbacks = repository.due_for_rollback(session, now)
     for rollout_id in rollbacks:
-        rollback_task.apply_async((rollout_id,))
+        enqueue_rollback(rollout_id, "pending rollback")
     for rollout_id in advances:
-        advance_task.apply_async((rollout_id,), expires=60)
-    return {"advances": list(advances), "rollbacks": list(rollbacks)}
+        advance_task.apply_async(kwargs=describe(rollout_id), expires=60)
+    return f"dispatched {len(advances)} advance(s) and {len(rollbacks)} rollback(s)"
+
+
+@app.task(name="rollout.start")
+def start_task(rollout_id: str, service: str = "", stage: str = "") -> str:
+    """The first step of a new rollout, right after it is created (beat would do it too)."""
+    with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
+        return advance(runtime(), rollout_id).sentence()
 
 
 @app.task(name="rollout.advance")
-def advance_task(rollout_id: str) -> dict:
+def advance_task(rollout_id: str, service: str = "", stage: str = "") -> str:
     """Do one step of one rollout (soak, canary, ramp or verify) under its lease."""
-    result = advance(runtime(), rollout_id)
-    log.info("advance", **asdict(result))
-    return asdict(result)
+    with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
+        result = advance(runtime(), rollout_id)
+        log.info("advance", result=result.sentence())
+        return result.sentence()
 
 
 @app.task(name="rollout.rollback")
-def rollback_task(rollout_id: str) -> dict:
-    """Put all traffic back on stable and record it; runs on the rollback queue."""
-    result = rollback(runtime(), rollout_id)
-    log.info("rollback", **asdict(result))
-    return asdict(result)
+def rollback_task(rollout_id: str, service: str = "", stage: str = "", reason: str = "") -> str:
+    """Put all traffic back on stable and run the runbook; runs on the rollback queue."""
+    with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
+        result = rollback(runtime(), rollout_id)
+        log.info("rollback", result=result.sentence(), reason=reason)
+        return result.sentence()

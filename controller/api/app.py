@@ -16,7 +16,8 @@ import redis
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -33,6 +34,7 @@ from controller.runtime import utcnow
 from controller.store import repository
 from controller.store.db import session_factory
 from controller.store.models import ACTIVE_STATES, FINAL_STATES, Incident, Rollout
+from controller.telemetry import StoreCollector
 from controller.views import event_view, rollout_detail, rollout_summary
 
 log = structlog.get_logger(__name__)
@@ -41,7 +43,11 @@ RECENT = timedelta(hours=1)  # how long a handled alert's repeats are recognised
 _PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
-def create_app(settings: Settings, enqueue_rollback: Callable[[str], None]) -> FastAPI:
+def create_app(
+    settings: Settings,
+    enqueue_rollback: Callable[[str], None],
+    enqueue_start: Callable[[str], None] = lambda rollout_id: None,
+) -> FastAPI:
     sessions = session_factory(settings.database_url)
     tokens = TokenBook.from_setting(
         settings.api_tokens.get_secret_value() if settings.api_tokens else None
@@ -130,6 +136,19 @@ def create_app(settings: Settings, enqueue_rollback: Callable[[str], None]) -> F
             status_code=accepted_code if result.accepted else 409,
         )
 
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(sessions))
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    def metrics(request: Request) -> Response:
+        """The controller's own metrics, computed from the store (Prometheus format)."""
+        if metrics_token is not None:
+            presented = bearer(request.headers.get("authorization"))
+            if presented is None or not _same(presented, metrics_token):
+                raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or invalid token")
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         """The process answers."""
@@ -176,6 +195,7 @@ def create_app(settings: Settings, enqueue_rollback: Callable[[str], None]) -> F
             now=utcnow(),
             variables=body.variables,
         )
+        _best_effort(enqueue_start, rollout.id)
         return rollout_summary(rollout)
 
     @app.get("/api/v1/rollouts", tags=["rollouts"])
@@ -307,6 +327,14 @@ def create_app(settings: Settings, enqueue_rollback: Callable[[str], None]) -> F
         )
 
     return app
+
+
+def _best_effort(enqueue: Callable[[str], None], rollout_id: str) -> None:
+    """Start at once if the broker answers; the reconcile loop starts it anyway."""
+    try:
+        enqueue(rollout_id)
+    except Exception as exc:  # the database holds the rollout already
+        log.warning("enqueue_failed", rollout_id=rollout_id, error=type(exc).__name__)
 
 
 def _same(presented: str, expected: str) -> bool:

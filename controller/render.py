@@ -1,0 +1,94 @@
+"""Rich renderings of store views for the terminal: status, the live watch, history,
+incidents. They only format what ``controller.views`` derived from the store."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from controller.durations import format_duration
+
+_STEP_MARK = {"done": "✓", "current": "▶", "pending": " "}
+
+
+def number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+
+def rollout_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table("id", "service", "version", "stable", "state", "stage", "weight", "tripped")
+    for r in rows:
+        table.add_row(
+            r["id"],
+            r["service"],
+            r["version"],
+            r["stable"],
+            r["state"],
+            r["stage"],
+            "-" if r["weight"] is None else f"{r['weight']}%",
+            r["tripped"] or "",
+        )
+    return table
+
+
+def detail_view(d: dict[str, Any]) -> RenderableType:
+    """One rollout: header, steps with where it stands, criteria against limits, events."""
+    weight = "-" if d["weight"] is None else f"{d['weight']}%"
+    parts: list[RenderableType] = [
+        Text.assemble(
+            (d["id"], "bold"),
+            f" {d['service']} {d['version']} (stable {d['stable']}) plan {d['plan']}: ",
+            (d["state"], "bold"),
+            f" at {d['stage']} (step {d['step']}), canary weight {weight}",
+        )
+    ]
+    if d.get("hold_left_seconds") is not None:
+        left = format_duration(timedelta(seconds=round(d["hold_left_seconds"])))
+        parts.append(Text(f"hold left: {left}"))
+    if d["reason"]:
+        parts.append(Text(f"reason: {d['reason']}"))
+    steps = Table("", "step", "weight", "hold", box=None)
+    for s in d["steps"]:
+        steps.add_row(_STEP_MARK[s["status"]], s["label"], f"{s['weight']}%", s["hold"])
+    parts.append(steps)
+    parts.append(Text("weights so far: " + " -> ".join(f"{w}%" for w in d["weights"])))
+    if d["criteria"]:
+        criteria = Table("criterion", "verdict", "value", "limit", "reason")
+        for name, m in d["criteria"].items():
+            criteria.add_row(
+                name, m["verdict"], number(m["value"]), number(m["limit"]), m["reason"]
+            )
+        parts.append(criteria)
+    parts.append(Text("gates and approvals: none in this plan"))
+    if d["events"]:
+        parts.append(history_table(d["events"]))
+    return Group(*parts)
+
+
+def history_table(events: list[dict[str, Any]]) -> Table:
+    table = Table("at", "kind", "actor", "message")
+    for e in events:
+        table.add_row(e["at"][:19].replace("T", " "), e["kind"], e["actor"], e["message"])
+    return table
+
+
+def incident_view(document: dict[str, Any]) -> RenderableType:
+    snapshot = Table("criterion", "verdict", "value", "limit", "reason")
+    for m in document["metrics_snapshot"]:
+        snapshot.add_row(
+            m["criterion"], m["verdict"], number(m["value"]), number(m["limit"]), m["reason"]
+        )
+    return Group(
+        Text.assemble((document["id"], "bold"), f" {document['severity']}: {document['title']}"),
+        Text(
+            f"rollout {document['rollout_id']} started by {document['started_by']}, "
+            f"opened {document['opened_at']}; webhook: {document['webhook_status']}"
+        ),
+        Text(f"trigger: {document['trigger']}"),
+        snapshot,
+        history_table(document["timeline"]),
+    )

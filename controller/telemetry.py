@@ -1,0 +1,178 @@
+"""The controller's own metrics, read from the store at scrape time.
+
+Computing them from the database, rather than counting in each process, is what
+makes every figure on a dashboard agree with ``canary status`` and the event log:
+there is one source. The API serves them on ``/metrics``; the workers serve their
+own task counters (see ``tasks.metrics``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from controller.runtime import utcnow
+from controller.store.models import (
+    ACTIVE_STATES,
+    ADVANCING_STATES,
+    Event,
+    Rollout,
+    RolloutState,
+)
+
+ROLLED_BACK_STATES = (
+    RolloutState.ROLLED_BACK,
+    RolloutState.ABORTED,
+    RolloutState.ROLLBACK_FAILED,
+    RolloutState.ROLLING_BACK,
+)
+
+
+class StoreCollector(Collector):
+    """Rollouts by state, weights, measurements, rollbacks and lags, from the store."""
+
+    def __init__(self, sessions: sessionmaker[Session]):
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        with self.sessions() as session:
+            now = utcnow()
+            yield self._by_state(session)
+            yield from self._active(session)
+            yield self._measurements(session)
+            yield from self._rollbacks(session)
+            yield self._reconcile_lag(session, now)
+
+    @staticmethod
+    def _by_state(session: Session) -> Metric:
+        family = GaugeMetricFamily("canary_rollouts", "Rollouts by state.", labels=["state"])
+        counts = dict(session.execute(select(Rollout.state, func.count()).group_by(Rollout.state)))
+        for state in RolloutState:
+            family.add_metric([state.value], counts.get(state.value, 0))
+        return family
+
+    @staticmethod
+    def _active(session: Session) -> Iterator[Metric]:
+        weight = GaugeMetricFamily(
+            "canary_rollout_weight",
+            "Canary traffic percent, as read back from the router.",
+            labels=["rollout_id", "service", "version", "state"],
+        )
+        value = GaugeMetricFamily(
+            "canary_criterion_value",
+            "Last measured value of each stop criterion.",
+            labels=["rollout_id", "service", "criterion", "verdict"],
+        )
+        limit = GaugeMetricFamily(
+            "canary_criterion_limit",
+            "Limit of each stop criterion at its last measurement.",
+            labels=["rollout_id", "service", "criterion"],
+        )
+        rollouts = session.scalars(
+            select(Rollout).where(Rollout.state.in_([str(s) for s in ACTIVE_STATES]))
+        ).all()
+        for rollout in rollouts:
+            if rollout.weight is not None:
+                weight.add_metric(
+                    [rollout.id, rollout.service, rollout.canary_version, rollout.state],
+                    rollout.weight,
+                )
+            latest: dict[str, dict] = {}
+            for event in session.scalars(
+                select(Event)
+                .where(Event.rollout_id == rollout.id, Event.kind == "measurement")
+                .order_by(Event.id)
+            ):
+                latest[event.data["criterion"]] = event.data
+            for name, data in latest.items():
+                if isinstance(data.get("value"), int | float):
+                    value.add_metric(
+                        [rollout.id, rollout.service, name, data["verdict"]], data["value"]
+                    )
+                if isinstance(data.get("limit"), int | float):
+                    limit.add_metric([rollout.id, rollout.service, name], data["limit"])
+        yield weight
+        yield value
+        yield limit
+
+    @staticmethod
+    def _measurements(session: Session) -> Metric:
+        family = CounterMetricFamily(
+            "canary_measurements",
+            "Measurements by criterion and verdict.",
+            labels=["criterion", "verdict"],
+        )
+        criterion = Event.data["criterion"].as_string()
+        verdict = Event.data["verdict"].as_string()
+        rows = session.execute(
+            select(criterion, verdict, func.count())
+            .where(Event.kind == "measurement")
+            .group_by(criterion, verdict)
+        )
+        for name, outcome, count in rows:
+            family.add_metric([name or "", outcome or ""], count)
+        return family
+
+    @staticmethod
+    def _rollbacks(session: Session) -> Iterator[Metric]:
+        by_reason = CounterMetricFamily(
+            "canary_rollbacks",
+            "Rollbacks by what triggered them (criterion, alert, manual, "
+            "policy) and the tripped criterion.",
+            labels=["trigger", "criterion", "state"],
+        )
+        latency = SummaryMetricFamily(
+            "canary_alert_to_rollback_seconds",
+            "From an alert-triggered rollback request to traffic confirmed on stable.",
+        )
+        rollouts = session.scalars(
+            select(Rollout).where(Rollout.state.in_([str(s) for s in ROLLED_BACK_STATES]))
+        ).all()
+        counts: dict[tuple[str, str, str], int] = {}
+        total, seconds = 0, 0.0
+        for rollout in rollouts:
+            trigger = (rollout.analysis or {}).get("trigger") or {}
+            key = (trigger.get("kind", "unknown"), rollout.tripped_criterion or "", rollout.state)
+            counts[key] = counts.get(key, 0) + 1
+            if trigger.get("kind") == "alert" and trigger.get("at"):
+                shifted = session.scalars(
+                    select(Event.at).where(
+                        Event.rollout_id == rollout.id,
+                        Event.kind == "weight_set",
+                        Event.actor == "rollback",
+                    )
+                ).first()
+                if shifted is not None:
+                    total += 1
+                    seconds += max(
+                        0.0, (shifted - datetime.fromisoformat(trigger["at"])).total_seconds()
+                    )
+        for labels, count in counts.items():
+            by_reason.add_metric(list(labels), count)
+        latency.add_metric([], count_value=total, sum_value=seconds)
+        yield by_reason
+        yield latency
+
+    @staticmethod
+    def _reconcile_lag(session: Session, now: datetime) -> Metric:
+        oldest = session.scalar(
+            select(func.min(Rollout.next_check_at)).where(
+                Rollout.state.in_([str(s) for s in ADVANCING_STATES])
+            )
+        )
+        lag = max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
+        return GaugeMetricFamily(
+            "canary_reconcile_lag_seconds",
+            "How overdue the most overdue rollout check is (0 when none is due).",
+            value=lag,
+        )
