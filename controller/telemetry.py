@@ -56,7 +56,8 @@ class StoreCollector(Collector):
     @staticmethod
     def _by_state(session: Session) -> Metric:
         family = GaugeMetricFamily("canary_rollouts", "Rollouts by state.", labels=["state"])
-        counts = dict(session.execute(select(Rollout.state, func.count()).group_by(Rollout.state)))
+        rows = session.execute(select(Rollout.state, func.count()).group_by(Rollout.state))
+        counts = {state: count for state, count in rows}
         for state in RolloutState:
             family.add_metric([state.value], counts.get(state.value, 0))
         return family

@@ -84,7 +84,8 @@ def _failure(sender: Any = None, **_: Any) -> None:
 
 @signals.worker_process_shutdown.connect
 def _child_gone(pid: int | None = None, **_: Any) -> None:
-    multiprocess.mark_process_dead(pid or os.getpid())
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid or os.getpid())
 
 
 def cleanup(directory: str) -> None:

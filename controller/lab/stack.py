@@ -19,7 +19,7 @@ from controller.lab.alertmanager import AlertmanagerServer, start_alertmanager
 from controller.lab.demo import DemoServiceProcess, start_demo_service
 from controller.lab.haproxy import HAProxyServer, start_haproxy
 from controller.lab.ports import free_port
-from controller.lab.process import ManagedProcess, ProcessGroup, http_ready
+from controller.lab.process import ManagedProcess, ProcessGroup, http_ready, tcp_ready
 from controller.lab.prometheus import PrometheusServer, start_prometheus
 from controller.lab.redis import RedisServer, ensure_redis
 from controller.traffic.haproxy import HAProxyRouter
@@ -57,6 +57,7 @@ class RolloutLab:
         self.load: LoadGenerator | None = None
         self.instances: dict[str, DemoServiceProcess] = {}
         self.workers: dict[str, ManagedProcess] = {}
+        self.worker_metrics: dict[str, str] = {}
         self.database_url = self.settings.database_url or f"sqlite:///{self.workdir / 'canary.db'}"
 
     # -- servers --------------------------------------------------------------
@@ -169,7 +170,10 @@ class RolloutLab:
     def start_worker(
         self, name: str, queues: str = "rollouts", concurrency: int = 2
     ) -> ManagedProcess:
-        """A Celery worker process (``canary worker``); waits until it consumes."""
+        """A Celery worker process (``canary worker``) serving its metrics on a free
+        port (``worker_metrics[name]``); waits until it consumes."""
+        port = free_port()
+        self.worker_metrics[name] = f"127.0.0.1:{port}"
         process = ManagedProcess(
             f"worker-{name}",
             [
@@ -183,6 +187,8 @@ class RolloutLab:
                 str(concurrency),
                 "--hostname",
                 f"{name}@{self.queue_prefix}",
+                "--metrics-port",
+                str(port),
             ],
             self.workdir / "workers",
             env=self.env(),
@@ -227,6 +233,20 @@ class RolloutLab:
         self.workers["api"] = self.group.add(process)
         url = f"http://127.0.0.1:{port}"
         process.wait_ready(lambda: http_ready(f"{url}/healthz"), timeout=30)
+        return url
+
+    def start_flower(self) -> str:
+        """Flower (``canary flower``) on the workers' events; basic auth from the settings."""
+        port = free_port()
+        process = ManagedProcess(
+            "flower",
+            [sys.executable, "-m", "controller", "flower", "--port", str(port)],
+            self.workdir / "workers",
+            env=self.env(),
+        )
+        self.workers["flower"] = self.group.add(process)
+        url = f"http://127.0.0.1:{port}"
+        process.wait_ready(lambda: tcp_ready("127.0.0.1", port), timeout=30)
         return url
 
     def start_alerting(self, api_url: str, token: str) -> AlertmanagerServer:
