@@ -29,7 +29,10 @@ from controller.operations import (
     AbortOutcome,
     OperationError,
     abort_rollout,
+    approve_rollout,
     pause_rollout,
+    promote_rollout,
+    recheck_rollout,
     resume_rollout,
     rollback_rollout,
     start_rollout,
@@ -287,6 +290,56 @@ def resume(
     with _sessions()() as session:
         _report(
             resume_rollout(session, rollout_id, actor=by or getpass.getuser(), now=utcnow()),
+            enqueue=False,
+        )
+
+
+@app.command()
+@friendly_errors
+def approve(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
+    as_: Annotated[str, typer.Option("--as", help="Who approves (a name in the plan's owners)")],
+    role: Annotated[str | None, typer.Option(help="Approve only as this role")] = None,
+    stage: Annotated[
+        str | None,
+        typer.Option(help="Gate to approve: preflight or a stage (default: the one it waits at)"),
+    ] = None,
+) -> None:
+    """Approve the gate a rollout waits at, as a named owner."""
+    with _sessions()() as session:
+        _report(
+            approve_rollout(session, rollout_id, name=as_, role=role, gate=stage, now=utcnow()),
+            enqueue=False,
+        )
+
+
+@app.command()
+@friendly_errors
+def recheck(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
+    by: Annotated[str | None, typer.Option(help="Who (default: login name)")] = None,
+) -> None:
+    """Check a blocked rollout's gates again now."""
+    with _sessions()() as session:
+        _report(
+            recheck_rollout(session, rollout_id, actor=by or getpass.getuser(), now=utcnow()),
+            enqueue=False,
+        )
+
+
+@app.command()
+@friendly_errors
+def promote(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
+    reason: Annotated[str, typer.Option(help="Why the hold is cut short")],
+    by: Annotated[str | None, typer.Option(help="Who (default: login name)")] = None,
+) -> None:
+    """Skip the rest of the current hold (the criteria must still pass)."""
+    with _sessions()() as session:
+        _report(
+            promote_rollout(
+                session, rollout_id, actor=by or getpass.getuser(), reason=reason, now=utcnow()
+            ),
             enqueue=False,
         )
 

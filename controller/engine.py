@@ -17,11 +17,14 @@ import structlog
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
+from controller import checks
 from controller.analysis.runner import Measurement, measure
 from controller.analysis.verdict import Verdict
+from controller.checks import CheckResult
 from controller.durations import format_duration
-from controller.plan import Criterion, OnLimit, Plan, Step
+from controller.plan import Criterion, OnLimit, Plan, Step, render_template
 from controller.runtime import Runtime
+from controller.soak import MAX_BURST_SECONDS, send_burst
 from controller.store import repository
 from controller.store.models import ADVANCING_STATES, Rollout, RolloutState
 from controller.traffic.base import RouterError
@@ -82,7 +85,11 @@ def advance(runtime: Runtime, rollout_id: str) -> AdvanceResult:
                 rollout_id, acted=False, summary="not due or owned by another worker"
             )
         try:
-            return _Advance(runtime, session, rollout).run()
+            step = _Advance(runtime, session, rollout)
+            result = step.run()
+            for kind in step.lifecycle:
+                runtime.notify(rollout_id, kind)
+            return result
         except StaleDataError:
             # Someone changed the rollout while we worked (a rollback request wins).
             return AdvanceResult(
@@ -104,6 +111,7 @@ class _Advance:
         self.steps = self.plan.steps()
         self.now = runtime.clock()
         self.log = log.bind(rollout_id=rollout.id, service=rollout.service)
+        self.lifecycle: list[str] = []  # notifications to send once this advance commits
 
     def event(
         self, kind: str, message: str, data: dict[str, Any] | None = None, actor: str = ACTOR
@@ -137,6 +145,10 @@ class _Advance:
 
     def run(self) -> AdvanceResult:
         rollout = self.rollout
+        if (rollout.analysis or {}).get("preflight") != "passed":
+            blocked = self.preflight()
+            if blocked:
+                return blocked
         if rollout.state == RolloutState.PENDING:
             rollout.state = RolloutState.RUNNING
             self.event(
@@ -145,8 +157,17 @@ class _Advance:
                 + " -> ".join(s.label for s in self.steps),
                 {"steps": [s.label for s in self.steps]},
             )
+            self.lifecycle.append("started")
         step = self.steps[rollout.step_index]
         self.log = self.log.bind(stage=step.label)
+        if rollout.step_started_at is None:
+            blocked = self.stage_approval(step)
+            if blocked:
+                return blocked
+        if rollout.state == RolloutState.BLOCKED:
+            rollout.state = RolloutState.RUNNING
+            rollout.reason = None
+            self.event("unblocked", f"every gate before {step.label} passed; carrying on")
 
         needs_traffic = rollout.weight != step.weight or rollout.step_started_at is None
         if needs_traffic and not self.apply_weight(step):
@@ -154,6 +175,11 @@ class _Advance:
             return self.result(
                 f"holding at {rollout.weight}%: router did not confirm {step.weight}%"
             )
+        failed_smoke = self.smoke(step)
+        if failed_smoke:
+            return self.roll_back(failed_smoke, {"kind": "smoke", "stage": step.label})
+        if step.kind == "soak":
+            self.soak_load(step)
 
         measurements = self.measure(step)
         tripped = self.tripped(measurements)
@@ -163,6 +189,161 @@ class _Advance:
         if limited:
             return limited
         return self.hold_or_promote(step, measurements)
+
+    # -- gates ----------------------------------------------------------------
+
+    def block(self, reason: str, results: list[CheckResult], gate: str) -> AdvanceResult:
+        """Hold before traffic moves: state ``blocked``, checked again later or on demand."""
+        rollout = self.rollout
+        first = rollout.state != RolloutState.BLOCKED or rollout.reason != reason
+        rollout.state = RolloutState.BLOCKED
+        rollout.reason = reason
+        rollout.next_check_at = self.now + self.plan.gates.recheck_interval
+        self.event("blocked", reason, {"gate": gate, "checks": [r.as_dict() for r in results]})
+        if first:
+            self.lifecycle.append("blocked")
+        self.commit()
+        return self.result(f"blocked: {reason}")
+
+    def preflight(self) -> AdvanceResult | None:
+        """The go/no-go gates before anything moves; None when all pass."""
+        values = rollout_variables(self.plan, self.rollout)
+        results = checks.preflight(self.plan.gates, self.runtime.metrics, values)
+        roles = [g.role for g in self.plan.gates.approvals]
+        missing = checks.missing_approvals(self.plan, roles, self.approvals(), "preflight")
+        results += [
+            CheckResult(
+                f"approval-{role}",
+                "approval",
+                False,
+                f"awaiting approval by {role} ({', '.join(self.plan.owners[role])})",
+            )
+            for role in missing
+        ]
+        failed = [r for r in results if not r.ok]
+        if failed:
+            return self.block(
+                "preflight gates failing: " + "; ".join(f"{r.name}: {r.detail}" for r in failed),
+                results,
+                "preflight",
+            )
+        analysis = dict(self.rollout.analysis or {})
+        analysis["preflight"] = "passed"
+        self.rollout.analysis = analysis
+        self.event(
+            "gates_passed",
+            f"preflight: {len(results)} gate(s) passed"
+            if results
+            else "preflight: no gates in the plan",
+            {"gate": "preflight", "checks": [r.as_dict() for r in results]},
+        )
+        return None
+
+    def stage_approval(self, step: Step) -> AdvanceResult | None:
+        stage = next(s for s in self.plan.stages if s.name == step.stage)
+        if not stage.approval or any(s.stage == step.stage for s in self.steps[: step.index]):
+            return None
+        missing = checks.missing_approvals(self.plan, stage.approval, self.approvals(), step.stage)
+        if not missing:
+            return None
+        results = [
+            CheckResult(
+                f"approval-{role}",
+                "approval",
+                False,
+                f"awaiting approval by {role} ({', '.join(self.plan.owners[role])})",
+            )
+            for role in missing
+        ]
+        return self.block(
+            f"{step.stage} awaits approval by {', '.join(missing)}", results, step.stage
+        )
+
+    def approvals(self) -> list[dict[str, Any]]:
+        return [e.data for e in repository.events_for(self.session, self.rollout.id, ["approval"])]
+
+    # -- soak and verification --------------------------------------------------
+
+    def smoke(self, step: Step) -> str | None:
+        """Run the stage's smoke suite once, when the step begins; the failure if any."""
+        stage = next(s for s in self.plan.stages if s.name == step.stage)
+        suite = getattr(stage, "smoke", None)
+        analysis = dict(self.rollout.analysis or {})
+        done = analysis.get("smoke_done", [])
+        if not suite or step.index in done:
+            return None
+        results = checks.run_smoke(suite, rollout_variables(self.plan, self.rollout, step))
+        analysis["smoke_done"] = [*done, step.index]
+        self.rollout.analysis = analysis
+        failed = [r for r in results if not r.ok]
+        self.event(
+            "smoke",
+            f"smoke suite at {step.label}: "
+            + (
+                "passed"
+                if not failed
+                else "FAILED: " + "; ".join(f"{r.name}: {r.detail}" for r in failed)
+            ),
+            {"ok": not failed, "checks": [r.as_dict() for r in results]},
+        )
+        if failed:
+            return f"smoke suite failed at {step.label}: " + "; ".join(
+                f"{r.name}: {r.detail}" for r in failed
+            )
+        return None
+
+    def soak_load(self, step: Step) -> None:
+        """Send the synthetic load due since the last advance (bounded per advance)."""
+        stage = next(s for s in self.plan.stages if s.name == step.stage)
+        load = getattr(stage, "load", None)
+        if load is None:
+            return
+        analysis = dict(self.rollout.analysis or {})
+        state = dict(analysis.get("soak_load", {}))
+        last = datetime.fromisoformat(state["last"]) if state.get("last") else self.now
+        due = load.rate * min(max((self.now - last).total_seconds(), 1.0), MAX_BURST_SECONDS)
+        url = render_template(load.url, rollout_variables(self.plan, self.rollout, step))
+        sent, errors = send_burst(url, int(due))
+        state.update(
+            last=self.now.isoformat(),
+            sent=state.get("sent", 0) + sent,
+            errors=state.get("errors", 0) + errors,
+        )
+        analysis["soak_load"] = state
+        self.rollout.analysis = analysis
+
+    def soak_load_problem(self, step: Step) -> str | None:
+        stage = next(s for s in self.plan.stages if s.name == step.stage)
+        load = getattr(stage, "load", None)
+        if step.kind != "soak" or load is None:
+            return None
+        state = (self.rollout.analysis or {}).get("soak_load", {})
+        sent, errors = state.get("sent", 0), state.get("errors", 0)
+        if not sent:
+            return "no synthetic load was sent"
+        if errors / sent > load.max_error_ratio:
+            return (
+                f"synthetic load: {errors} of {sent} requests failed "
+                f"(limit {load.max_error_ratio:.0%})"
+            )
+        return None
+
+    def verification(self, step: Step) -> list[CheckResult]:
+        """Post-deploy exit checks at the end of the verify hold: alerts quiet, no backlog."""
+        stage = next(s for s in self.plan.stages if s.name == step.stage)
+        if step.kind != "verify":
+            return []
+        values = rollout_variables(self.plan, self.rollout, step)
+        results = []
+        if stage.alerts_quiet:
+            results.append(
+                checks.no_firing_alerts(
+                    "alerts-quiet", stage.alerts_quiet, self.runtime.metrics, values
+                )
+            )
+        if stage.backlog:
+            results.append(checks.backlog(stage.backlog, self.runtime.metrics, values))
+        return results
 
     # -- traffic --------------------------------------------------------------
 
@@ -206,6 +387,8 @@ class _Advance:
         self.rollout.analysis = analysis
         self.rollout.weight = step.weight
         self.rollout.step_started_at = self.now
+        if step.index == 0 or self.steps[step.index - 1].stage != step.stage:
+            self.lifecycle.append("stage_changed")
         moved = previous != step.weight
         before = "-" if previous is None else f"{previous}%"
         self.event(
@@ -302,26 +485,39 @@ class _Advance:
                 "limit": measurement.as_event()["limit"],
             },
         )
-        self.commit()
         self.log.warning("criterion_tripped", criterion=criterion.name, reason=reason)
+        trigger = {
+            "kind": "criterion",
+            "criterion": criterion.name,
+            "stage": step.label,
+            "value": measurement.as_event()["value"],
+            "limit": measurement.as_event()["limit"],
+        }
+        return self.roll_back(reason, trigger, tripped=criterion.name, decided=True)
+
+    def roll_back(
+        self,
+        reason: str,
+        trigger: dict[str, Any],
+        tripped: str | None = None,
+        decided: bool = False,
+    ) -> AdvanceResult:
+        """Hand the rollout to the rollback queue (the rollback does the rest)."""
+        if not decided:
+            self.event("decision", reason, {"decision": "rollback", **trigger})
+        self.commit()
         if repository.request_rollback(
             self.session,
             self.rollout.id,
             reason=reason,
             actor=ACTOR,
             now=self.now,
-            tripped=criterion.name,
-            trigger={
-                "kind": "criterion",
-                "criterion": criterion.name,
-                "stage": step.label,
-                "value": measurement.as_event()["value"],
-                "limit": measurement.as_event()["limit"],
-            },
+            tripped=tripped,
+            trigger=trigger,
         ):
             self.runtime.enqueue_rollback(self.rollout.id)
         self.session.refresh(self.rollout)
-        return self.result(f"rolling back: {criterion.name} tripped")
+        return self.result(f"rolling back: {reason}")
 
     def over_missing_data_limit(self, measurements: list[Measurement]) -> AdvanceResult | None:
         """Count checks that told us nothing; past the plan's limit, apply its policy."""
@@ -340,24 +536,14 @@ class _Advance:
         else:
             return None
         if policy.on_limit == OnLimit.ROLLBACK:
-            reason = f"{why}; plan policy: roll back"
-            self.event("decision", reason, {"decision": "rollback", "policy": "on_limit"})
-            self.commit()
-            if repository.request_rollback(
-                self.session,
-                self.rollout.id,
-                reason=reason,
-                actor=ACTOR,
-                now=self.now,
-                trigger={"kind": "policy", "policy": "on_limit"},
-            ):
-                self.runtime.enqueue_rollback(self.rollout.id)
-            self.session.refresh(self.rollout)
-            return self.result("rolling back: " + why)
+            return self.roll_back(
+                f"{why}; plan policy: roll back", {"kind": "policy", "policy": "on_limit"}
+            )
         reason = f"{why}; paused for a human (traffic stays at {self.rollout.weight}%)"
         self.rollout.state = RolloutState.PAUSED
         self.rollout.reason = reason
         self.event("decision", reason, {"decision": "pause", "policy": "on_limit"})
+        self.lifecycle.append("paused")
         self.commit()
         self.log.warning("paused", reason=reason)
         return self.result("paused: " + why)
@@ -369,7 +555,31 @@ class _Advance:
         policy = self.plan.analysis
         assert rollout.step_started_at is not None
         hold_ends = rollout.step_started_at + step.hold
+        promoted_by = (rollout.analysis or {}).get("promote", {})
+        if promoted_by.get("step") == step.index:
+            hold_ends = min(hold_ends, self.now)  # a human skipped the rest of the hold
         all_pass = all(m.verdict == Verdict.PASS for m in measurements)
+        if self.now >= hold_ends and all_pass:
+            problem = self.soak_load_problem(step)
+            if problem:
+                return self.roll_back(
+                    f"staging soak failed: {problem}", {"kind": "soak", "stage": step.label}
+                )
+            exits = self.verification(step)
+            if exits:
+                self.event(
+                    "verification",
+                    "post-deploy checks: "
+                    + "; ".join(
+                        f"{r.name}: {'ok' if r.ok else 'FAILED'} ({r.detail})" for r in exits
+                    ),
+                    {"checks": [r.as_dict() for r in exits]},
+                )
+            if not all(r.ok for r in exits):
+                all_pass = False
+                analysis = dict(rollout.analysis or {})
+                analysis["inconclusive_streak"] = analysis.get("inconclusive_streak", 0) + 1
+                rollout.analysis = analysis
         if self.now < hold_ends or not all_pass:
             if self.now < hold_ends:
                 rollout.next_check_at = min(self.now + policy.interval, hold_ends)
@@ -400,6 +610,16 @@ class _Advance:
                 f"rollout succeeded: {rollout.canary_version} serves {rollout.weight}% of traffic",
                 {"decision": "succeeded"},
             )
+            repository.mark_stable(
+                self.session, rollout.service, rollout.canary_version, rollout.id, self.now
+            )
+            self.event(
+                "release_stable",
+                f"{rollout.service} {rollout.canary_version} is the "
+                "stable version; the next rollout takes it as its baseline",
+                {"service": rollout.service, "version": rollout.canary_version},
+            )
+            self.lifecycle.append("succeeded")
             self.commit()
             self.log.info("succeeded")
             return self.result("succeeded")

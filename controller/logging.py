@@ -107,5 +107,7 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Alembic reports every migration check at INFO; only its problems matter here.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # These report every migration check and every HTTP request at INFO; only their
+    # problems matter here.
+    for chatty in ("alembic", "httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

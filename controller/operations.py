@@ -36,7 +36,11 @@ def check_identifier(field: str, value: str) -> str:
 
 
 def stable_version_of(session: Session, service: str) -> str | None:
-    """The version the last successful rollout of a service left serving all traffic."""
+    """The service's stable release (marked by a verified rollout, or the version the
+    last successful rollout left serving all traffic)."""
+    release = repository.stable_release(session, service)
+    if release is not None:
+        return release.stable_version
     return session.scalars(
         select(Rollout.canary_version)
         .where(Rollout.service == service, Rollout.state == RolloutState.SUCCEEDED)
@@ -237,3 +241,129 @@ def _set_state(
     )
     session.commit()
     return AbortOutcome(rollout_id, True, f"rollout {rollout_id} {kind}")
+
+
+def approve_rollout(
+    session: Session,
+    rollout_id: str,
+    *,
+    name: str,
+    now: datetime,
+    role: str | None = None,
+    gate: str | None = None,
+) -> AbortOutcome:
+    """Record ``name``'s approval for the gate the rollout waits at (or ``gate``)."""
+    rollout = repository.get_rollout(session, rollout_id)
+    if rollout is None:
+        raise OperationError(f"id: no rollout {rollout_id!r}")
+    if rollout.state not in (
+        RolloutState.PENDING,
+        RolloutState.BLOCKED,
+        RolloutState.RUNNING,
+        RolloutState.PAUSED,
+    ):
+        return AbortOutcome(rollout_id, False, f"rollout {rollout_id} is {rollout.state}")
+    plan = Plan.from_data(rollout.plan)
+    gates = {
+        "preflight": [g.role for g in plan.gates.approvals],
+        **{s.name: list(s.approval) for s in plan.stages},
+    }
+    if gate is None:
+        preflight_done = (rollout.analysis or {}).get("preflight") == "passed"
+        gate = "preflight" if not preflight_done else plan.steps()[rollout.step_index].stage
+    if gate not in gates:
+        raise OperationError(f"stage: no stage {gate!r} in plan {plan.name}")
+    roles = [r for r in gates[gate] if name in plan.owners.get(r, [])]
+    if role is not None:
+        roles = [r for r in roles if r == role]
+    if not roles:
+        wanted = ", ".join(f"{r} ({', '.join(plan.owners.get(r, []))})" for r in gates[gate])
+        raise OperationError(
+            f"as: {name!r} cannot approve {gate}: it needs {wanted or 'no approval'}"
+        )
+    for approving_role in roles:
+        repository.append_event(
+            session,
+            rollout_id,
+            "approval",
+            actor=name,
+            at=now,
+            message=f"{name} approved {gate} as {approving_role}",
+            data={"gate": gate, "role": approving_role, "name": name},
+            step_index=rollout.step_index,
+        )
+    _touch(session, rollout, now)
+    session.commit()
+    return AbortOutcome(rollout_id, True, f"{name} approved {gate} as {', '.join(roles)}")
+
+
+def recheck_rollout(
+    session: Session, rollout_id: str, *, actor: str, now: datetime
+) -> AbortOutcome:
+    """Check a blocked rollout's gates again now instead of at the next recheck."""
+    rollout = repository.get_rollout(session, rollout_id)
+    if rollout is None:
+        raise OperationError(f"id: no rollout {rollout_id!r}")
+    if rollout.state != RolloutState.BLOCKED:
+        return AbortOutcome(
+            rollout_id, False, f"rollout {rollout_id} is {rollout.state}, not blocked"
+        )
+    _touch(session, rollout, now)
+    repository.append_event(
+        session,
+        rollout_id,
+        "recheck",
+        actor=actor,
+        at=now,
+        message=f"gates to be checked again, asked by {actor}",
+        step_index=rollout.step_index,
+    )
+    session.commit()
+    return AbortOutcome(rollout_id, True, "gates will be checked again within seconds")
+
+
+def promote_rollout(
+    session: Session, rollout_id: str, *, actor: str, reason: str, now: datetime
+) -> AbortOutcome:
+    """Skip the rest of the current hold. The step still needs its criteria to pass:
+    a human may cut waiting short, never the evidence."""
+    rollout = repository.get_rollout(session, rollout_id)
+    if rollout is None:
+        raise OperationError(f"id: no rollout {rollout_id!r}")
+    if not reason.strip():
+        raise OperationError("reason: say why the hold is cut short")
+    if rollout.state != RolloutState.RUNNING:
+        return AbortOutcome(rollout_id, False, f"rollout {rollout_id} is {rollout.state}")
+    analysis = dict(rollout.analysis or {})
+    analysis["promote"] = {"step": rollout.step_index, "by": actor, "reason": reason}
+    changed = session.execute(
+        update(Rollout)
+        .where(Rollout.id == rollout_id, Rollout.state == RolloutState.RUNNING)
+        .values(analysis=analysis, next_check_at=now, version=Rollout.version + 1)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if changed != 1:
+        session.rollback()
+        return AbortOutcome(rollout_id, False, "rollout changed state meanwhile; try again")
+    repository.append_event(
+        session,
+        rollout_id,
+        "promote_requested",
+        actor=actor,
+        at=now,
+        message=f"{actor} skipped the rest of the hold: {reason}",
+        data={"by": actor, "reason": reason},
+        step_index=rollout.step_index,
+    )
+    session.commit()
+    return AbortOutcome(rollout_id, True, "hold skipped; promotes once every criterion passes")
+
+
+def _touch(session: Session, rollout: Rollout, now: datetime) -> None:
+    """Make a waiting rollout due now (a version bump, so a stale writer notices)."""
+    session.execute(
+        update(Rollout)
+        .where(Rollout.id == rollout.id)
+        .values(next_check_at=now, version=Rollout.version + 1)
+        .execution_options(synchronize_session=False)
+    )

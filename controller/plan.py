@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from controller.durations import format_duration, parse_duration
+from controller.notifications import NotificationTarget
 
 Duration = Annotated[
     timedelta,
@@ -196,57 +197,6 @@ Criterion = RatioToBaseline | RatioThreshold | RisingTrend | ZeroTolerance
 StopCriterion = Annotated[Criterion, Field(discriminator="judge")]
 
 
-class _Stage(_Strict):
-    name: str = Field(pattern=_NAME, max_length=64)
-
-
-class SoakStage(_Stage):
-    """Staging soak: no production traffic moves; the criteria watch the staging environment."""
-
-    kind: Literal["soak"]
-    duration: Duration
-    environment: str = Field(default="staging", pattern=_NAME)
-
-
-class CanaryStage(_Stage):
-    """The first slice of production traffic to the new version, held and compared."""
-
-    kind: Literal["canary"]
-    weight: int = Field(ge=1, le=100)
-    hold: Duration
-
-
-class RampStep(_Strict):
-    weight: int = Field(ge=1, le=100)
-    hold: Duration
-
-
-class RampStage(_Stage):
-    """Progressive ramp: each step sets an absolute weight and holds while criteria pass."""
-
-    kind: Literal["ramp"]
-    steps: list[RampStep] = Field(min_length=1)
-
-
-class VerifyStage(_Stage):
-    """Post-deploy verification at full traffic before the release is called stable."""
-
-    kind: Literal["verify"]
-    duration: Duration
-
-
-Stage = Annotated[SoakStage | CanaryStage | RampStage | VerifyStage, Field(discriminator="kind")]
-
-
-class HAProxyTraffic(_Strict):
-    """Where the service's traffic is split: one HAProxy backend with two servers."""
-
-    router: Literal["haproxy"] = "haproxy"
-    backend: QueryTemplate = "{{ service }}"
-    stable_server: str = Field(default="stable", min_length=1)
-    canary_server: str = Field(default="canary", min_length=1)
-
-
 class HttpCheck(_Strict):
     """An HTTP check: a health endpoint or one step of a core user journey."""
 
@@ -324,6 +274,128 @@ class AlertRule(_Strict):
         return out
 
 
+class CommandCheck(_Strict):
+    """A command that must exit 0: a CI status script, a pytest smoke suite."""
+
+    name: str = Field(pattern=_NAME, max_length=64)
+    command: list[QueryTemplate] = Field(min_length=1)
+    timeout: Duration = Field(default=timedelta(minutes=5))
+
+
+class SmokeSuite(_Strict):
+    """Checks that must all pass: HTTP journeys and commands, judged by status and exit code."""
+
+    http: list[HttpCheck] = Field(default_factory=list)
+    commands: list[CommandCheck] = Field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.http or self.commands)
+
+
+class TargetsUp(_Strict):
+    """Prometheus says the service's scrape targets are up (every series of ``query`` is 1)."""
+
+    name: str = Field(pattern=_NAME, max_length=64)
+    query: QueryTemplate
+    min_targets: int = Field(default=1, ge=1)
+
+
+class ApprovalGate(_Strict):
+    role: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+
+
+class Gates(_Strict):
+    """Go/no-go gates checked before any traffic moves (seed plan §1). A failing gate
+    blocks the rollout with its reason; blocked rollouts are checked again every
+    ``recheck_interval`` and at once after ``canary recheck`` or an approval."""
+
+    recheck_interval: Duration = Field(default=timedelta(minutes=1))
+    targets_up: list[TargetsUp] = Field(default_factory=list)
+    http: list[HttpCheck] = Field(default_factory=list)
+    no_firing_alerts: QueryTemplate | None = Field(
+        default=None, description="PromQL for the service's firing alerts; none may be firing."
+    )
+    commands: list[CommandCheck] = Field(default_factory=list)
+    approvals: list[ApprovalGate] = Field(default_factory=list)
+
+
+class SoakLoad(_Strict):
+    """Bounded synthetic load during the soak, sent by the advances themselves."""
+
+    url: QueryTemplate
+    rate: float = Field(gt=0, le=200, description="Requests per second.")
+    max_error_ratio: float = Field(default=0.05, ge=0, le=1)
+
+
+class Backlog(_Strict):
+    """No backlog in async workers: ``query`` (one series) at or under ``max``."""
+
+    query: QueryTemplate
+    max: float = Field(ge=0)
+
+
+class _Stage(_Strict):
+    name: str = Field(pattern=_NAME, max_length=64)
+    approval: list[str] = Field(
+        default_factory=list,
+        description="Owner roles that must approve before the stage begins.",
+    )
+
+
+class SoakStage(_Stage):
+    """Staging soak: no production traffic moves; the criteria watch the staging environment."""
+
+    kind: Literal["soak"]
+    duration: Duration
+    environment: str = Field(default="staging", pattern=_NAME)
+    load: SoakLoad | None = None
+    smoke: SmokeSuite = SmokeSuite()
+
+
+class CanaryStage(_Stage):
+    """The first slice of production traffic to the new version, held and compared."""
+
+    kind: Literal["canary"]
+    weight: int = Field(ge=1, le=100)
+    hold: Duration
+
+
+class RampStep(_Strict):
+    weight: int = Field(ge=1, le=100)
+    hold: Duration
+
+
+class RampStage(_Stage):
+    """Progressive ramp: each step sets an absolute weight and holds while criteria pass."""
+
+    kind: Literal["ramp"]
+    steps: list[RampStep] = Field(min_length=1)
+
+
+class VerifyStage(_Stage):
+    """Post-deploy verification at full traffic before the release is called stable."""
+
+    kind: Literal["verify"]
+    duration: Duration
+    smoke: SmokeSuite = SmokeSuite()
+    alerts_quiet: QueryTemplate | None = Field(
+        default=None, description="PromQL for the service's firing alerts; none may fire."
+    )
+    backlog: Backlog | None = None
+
+
+Stage = Annotated[SoakStage | CanaryStage | RampStage | VerifyStage, Field(discriminator="kind")]
+
+
+class HAProxyTraffic(_Strict):
+    """Where the service's traffic is split: one HAProxy backend with two servers."""
+
+    router: Literal["haproxy"] = "haproxy"
+    backend: QueryTemplate = "{{ service }}"
+    stable_server: str = Field(default="stable", min_length=1)
+    canary_server: str = Field(default="canary", min_length=1)
+
+
 class Plan(_Strict):
     """A whole rollout plan as loaded from YAML."""
 
@@ -338,8 +410,14 @@ class Plan(_Strict):
     analysis: AnalysisPolicy = AnalysisPolicy()
     stages: list[Stage] = Field(min_length=1)
     stop_criteria: list[StopCriterion] = Field(min_length=1)
+    owners: dict[
+        Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")],
+        list[Annotated[str, Field(min_length=1, max_length=128)]],
+    ] = Field(default_factory=dict, description="Named people by role (release_manager, ...).")
+    gates: Gates = Gates()
     alerts: AlertRule = AlertRule()
     runbook: Runbook = Runbook()
+    notifications: list[NotificationTarget] = Field(default_factory=list)
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Plan:

@@ -132,6 +132,16 @@ def semantic_problems(plan: Plan) -> list[tuple[tuple[str | int, ...], str]]:
         if name in TEMPLATE_VARIABLES:
             problems.append((("variables", name), f"{name!r} is a built-in variable"))
 
+    for i, gate in enumerate(plan.gates.approvals):
+        if not plan.owners.get(gate.role):
+            problems.append(
+                (("gates", "approvals", i, "role"), f"no owners named for role {gate.role!r}")
+            )
+    for i, stage in enumerate(plan.stages):
+        for role in stage.approval:
+            if not plan.owners.get(role):
+                problems.append((("stages", i, "approval"), f"no owners named for role {role!r}"))
+
     previous = 0
     traffic_seen = False
     verify_seen = False

@@ -99,6 +99,8 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
         finally:
             session.rollback()
             repository.release(session, rollout_id, runtime.owner)
+    if result.acted and shift.confirmed:
+        runtime.notify(rollout_id, "rolled_back")  # queued; never waited for
     if result.acted and (shift.confirmed or first_attempt):
         # Steps 2-5 after the lease is back: they never touch traffic.
         detail = (

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,7 +26,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.analysis.runner import measure
-from controller.plan import CanaryDisable, HttpCheck, Plan, render_template
+from controller.checks import run_checks
+from controller.plan import CanaryDisable, Plan, render_template
 from controller.runtime import Runtime
 from controller.store import repository
 from controller.store.models import Incident, Rollout
@@ -47,34 +47,6 @@ class StepResult:
     started_at: datetime
     finished_at: datetime
     data: dict[str, Any] = field(default_factory=dict)
-
-
-def run_http_check(
-    check: HttpCheck, values: dict[str, str], client: httpx.Client
-) -> tuple[bool, str]:
-    """One HTTP check: status, optional body text, optional latency bound."""
-    url = render_template(check.url, values)
-    started = time.monotonic()
-    try:
-        response = client.request(check.method, url, timeout=check.timeout.total_seconds())
-    except httpx.HTTPError as exc:
-        return False, f"{check.name}: {type(exc).__name__}: {exc}"
-    elapsed = time.monotonic() - started
-    if response.status_code != check.expect_status:
-        return False, f"{check.name}: status {response.status_code}, expected {check.expect_status}"
-    if check.body_contains and check.body_contains not in response.text:
-        return False, f"{check.name}: body does not contain {check.body_contains!r}"
-    if check.max_latency and elapsed > check.max_latency.total_seconds():
-        return False, f"{check.name}: took {elapsed * 1000:.0f} ms, limit {check.max_latency}"
-    return True, f"{check.name}: {response.status_code} in {elapsed * 1000:.0f} ms"
-
-
-def run_checks(checks: list[HttpCheck], values: dict[str, str]) -> tuple[bool, str]:
-    if not checks:
-        return True, "no checks in the plan"
-    with httpx.Client(trust_env=False, follow_redirects=False) as client:
-        results = [run_http_check(check, values, client) for check in checks]
-    return all(ok for ok, _ in results), "; ".join(detail for _, detail in results)
 
 
 def disable_canary(hook: CanaryDisable | None, values: dict[str, str]) -> tuple[bool, str]:

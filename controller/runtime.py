@@ -52,6 +52,9 @@ class Runtime:
     owner: str = field(default_factory=worker_identity)
     enqueue_rollback: Callable[[str], None] = lambda rollout_id: None
     post_incident: Callable[[dict[str, Any]], str] = lambda document: "no incident webhook"
+    # Lifecycle notifications go out of band (a task on the work queue): a slow or
+    # dead endpoint never delays a step, let alone a rollback.
+    notify: Callable[[str, str], None] = lambda rollout_id, kind: None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:

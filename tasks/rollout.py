@@ -11,6 +11,7 @@ from structlog.contextvars import bound_contextvars
 
 from config.settings import get_settings
 from controller.engine import advance
+from controller.lifecycle import send_notifications
 from controller.rollback import rollback
 from controller.runtime import Runtime
 from controller.store import repository
@@ -25,6 +26,7 @@ def runtime() -> Runtime:
     """One runtime per worker process: pooled DB connections, one Prometheus client."""
     rt = Runtime.from_settings(get_settings())
     rt.enqueue_rollback = lambda rollout_id: enqueue_rollback(rollout_id)
+    rt.notify = enqueue_notify
     return rt
 
 
@@ -40,6 +42,16 @@ def describe(rollout_id: str) -> dict[str, str]:
 
 def enqueue_rollback(rollout_id: str, reason: str = "") -> None:
     rollback_task.apply_async(kwargs={**describe(rollout_id), "reason": reason})
+
+
+def enqueue_notify(rollout_id: str, kind: str) -> None:
+    """Queue a lifecycle notification on the work queue; never raises."""
+    try:
+        notify_task.apply_async(kwargs={**describe(rollout_id), "kind": kind}, expires=300)
+    except Exception as exc:  # a notification must never break a step
+        log.warning(
+            "notify_enqueue_failed", rollout_id=rollout_id, kind=kind, error=type(exc).__name__
+        )
 
 
 def enqueue_start(rollout_id: str) -> None:
@@ -84,3 +96,11 @@ def rollback_task(rollout_id: str, service: str = "", stage: str = "", reason: s
         result = rollback(runtime(), rollout_id)
         log.info("rollback", result=result.sentence(), reason=reason)
         return result.sentence()
+
+
+@app.task(name="rollout.notify")
+def notify_task(rollout_id: str, kind: str, service: str = "", stage: str = "") -> str:
+    """Tell people about a lifecycle change (webhooks, Slack, commands); off the
+    rollback path, failures only logged and recorded."""
+    with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
+        return send_notifications(runtime(), rollout_id, kind)

@@ -26,7 +26,7 @@ from controller import operations
 from controller.alerts import AlertmanagerPayload, match_alert
 from controller.api.auth import Principal, Role, TokenBook, bearer
 from controller.api.limits import BodySizeLimit
-from controller.api.schemas import Reason, StartRollout
+from controller.api.schemas import Approval, Reason, StartRollout
 from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
 from controller.plan_loader import PlanError, load_plan, parse_plan
 from controller.runbook import incident_document
@@ -248,6 +248,32 @@ def create_app(
         if result.accepted:
             enqueue_rollback(rollout_id)
         return outcome(result)
+
+    @app.post("/api/v1/rollouts/{rollout_id}/approve", tags=["rollouts"])
+    def approve(rollout_id: str, body: Approval, session: Db, who: Operator) -> JSONResponse:
+        """Approve the gate the rollout waits at; the caller's token name is the approver."""
+        return outcome(
+            operations.approve_rollout(
+                session, rollout_id, name=who.name, role=body.role, gate=body.stage, now=utcnow()
+            ),
+            200,
+        )
+
+    @app.post("/api/v1/rollouts/{rollout_id}/recheck", tags=["rollouts"])
+    def recheck(rollout_id: str, session: Db, who: Operator) -> JSONResponse:
+        return outcome(
+            operations.recheck_rollout(session, rollout_id, actor=who.name, now=utcnow()), 200
+        )
+
+    @app.post("/api/v1/rollouts/{rollout_id}/promote", tags=["rollouts"])
+    def promote(rollout_id: str, body: Reason, session: Db, who: Operator) -> JSONResponse:
+        """Skip the rest of the current hold (the criteria must still pass)."""
+        return outcome(
+            operations.promote_rollout(
+                session, rollout_id, actor=who.name, reason=body.reason, now=utcnow()
+            ),
+            200,
+        )
 
     @app.get("/api/v1/rollouts/{rollout_id}/incident", tags=["incidents"])
     def rollout_incident(rollout_id: str, session: Db, _who: Viewer) -> dict[str, Any]:

@@ -26,3 +26,10 @@ class Reason(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field("", max_length=2000)
+
+
+class Approval(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: str | None = Field(None, description="Approve only as this role")
+    stage: str | None = Field(None, description="preflight or a stage; default: where it waits")

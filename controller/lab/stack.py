@@ -33,7 +33,6 @@ class LabSettings:
     stable_version: str = "1.0.0"
     canary_version: str = "1.1.0"
     production_rps: float = 60.0
-    staging_rps: float = 20.0
     database_url: str | None = None
     reconcile_interval_seconds: float = 0.5
     lease_seconds: float = 45.0
@@ -89,12 +88,8 @@ class RolloutLab:
                     self.workdir, [i.address for i in self.instances.values()], scrape_interval="1s"
                 )
             )
-            self.load = LoadGenerator(
-                [
-                    (self.haproxy.url + "/checkout", s.production_rps),
-                    (self.instances["staging"].url + "/checkout", s.staging_rps),
-                ]
-            )
+            # Production users. Staging gets its synthetic load from the soak itself.
+            self.load = LoadGenerator([(self.haproxy.url + "/checkout", s.production_rps)])
             self.load.start()
             self.group.add(self.load)
         except BaseException:
@@ -138,10 +133,13 @@ class RolloutLab:
         return self.instances[name].set_faults(**knobs)
 
     def plan_variables(self) -> dict[str, str]:
-        """Values for the demo plan's variables: where stable and canary answer."""
+        """Values for the demo plan's variables: where each deployment answers, and the
+        Prometheus job that scrapes them."""
         return {
             "stable_url": self.instances["stable"].url,
             "canary_url": self.instances["canary"].url,
+            "staging_url": self.instances["staging"].url,
+            "scrape_job": "lab",
         }
 
     def router(self) -> HAProxyRouter:

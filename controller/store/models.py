@@ -36,6 +36,7 @@ class UTCDateTime(TypeDecorator):
 
 class RolloutState(StrEnum):
     PENDING = "pending"
+    BLOCKED = "blocked"
     RUNNING = "running"
     PAUSED = "paused"
     ROLLING_BACK = "rolling_back"
@@ -45,7 +46,7 @@ class RolloutState(StrEnum):
     ABORTED = "aborted"
 
 
-ADVANCING_STATES = (RolloutState.PENDING, RolloutState.RUNNING)
+ADVANCING_STATES = (RolloutState.PENDING, RolloutState.BLOCKED, RolloutState.RUNNING)
 ROLLBACK_STATES = (RolloutState.ROLLING_BACK, RolloutState.ROLLBACK_FAILED)
 ACTIVE_STATES = (*ADVANCING_STATES, RolloutState.PAUSED, *ROLLBACK_STATES)
 FINAL_STATES = (RolloutState.SUCCEEDED, RolloutState.ROLLED_BACK, RolloutState.ABORTED)
@@ -118,3 +119,14 @@ class Incident(Base):
     timeline: Mapped[list[Any]] = mapped_column(JSON)
     snapshot: Mapped[list[Any]] = mapped_column(JSON)
     webhook_status: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class Release(Base):
+    """The stable version of each service: what the next rollout compares against."""
+
+    __tablename__ = "releases"
+
+    service: Mapped[str] = mapped_column(String(128), primary_key=True)
+    stable_version: Mapped[str] = mapped_column(String(128))
+    rollout_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    marked_at: Mapped[datetime]

@@ -19,6 +19,7 @@ from controller.store.models import (
     ADVANCING_STATES,
     ROLLBACK_STATES,
     Event,
+    Release,
     Rollout,
     RolloutState,
 )
@@ -209,6 +210,23 @@ def request_rollback(
     )
     session.commit()
     return True
+
+
+def mark_stable(
+    session: Session, service: str, version: str, rollout_id: str | None, now: datetime
+) -> None:
+    """Record ``version`` as the service's stable release (insert or replace)."""
+    release = session.get(Release, service)
+    if release is None:
+        session.add(
+            Release(service=service, stable_version=version, rollout_id=rollout_id, marked_at=now)
+        )
+    else:
+        release.stable_version, release.rollout_id, release.marked_at = version, rollout_id, now
+
+
+def stable_release(session: Session, service: str) -> Release | None:
+    return session.get(Release, service)
 
 
 def due_for_advance(session: Session, now: datetime, limit: int = 500) -> Sequence[str]:

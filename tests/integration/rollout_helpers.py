@@ -10,11 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.orm import Session
 
 from config import PLANS_DIR
 from controller.lab.errors import MissingBinaryError
 from controller.lab.stack import LabSettings, RolloutLab
-from controller.operations import start_rollout
+from controller.operations import approve_rollout, start_rollout
 from controller.plan import Plan
 from controller.plan_loader import load_plan
 from controller.runtime import utcnow
@@ -47,9 +48,10 @@ def deploy(lab: RolloutLab) -> str:
     return version
 
 
-def begin(lab: RolloutLab, version: str, plan: Plan = PLAN) -> str:
+def begin(lab: RolloutLab, version: str, plan: Plan = PLAN, approve: bool = True) -> str:
+    """Start a rollout; unless told otherwise, its owners approve every gate up front."""
     with session_factory(lab.database_url)() as session:
-        return start_rollout(
+        rollout_id = start_rollout(
             session,
             plan,
             service=lab.settings.service,
@@ -59,6 +61,19 @@ def begin(lab: RolloutLab, version: str, plan: Plan = PLAN) -> str:
             now=utcnow(),
             variables=lab.plan_variables(),
         ).id
+        if approve:
+            approve_all(session, plan, rollout_id)
+    return rollout_id
+
+
+def approve_all(session: Session, plan: Plan, rollout_id: str) -> None:
+    gates = {"preflight": [g.role for g in plan.gates.approvals]}
+    gates |= {stage.name: list(stage.approval) for stage in plan.stages if stage.approval}
+    for gate, roles in gates.items():
+        for role in roles:
+            approve_rollout(
+                session, rollout_id, name=plan.owners[role][0], role=role, gate=gate, now=utcnow()
+            )
 
 
 def snapshot(lab: RolloutLab, rollout_id: str) -> tuple[Rollout, list[Event]]:

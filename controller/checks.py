@@ -1,0 +1,167 @@
+"""Go/no-go checks: HTTP checks, commands, Prometheus targets and firing alerts, and
+approvals by named owners. Each returns a ``CheckResult`` that says why; none raises.
+
+Used by the preflight gates, the staging soak's smoke suite and the post-deploy
+verification. A check that cannot be evaluated (Prometheus down, a command that
+will not start) is a failure: a gate is passed only when it is known to pass.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+from controller.analysis.runner import MetricsProvider
+from controller.metrics.prometheus import MetricsError
+from controller.plan import (
+    Backlog,
+    CommandCheck,
+    Gates,
+    HttpCheck,
+    Plan,
+    SmokeSuite,
+    TargetsUp,
+    render_template,
+)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    kind: str
+    ok: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_http_check(
+    check: HttpCheck, values: dict[str, str], client: httpx.Client
+) -> tuple[bool, str]:
+    """One HTTP check: status, optional body text, optional latency bound."""
+    url = render_template(check.url, values)
+    started = time.monotonic()
+    try:
+        response = client.request(check.method, url, timeout=check.timeout.total_seconds())
+    except httpx.HTTPError as exc:
+        return False, f"{check.name}: {type(exc).__name__}: {exc}"
+    elapsed = time.monotonic() - started
+    if response.status_code != check.expect_status:
+        return False, f"{check.name}: status {response.status_code}, expected {check.expect_status}"
+    if check.body_contains and check.body_contains not in response.text:
+        return False, f"{check.name}: body does not contain {check.body_contains!r}"
+    if check.max_latency and elapsed > check.max_latency.total_seconds():
+        return False, f"{check.name}: took {elapsed * 1000:.0f} ms, limit {check.max_latency}"
+    return True, f"{check.name}: {response.status_code} in {elapsed * 1000:.0f} ms"
+
+
+def run_checks(checks: list[HttpCheck], values: dict[str, str]) -> tuple[bool, str]:
+    if not checks:
+        return True, "no checks in the plan"
+    with httpx.Client(trust_env=False, follow_redirects=False) as client:
+        results = [run_http_check(check, values, client) for check in checks]
+    return all(ok for ok, _ in results), "; ".join(detail for _, detail in results)
+
+
+def run_command(check: CommandCheck, values: dict[str, str]) -> CheckResult:
+    argv = [render_template(arg, values) for arg in check.command]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, check=False, timeout=check.timeout.total_seconds()
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return CheckResult(check.name, "command", False, f"{argv[0]}: {type(exc).__name__}")
+    tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
+    return CheckResult(
+        check.name,
+        "command",
+        done.returncode == 0,
+        f"exit {done.returncode}" + (f": {tail[0][:200]}" if tail[0] else ""),
+    )
+
+
+def run_http(checks: list[HttpCheck], values: dict[str, str]) -> list[CheckResult]:
+    with httpx.Client(trust_env=False, follow_redirects=False) as client:
+        return [
+            CheckResult(check.name, "http", *run_http_check(check, values, client))
+            for check in checks
+        ]
+
+
+def run_smoke(suite: SmokeSuite, values: dict[str, str]) -> list[CheckResult]:
+    return run_http(suite.http, values) + [run_command(c, values) for c in suite.commands]
+
+
+def targets_up(gate: TargetsUp, metrics: MetricsProvider, values: dict[str, str]) -> CheckResult:
+    query = render_template(gate.query, values)
+    try:
+        samples = metrics.instant(query)
+    except MetricsError as exc:
+        return CheckResult(gate.name, "targets_up", False, f"Prometheus: {exc.reason}")
+    down = [s.labels.get("instance", str(s.labels)) for s in samples if s.value != 1]
+    if len(samples) < gate.min_targets:
+        return CheckResult(
+            gate.name,
+            "targets_up",
+            False,
+            f"{len(samples)} target(s) found, need {gate.min_targets}",
+        )
+    if down:
+        return CheckResult(gate.name, "targets_up", False, f"down: {', '.join(down)}")
+    return CheckResult(gate.name, "targets_up", True, f"{len(samples)} target(s) up")
+
+
+def no_firing_alerts(
+    name: str, query: str, metrics: MetricsProvider, values: dict[str, str]
+) -> CheckResult:
+    try:
+        samples = metrics.instant(render_template(query, values))
+    except MetricsError as exc:
+        return CheckResult(name, "alerts", False, f"Prometheus: {exc.reason}")
+    firing = sorted({s.labels.get("alertname", "?") for s in samples if s.value})
+    if firing:
+        return CheckResult(name, "alerts", False, f"firing: {', '.join(firing)}")
+    return CheckResult(name, "alerts", True, "no alert firing")
+
+
+def backlog(check: Backlog, metrics: MetricsProvider, values: dict[str, str]) -> CheckResult:
+    try:
+        samples = metrics.instant(render_template(check.query, values))
+    except MetricsError as exc:
+        return CheckResult("backlog", "backlog", False, f"Prometheus: {exc.reason}")
+    if len(samples) != 1:
+        return CheckResult(
+            "backlog", "backlog", False, f"query returned {len(samples)} series, expected one"
+        )
+    value = samples[0].value
+    ok = value == value and value <= check.max  # NaN is never under the limit
+    return CheckResult("backlog", "backlog", ok, f"{value:.3g} vs limit {check.max:g}")
+
+
+def missing_approvals(
+    plan: Plan, roles: list[str], approvals: list[dict[str, Any]], gate: str
+) -> list[str]:
+    """Roles still without an approval by one of their named owners for ``gate``."""
+    given = {(a["role"], a["name"]) for a in approvals if a.get("gate") == gate}
+    return [
+        role
+        for role in roles
+        if not any((role, person) in given for person in plan.owners.get(role, []))
+    ]
+
+
+def preflight(gates: Gates, metrics: MetricsProvider, values: dict[str, str]) -> list[CheckResult]:
+    """Every automatic preflight gate (approvals are checked by the engine)."""
+    results = [targets_up(g, metrics, values) for g in gates.targets_up]
+    results += run_http(gates.http, values)
+    if gates.no_firing_alerts:
+        results.append(
+            no_firing_alerts("no-firing-alerts", gates.no_firing_alerts, metrics, values)
+        )
+    results += [run_command(c, values) for c in gates.commands]
+    return results

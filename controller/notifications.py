@@ -1,0 +1,275 @@
+"""Lifecycle notifications: tell people when a rollout starts, moves, stops or ends.
+
+Targets are generic JSON webhooks, Slack incoming webhooks and local commands.
+Notifying is a courtesy, never a step of the rollout: callers run it off the
+rollback path, so a failed target is logged and reported in its outcome, and
+``notify`` never raises. Each target gets a hard time budget of its own, so a
+hanging receiver costs at most its ``timeout_seconds``.
+
+A Slack hook URL is a secret while plans are stored and shown, so a target may
+name an environment variable (``url_env``) instead of holding the URL, and no
+outcome detail or log line ever carries a URL or an environment value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
+
+import httpx
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+log = structlog.get_logger(__name__)
+
+LifecycleKind = Literal["started", "stage_changed", "paused", "blocked", "rolled_back", "succeeded"]
+LIFECYCLE_KINDS: tuple[str, ...] = get_args(LifecycleKind)
+
+STDERR_CHARS = 200
+
+# What each kind says after "<service> <version>: "; "{stable}" is the version being replaced.
+_VERBS = {
+    "started": "rollout from {stable} started",
+    "stage_changed": "moved on",
+    "paused": "paused",
+    "blocked": "blocked",
+    "rolled_back": "rolled back",
+    "succeeded": "succeeded",
+}
+
+
+def _is_http_url(value: str) -> bool:
+    """Only http(s) with a host: a ``file:`` or bare-path URL is a mistake, not a receiver."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+class NotificationTarget(BaseModel):
+    """One receiver of lifecycle events, as written in a plan."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)
+    kind: Literal["webhook", "slack", "command"]
+    url: str | None = None
+    url_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)
+    command: list[str] | None = Field(default=None, min_length=1)
+    events: list[LifecycleKind] = Field(default_factory=lambda: list(LIFECYCLE_KINDS), min_length=1)
+    timeout_seconds: float = Field(default=3.0, gt=0, le=30)
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, value: str | None) -> str | None:
+        if value is not None and not _is_http_url(value):
+            raise ValueError("url must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _program_named(cls, value: list[str] | None) -> list[str] | None:
+        if value and not value[0].strip():
+            raise ValueError("command[0] must name a program")
+        return value
+
+    @model_validator(mode="after")
+    def _fields_match_kind(self) -> NotificationTarget:
+        if self.kind == "command":
+            if self.command is None:
+                raise ValueError("kind 'command' needs command (an argv list)")
+            if self.url is not None or self.url_env is not None:
+                raise ValueError("url and url_env are not used by kind 'command'; remove them")
+            return self
+        if self.command is not None:
+            raise ValueError(f"command is only for kind 'command', not {self.kind!r}")
+        if self.url is not None and self.url_env is not None:
+            raise ValueError("give url or url_env, not both")
+        if self.url is None and self.url_env is None:
+            raise ValueError(f"kind {self.kind!r} needs url or url_env")
+        return self
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    """What happened to a rollout, in the words every target kind needs."""
+
+    kind: str
+    rollout_id: str
+    service: str
+    version: str
+    stable: str
+    state: str
+    stage: str | None
+    weight: int | None
+    reason: str | None
+    at: datetime
+
+    def __post_init__(self) -> None:
+        # An unknown kind would silently match no target: fail where the event is built.
+        if self.kind not in LIFECYCLE_KINDS:
+            raise ValueError(f"unknown lifecycle kind {self.kind!r}; known: {LIFECYCLE_KINDS}")
+
+    def text(self) -> str:
+        """One human line, e.g. ``checkout 1.4.0: rolled back at canary-10 (weight 0%): ...``."""
+        if self.kind == "stage_changed":
+            where = f" to {self.stage}" if self.stage else " to the next stage"
+        else:
+            where = f" at {self.stage}" if self.stage else ""
+        weight = f" (weight {self.weight}%)" if self.weight is not None else ""
+        reason = f": {self.reason}" if self.reason else ""
+        verb = _VERBS[self.kind].format(stable=self.stable)
+        line = f"{self.service} {self.version}: {verb}{where}{weight}{reason}"
+        return " ".join(line.split())  # a reason with newlines must not break the one line
+
+    def as_json(self) -> dict[str, Any]:
+        """The generic webhook body and a command's stdin: every field plus the line."""
+        return {
+            "kind": self.kind,
+            "rollout_id": self.rollout_id,
+            "service": self.service,
+            "version": self.version,
+            "stable": self.stable,
+            "state": self.state,
+            "stage": self.stage,
+            "weight": self.weight,
+            "reason": self.reason,
+            "at": self.at.isoformat(),
+            "text": self.text(),
+        }
+
+
+@dataclass(frozen=True)
+class NotifyOutcome:
+    """How one target fared; ``detail`` is safe to log and show (no URL, no env value)."""
+
+    target: str
+    ok: bool
+    detail: str
+
+
+def notify(
+    targets: Sequence[NotificationTarget],
+    event: LifecycleEvent,
+    environ: Mapping[str, str] | None = None,
+) -> list[NotifyOutcome]:
+    """Send ``event`` to every target subscribed to its kind, one after another.
+
+    ``environ`` (default ``os.environ``) resolves ``url_env`` and is the base
+    environment of commands. Never raises: one broken target must neither stop
+    the others nor reach the caller.
+    """
+    env = os.environ if environ is None else environ
+    outcomes: list[NotifyOutcome] = []
+    for target in targets:
+        if event.kind not in target.events:
+            continue
+        try:
+            ok, detail = _deliver(target, event, env)
+        except Exception as exc:  # the contract is "never raises", whatever the bug
+            ok, detail = False, f"failed: {type(exc).__name__}"
+        if ok:
+            log.debug("notification_sent", target=target.name, kind=target.kind, detail=detail)
+        else:
+            log.warning(
+                "notification_failed",
+                target=target.name,
+                kind=target.kind,
+                detail=detail,
+                event_kind=event.kind,
+                rollout_id=event.rollout_id,
+            )
+        outcomes.append(NotifyOutcome(target=target.name, ok=ok, detail=detail))
+    return outcomes
+
+
+def _deliver(
+    target: NotificationTarget, event: LifecycleEvent, environ: Mapping[str, str]
+) -> tuple[bool, str]:
+    if target.kind == "command":
+        return _run_command(target, event, environ)
+    url = target.url
+    if target.url_env is not None:
+        url = environ.get(target.url_env, "").strip()
+        if not url:
+            return False, f"environment variable {target.url_env} is not set or empty"
+        if not _is_http_url(url):
+            return False, f"environment variable {target.url_env} does not hold an http(s) URL"
+    assert url is not None  # the model validator guarantees url or url_env
+    if target.kind == "slack":
+        body: dict[str, Any] = {"text": _slack_escape(event.text())}
+    else:
+        body = event.as_json()
+    return _post_json(url, body, target.timeout_seconds)
+
+
+def _slack_escape(text: str) -> str:
+    """Slack reads ``<...>`` as links and mentions (``<!channel>``); a reason must not ping."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _post_json(url: str, body: dict[str, Any], timeout: float) -> tuple[bool, str]:
+    """POST with a hard deadline of ``timeout`` seconds in total.
+
+    httpx timeouts apply per connect / read / write, so a receiver trickling a
+    byte at a time could hold the caller indefinitely; the request runs in a
+    daemon thread and is abandoned at the deadline (its own per-step timeouts
+    still end it soon after). Details carry exception type names only: httpx
+    messages may quote the URL.
+    """
+    result: list[tuple[bool, str]] = []
+
+    def send() -> None:
+        try:
+            with httpx.Client(trust_env=False, follow_redirects=False, timeout=timeout) as client:
+                response = client.post(url, json=body)
+            result.append((response.is_success, f"HTTP {response.status_code}"))
+        except Exception as exc:  # a thread's exception is otherwise lost and read as a timeout
+            result.append((False, f"failed: {type(exc).__name__}"))
+
+    worker = threading.Thread(target=send, name="notification-post", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not result:
+        return False, f"failed: no answer within {timeout:g}s"
+    return result[0]
+
+
+def _run_command(
+    target: NotificationTarget, event: LifecycleEvent, environ: Mapping[str, str]
+) -> tuple[bool, str]:
+    """Run the argv without a shell: the event as JSON on stdin and the key fields in env."""
+    assert target.command is not None
+    env = {
+        **environ,
+        "CANARY_EVENT_KIND": event.kind,
+        "CANARY_ROLLOUT_ID": event.rollout_id,
+        "CANARY_SERVICE": event.service,
+        "CANARY_STATE": event.state,
+    }
+    try:
+        done = subprocess.run(
+            target.command,
+            input=json.dumps(event.as_json()),
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            env=env,
+            timeout=target.timeout_seconds,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"failed: no exit within {target.timeout_seconds:g}s"
+    except (OSError, ValueError) as exc:
+        return False, f"failed: {type(exc).__name__}"
+    stderr = " ".join(done.stderr.split())[-STDERR_CHARS:]
+    detail = f"exit {done.returncode}" + (f": {stderr}" if stderr else "")
+    return done.returncode == 0, detail

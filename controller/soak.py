@@ -1,0 +1,34 @@
+"""Synthetic load for the staging soak, sent in bounded bursts by the advances.
+
+No task may sleep through a soak, so the load is not one long-running loop: each
+advance sends what is due since the previous one (rate × elapsed, capped), and the
+totals live in the rollout's analysis state.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+MAX_BURST_SECONDS = 10.0  # never send more than this many seconds' worth at once
+CONCURRENCY = 8
+
+
+def send_burst(url: str, count: int, timeout: float = 5.0) -> tuple[int, int]:
+    """GET ``url`` ``count`` times; return (sent, failed). 5xx and errors are failures."""
+    if count <= 0:
+        return 0, 0
+    with httpx.Client(
+        trust_env=False, timeout=timeout, limits=httpx.Limits(max_connections=CONCURRENCY)
+    ) as client:
+
+        def one(_: int) -> bool:
+            try:
+                return client.get(url).status_code < 500
+            except httpx.HTTPError:
+                return False
+
+        with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
+            outcomes = list(pool.map(one, range(count)))
+    return len(outcomes), outcomes.count(False)
