@@ -174,7 +174,7 @@ def pause_rollout(
         actor=actor,
         now=now,
         kind="paused",
-        allowed=(RolloutState.PENDING, RolloutState.RUNNING),
+        allowed=(RolloutState.PENDING, RolloutState.BLOCKED, RolloutState.RUNNING),
         new_state=RolloutState.PAUSED,
         reason=f"paused by {actor}: {reason}",
     )
