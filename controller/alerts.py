@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.plan import Plan
-from controller.store.models import ADVANCING_STATES, ROLLBACK_STATES, Rollout, RolloutState
+from controller.store.models import ADVANCING_STATES, Rollout, RolloutState
 
 MAX_ALERTS = 1000
 
@@ -118,12 +118,21 @@ def match_alert(
             )
             continue
         ok, why = matchers_hold(plan, alert.labels)
-        if not ok:
-            found.append(outcome(rollout.id, "ignored", why))
-        elif rollout.state in ROLLBACK_STATES or rollout.state not in (
-            *ADVANCING_STATES,
-            RolloutState.PAUSED,
+        if (
+            alert.startsAt is not None
+            and rollout.created_at is not None
+            and (alert.startsAt < rollout.created_at)
         ):
+            found.append(
+                outcome(
+                    rollout.id,
+                    "ignored",
+                    "alert started before this rollout (a repeat of an older one)",
+                )
+            )
+        elif not ok:
+            found.append(outcome(rollout.id, "ignored", why))
+        elif rollout.state not in (*ADVANCING_STATES, RolloutState.PAUSED):
             found.append(outcome(rollout.id, "ignored", f"already {rollout.state}"))
         else:
             found.append(outcome(rollout.id, "rollback", f"alert {name} fired"))

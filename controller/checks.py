@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from controller.analysis.runner import MetricsProvider
+from controller.commands import command_environment
 from controller.metrics.prometheus import MetricsError
 from controller.plan import (
     Backlog,
@@ -72,7 +73,12 @@ def run_command(check: CommandCheck, values: dict[str, str]) -> CheckResult:
     argv = [render_template(arg, values) for arg in check.command]
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, check=False, timeout=check.timeout.total_seconds()
+            argv,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=check.timeout.total_seconds(),
+            env=command_environment(),
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return CheckResult(check.name, "command", False, f"{argv[0]}: {type(exc).__name__}")

@@ -10,6 +10,7 @@ import re
 from datetime import timedelta
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+MAX_SECONDS = 365 * 86400
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -27,6 +28,8 @@ def parse_duration(text: str) -> timedelta:
             break
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         position = match.end()
+    if position == len(compact) and total > MAX_SECONDS:
+        raise ValueError(f"{text!r} is longer than {MAX_SECONDS // 86400} days")
     if position != len(compact):
         raise ValueError(
             f"{text!r} is not a duration: use a number with a unit (ms, s, m, h, d), "

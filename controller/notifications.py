@@ -27,6 +27,8 @@ import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from controller.commands import command_environment
+
 log = structlog.get_logger(__name__)
 
 LifecycleKind = Literal["started", "stage_changed", "paused", "blocked", "rolled_back", "succeeded"]
@@ -248,13 +250,15 @@ def _run_command(
 ) -> tuple[bool, str]:
     """Run the argv without a shell: the event as JSON on stdin and the key fields in env."""
     assert target.command is not None
-    env = {
-        **environ,
-        "CANARY_EVENT_KIND": event.kind,
-        "CANARY_ROLLOUT_ID": event.rollout_id,
-        "CANARY_SERVICE": event.service,
-        "CANARY_STATE": event.state,
-    }
+    # ``environ`` resolves url_env; a command sees none of it (workers hold secrets).
+    env = command_environment(
+        {
+            "CANARY_EVENT_KIND": event.kind,
+            "CANARY_ROLLOUT_ID": event.rollout_id,
+            "CANARY_SERVICE": event.service,
+            "CANARY_STATE": event.state,
+        }
+    )
     try:
         done = subprocess.run(
             target.command,

@@ -19,6 +19,7 @@ from controller.store.models import ACTIVE_STATES, Rollout, RolloutState
 
 # Service names and versions end up inside PromQL label matchers and HAProxy
 # commands: a quote or a space there would change the query, so refuse them.
+_VARIABLE_VALUE = re.compile(r"^[A-Za-z0-9_.:/@%+=,~-]{0,2000}$")
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
 
 
@@ -68,8 +69,11 @@ def start_rollout(
             raise OperationError(
                 f"variables.{name}: the plan does not declare it (declared: {declared})"
             )
-        if len(value) > 2000 or "\n" in value or "{{" in value:
-            raise OperationError(f"variables.{name}: must be one line, without templates")
+        if not _VARIABLE_VALUE.match(value):
+            raise OperationError(
+                f"variables.{name}: use up to 2000 characters of letters, digits and "
+                "_ . : / @ % + = , ~ - (it is placed inside URLs, queries and commands)"
+            )
     check_identifier("version", version)
     if stable is None:
         stable = stable_version_of(session, service)
@@ -120,10 +124,6 @@ def abort_rollout(
     rollout = repository.get_rollout(session, rollout_id)
     if rollout is None:
         raise OperationError(f"id: no rollout {rollout_id!r}")
-    if rollout.state not in (RolloutState.PENDING, RolloutState.RUNNING, RolloutState.PAUSED):
-        return AbortOutcome(
-            rollout_id, False, f"rollout {rollout_id} is {rollout.state}; nothing to abort"
-        )
     accepted = repository.request_rollback(
         session,
         rollout_id,
@@ -135,7 +135,7 @@ def abort_rollout(
     message = (
         "abort accepted; traffic is going back to stable"
         if accepted
-        else "rollout changed state meanwhile; see canary status"
+        else f"rollout {rollout_id} is {rollout.state}; nothing to abort"
     )
     return AbortOutcome(rollout_id, accepted, message)
 

@@ -419,6 +419,17 @@ class Plan(_Strict):
     runbook: Runbook = Runbook()
     notifications: list[NotificationTarget] = Field(default_factory=list)
 
+    def commands(self) -> list[list[str]]:
+        """Every command this plan would run on a worker."""
+        found = [c.command for c in self.gates.commands]
+        for stage in self.stages:
+            smoke = getattr(stage, "smoke", None)
+            found += [c.command for c in smoke.commands] if smoke else []
+        if self.runbook.disable_canary and self.runbook.disable_canary.command:
+            found.append(self.runbook.disable_canary.command)
+        found += [n.command for n in self.notifications if n.command]
+        return found
+
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Plan:
         """Validate plan data (from YAML or the store), with its declared variables known
@@ -432,7 +443,7 @@ class Plan(_Strict):
     ) -> dict[str, str]:
         """Values for every template: the built-ins, and each plan variable from the
         rollout's overrides or the plan's default (which may use built-ins)."""
-        values = dict(builtins)
+        values = {"window": format_duration(self.analysis.window), **builtins}
         for name, default in self.variables.items():
             values[name] = render_template((overrides or {}).get(name, default), builtins)
         return values

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from controller.analysis.runner import measure
 from controller.checks import run_checks
+from controller.commands import command_environment
 from controller.plan import CanaryDisable, Plan, render_template
 from controller.runtime import Runtime
 from controller.store import repository
@@ -58,6 +59,7 @@ def disable_canary(hook: CanaryDisable | None, values: dict[str, str]) -> tuple[
         try:
             done = subprocess.run(
                 argv,
+                env=command_environment(),
                 capture_output=True,
                 text=True,
                 timeout=hook.timeout.total_seconds(),

@@ -92,6 +92,16 @@ def create_app(
 
         return check
 
+    def alert_auth(request: Request) -> None:
+        """Alertmanager's own bearer token, checked before the body is looked at."""
+        presented = bearer(request.headers.get("authorization"))
+        if alert_token is None or presented is None or not _same(presented, alert_token):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing or invalid token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
     Viewer = Annotated[Principal, Depends(role(Role.VIEWER))]
     Operator = Annotated[Principal, Depends(role(Role.OPERATOR))]
 
@@ -185,6 +195,13 @@ def create_app(
             plan = load_plan(path)
         else:
             plan = parse_plan(body.plan_yaml or "", source="plan_yaml")
+            if plan.commands() and who.role < Role.ADMIN:
+                raise HTTPException(
+                    status.HTTP_403_FORBIDDEN,
+                    "an inline plan with commands (gates, smoke suites, hooks, notifications) "
+                    "runs them on the workers: that needs admin, or a plan from the plans "
+                    "directory",
+                )
         rollout = operations.start_rollout(
             session,
             plan,
@@ -237,7 +254,7 @@ def create_app(
             session, rollout_id, reason=body.reason or "abort", actor=who.name, now=utcnow()
         )
         if result.accepted:
-            enqueue_rollback(rollout_id)
+            _best_effort(enqueue_rollback, rollout_id)
         return outcome(result)
 
     @app.post("/api/v1/rollouts/{rollout_id}/rollback", tags=["rollouts"])
@@ -246,7 +263,7 @@ def create_app(
             session, rollout_id, reason=body.reason, actor=who.name, now=utcnow()
         )
         if result.accepted:
-            enqueue_rollback(rollout_id)
+            _best_effort(enqueue_rollback, rollout_id)
         return outcome(result)
 
     @app.post("/api/v1/rollouts/{rollout_id}/approve", tags=["rollouts"])
@@ -293,16 +310,11 @@ def create_app(
         return incident_document(found, get_rollout(session, found.rollout_id))
 
     @app.post("/api/v1/alerts/alertmanager", status_code=202, tags=["alerts"])
-    def alertmanager(payload: AlertmanagerPayload, request: Request, session: Db) -> JSONResponse:
+    def alertmanager(
+        payload: AlertmanagerPayload, session: Db, _auth: Annotated[None, Depends(alert_auth)]
+    ) -> JSONResponse:
         """Alertmanager webhook (version 4): a matching firing alert rolls back at once."""
         received = time.monotonic()
-        presented = bearer(request.headers.get("authorization"))
-        if alert_token is None or presented is None or not _same(presented, alert_token):
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "missing or invalid token",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
         active = list(
             session.scalars(
                 select(Rollout).where(Rollout.state.in_([str(s) for s in ACTIVE_STATES]))
@@ -338,7 +350,7 @@ def create_app(
                         },
                     )
                     if accepted:
-                        enqueue_rollback(match.rollout_id)
+                        _best_effort(enqueue_rollback, match.rollout_id)
                         entry["enqueued_ms"] = round((time.monotonic() - received) * 1000, 2)
                         log.warning(
                             "alert_rollback", rollout_id=match.rollout_id, alertname=match.alertname

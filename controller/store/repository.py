@@ -135,7 +135,12 @@ def claim(
     session.commit()
     if result.rowcount != 1:
         return None
-    return session.get(Rollout, rollout_id, populate_existing=True)
+    rollout = session.get(Rollout, rollout_id, populate_existing=True)
+    if rollout is None or rollout.state not in [str(s) for s in states]:
+        # Changed between our UPDATE and this read (a rollback request, say).
+        release(session, rollout_id, owner)
+        return None
+    return rollout
 
 
 def release(session: Session, rollout_id: str, owner: str) -> None:

@@ -22,6 +22,7 @@ from controller.operations import (
 )
 from controller.plan import Plan
 from controller.runtime import utcnow
+from controller.store import repository
 from controller.store.db import session_factory
 from tests.conftest import postgres_schema
 from tests.integration.rollout_helpers import (
@@ -47,6 +48,18 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutLab]:
             yield lab
         finally:
             lab.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_rollout_left_behind(lab: RolloutLab) -> Iterator[None]:
+    """A failed test must not leave an active rollout that blocks the next one."""
+    yield
+    with session_factory(lab.database_url)() as session:
+        active = repository.list_rollouts(session, active_only=True, service=lab.settings.service)
+        for rollout in active:
+            abort_rollout(session, rollout.id, reason="test cleanup", actor="pytest", now=utcnow())
+    for rollout in active:
+        wait_for(lab, rollout.id, finished)
 
 
 def variant(**changes: object) -> Plan:
@@ -107,8 +120,13 @@ def test_approvals_unblock_and_verification_marks_the_release_stable(lab: Rollou
         with pytest.raises(OperationError, match="'mallory' cannot approve preflight"):
             approve_rollout(session, rollout_id, name="mallory", now=utcnow())
         approve_rollout(session, rollout_id, name="alice", now=utcnow())
-    rollout = wait_for(lab, rollout_id, blocked_on("security_approver"), timeout=30)
-    assert "release_manager" not in rollout.reason
+    rollout = wait_for(
+        lab,
+        rollout_id,
+        lambda r, _e: r.state == "blocked" and "release_manager" not in r.reason,
+        timeout=30,
+    )
+    assert "awaiting approval by security_approver" in rollout.reason
     with sessions() as session:
         approve_rollout(session, rollout_id, name="dave", now=utcnow())
 

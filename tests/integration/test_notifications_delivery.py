@@ -228,17 +228,19 @@ pathlib.Path(sys.argv[1]).write_text(json.dumps({
 """
 
 
-def test_command_gets_the_event_on_stdin_and_in_env(tmp_path: Path) -> None:
+def test_command_gets_the_event_on_stdin_and_in_env_but_no_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "event.json"
     target = NotificationTarget(
         name="pager", kind="command", command=[sys.executable, "-c", RECORD_SCRIPT, str(out)]
     )
-    [outcome] = notify([target], EVENT, environ={"BASE": "kept"})
+    monkeypatch.setenv("CANARY_API_TOKENS", "ops:admin:0123456789abcdef0123")
+    [outcome] = notify([target], EVENT, environ={"BASE": "not passed on"})
     assert (outcome.ok, outcome.detail) == (True, "exit 0")
     recorded = json.loads(out.read_text())
     assert json.loads(recorded["stdin"]) == EVENT.as_json()
     assert recorded["env"] == {
-        "BASE": "kept",
         "CANARY_EVENT_KIND": "rolled_back",
         "CANARY_ROLLOUT_ID": "ro-7",
         "CANARY_SERVICE": "checkout",
