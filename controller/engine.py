@@ -22,7 +22,7 @@ from controller.analysis.runner import Measurement, measure
 from controller.analysis.verdict import Verdict
 from controller.checks import CheckResult
 from controller.durations import format_duration
-from controller.plan import Criterion, OnLimit, Plan, Step, render_template
+from controller.plan import Criterion, OnLimit, Plan, Stage, Step, render_template
 from controller.runtime import Runtime
 from controller.soak import MAX_BURST_SECONDS, send_burst
 from controller.store import repository
@@ -84,16 +84,20 @@ def advance(runtime: Runtime, rollout_id: str) -> AdvanceResult:
             return AdvanceResult(
                 rollout_id, acted=False, summary="not due or owned by another worker"
             )
+        step = _Advance(runtime, session, rollout)
         try:
-            step = _Advance(runtime, session, rollout)
             result = step.run()
             for kind in step.lifecycle:
                 runtime.notify(rollout_id, kind)
             return result
         except StaleDataError:
-            # Someone changed the rollout while we worked (a rollback request wins).
+            # Someone changed the rollout while we worked (a pause, an approval, a
+            # rollback request). A rollback this advance decided must not be lost.
+            session.rollback()
+            if step.pending_rollback is not None:
+                return step.request_rollback_again()
             return AdvanceResult(
-                rollout_id, acted=False, summary="rollout changed underneath (rollback requested?)"
+                rollout_id, acted=False, summary="rollout changed underneath; nothing written"
             )
         finally:
             session.rollback()
@@ -112,6 +116,8 @@ class _Advance:
         self.now = runtime.clock()
         self.log = log.bind(rollout_id=rollout.id, service=rollout.service)
         self.lifecycle: list[str] = []  # notifications to send once this advance commits
+        self.pending_rollback: tuple[str, dict[str, Any], str | None] | None = None
+        self.router_gave_up: str | None = None
 
     def event(
         self, kind: str, message: str, data: dict[str, Any] | None = None, actor: str = ACTOR
@@ -161,9 +167,26 @@ class _Advance:
         step = self.steps[rollout.step_index]
         self.log = self.log.bind(stage=step.label)
         if rollout.step_started_at is None:
-            blocked = self.stage_approval(step)
-            if blocked:
-                return blocked
+            missing = self.missing_stage_approvals(step)
+            if missing:
+                # Waiting for people must not stop watching the traffic already moved.
+                if rollout.weight and step.index > 0:
+                    watched = self.watch(self.steps[step.index - 1])
+                    if watched:
+                        return watched
+                return self.block(
+                    f"{step.stage} awaits approval by {', '.join(missing)}",
+                    [
+                        CheckResult(
+                            f"approval-{role}",
+                            "approval",
+                            False,
+                            f"awaiting approval by {role} ({', '.join(self.plan.owners[role])})",
+                        )
+                        for role in missing
+                    ],
+                    step.stage,
+                )
         if rollout.state == RolloutState.BLOCKED:
             rollout.state = RolloutState.RUNNING
             rollout.reason = None
@@ -171,6 +194,8 @@ class _Advance:
 
         needs_traffic = rollout.weight != step.weight or rollout.step_started_at is None
         if needs_traffic and not self.apply_weight(step):
+            if self.router_gave_up:
+                return self.apply_limit_policy(self.router_gave_up)
             self.commit()
             return self.result(
                 f"holding at {rollout.weight}%: router did not confirm {step.weight}%"
@@ -239,25 +264,23 @@ class _Advance:
         )
         return None
 
-    def stage_approval(self, step: Step) -> AdvanceResult | None:
-        stage = next(s for s in self.plan.stages if s.name == step.stage)
+    def missing_stage_approvals(self, step: Step) -> list[str]:
+        """Roles that must still approve before this step's stage begins."""
+        stage = self.stage_of(step)
         if not stage.approval or any(s.stage == step.stage for s in self.steps[: step.index]):
-            return None
-        missing = checks.missing_approvals(self.plan, stage.approval, self.approvals(), step.stage)
-        if not missing:
-            return None
-        results = [
-            CheckResult(
-                f"approval-{role}",
-                "approval",
-                False,
-                f"awaiting approval by {role} ({', '.join(self.plan.owners[role])})",
-            )
-            for role in missing
-        ]
-        return self.block(
-            f"{step.stage} awaits approval by {', '.join(missing)}", results, step.stage
-        )
+            return []
+        return checks.missing_approvals(self.plan, stage.approval, self.approvals(), step.stage)
+
+    def watch(self, step: Step) -> AdvanceResult | None:
+        """Measure the traffic as it is; trip or apply the missing-data policy if due."""
+        measurements = self.measure(step)
+        tripped = self.tripped(measurements)
+        if tripped:
+            return self.trip(step, tripped, measurements)
+        return self.over_missing_data_limit(measurements)
+
+    def stage_of(self, step: Step) -> Stage:
+        return next(s for s in self.plan.stages if s.name == step.stage)
 
     def approvals(self) -> list[dict[str, Any]]:
         return [e.data for e in repository.events_for(self.session, self.rollout.id, ["approval"])]
@@ -266,7 +289,7 @@ class _Advance:
 
     def smoke(self, step: Step) -> str | None:
         """Run the stage's smoke suite once, when the step begins; the failure if any."""
-        stage = next(s for s in self.plan.stages if s.name == step.stage)
+        stage = self.stage_of(step)
         suite = getattr(stage, "smoke", None)
         analysis = dict(self.rollout.analysis or {})
         done = analysis.get("smoke_done", [])
@@ -294,7 +317,7 @@ class _Advance:
 
     def soak_load(self, step: Step) -> None:
         """Send the synthetic load due since the last advance (bounded per advance)."""
-        stage = next(s for s in self.plan.stages if s.name == step.stage)
+        stage = self.stage_of(step)
         load = getattr(stage, "load", None)
         if load is None:
             return
@@ -313,7 +336,7 @@ class _Advance:
         self.rollout.analysis = analysis
 
     def soak_load_problem(self, step: Step) -> str | None:
-        stage = next(s for s in self.plan.stages if s.name == step.stage)
+        stage = self.stage_of(step)
         load = getattr(stage, "load", None)
         if step.kind != "soak" or load is None:
             return None
@@ -330,7 +353,7 @@ class _Advance:
 
     def verification(self, step: Step) -> list[CheckResult]:
         """Post-deploy exit checks at the end of the verify hold: alerts quiet, no backlog."""
-        stage = next(s for s in self.plan.stages if s.name == step.stage)
+        stage = self.stage_of(step)
         if step.kind != "verify":
             return []
         values = rollout_variables(self.plan, self.rollout, step)
@@ -381,6 +404,11 @@ class _Advance:
                 },
             )
             self.log.warning("router_error", weight=step.weight, error=problem)
+            if analysis["router_errors"] >= self.plan.analysis.error_limit:
+                self.router_gave_up = (
+                    f"router did not confirm {step.weight}% "
+                    f"{analysis['router_errors']} times in a row: {problem}"
+                )
             return False
         previous = self.rollout.weight
         analysis["router_errors"] = 0
@@ -503,6 +531,7 @@ class _Advance:
         decided: bool = False,
     ) -> AdvanceResult:
         """Hand the rollout to the rollback queue (the rollback does the rest)."""
+        self.pending_rollback = (reason, trigger, tripped)
         if not decided:
             self.event("decision", reason, {"decision": "rollback", **trigger})
         self.commit()
@@ -518,6 +547,36 @@ class _Advance:
             self.runtime.enqueue_rollback(self.rollout.id)
         self.session.refresh(self.rollout)
         return self.result(f"rolling back: {reason}")
+
+    def request_rollback_again(self) -> AdvanceResult:
+        """After a concurrent change: record the decision and request the rollback anew
+        (``request_rollback`` does not care about versions or leases)."""
+        assert self.pending_rollback is not None
+        reason, trigger, tripped = self.pending_rollback
+        repository.append_event(
+            self.session,
+            self.rollout.id,
+            "decision",
+            actor=ACTOR,
+            at=self.now,
+            message=reason,
+            data={"decision": "rollback", **trigger},
+        )
+        if repository.request_rollback(
+            self.session,
+            self.rollout.id,
+            reason=reason,
+            actor=ACTOR,
+            now=self.now,
+            tripped=tripped,
+            trigger=trigger,
+        ):
+            self.runtime.enqueue_rollback(self.rollout.id)
+        else:
+            self.session.commit()
+        return AdvanceResult(
+            self.rollout.id, True, RolloutState.ROLLING_BACK, None, None, f"rolling back: {reason}"
+        )
 
     def over_missing_data_limit(self, measurements: list[Measurement]) -> AdvanceResult | None:
         """Count checks that told us nothing; past the plan's limit, apply its policy."""
@@ -535,7 +594,11 @@ class _Advance:
             why = f"{state['inconclusive_streak']} checks in a row were inconclusive (no data)"
         else:
             return None
-        if policy.on_limit == OnLimit.ROLLBACK:
+        return self.apply_limit_policy(why)
+
+    def apply_limit_policy(self, why: str) -> AdvanceResult:
+        """Held too long without knowing: the plan's ``on_limit`` decides; never promote."""
+        if self.plan.analysis.on_limit == OnLimit.ROLLBACK:
             return self.roll_back(
                 f"{why}; plan policy: roll back", {"kind": "policy", "policy": "on_limit"}
             )
@@ -578,8 +641,13 @@ class _Advance:
             if not all(r.ok for r in exits):
                 all_pass = False
                 analysis = dict(rollout.analysis or {})
-                analysis["inconclusive_streak"] = analysis.get("inconclusive_streak", 0) + 1
+                failures = analysis.get("verification_failures", 0) + 1
+                analysis["verification_failures"] = failures
                 rollout.analysis = analysis
+                if failures >= policy.inconclusive_limit:
+                    return self.apply_limit_policy(
+                        f"post-deploy checks failed {failures} times in a row"
+                    )
         if self.now < hold_ends or not all_pass:
             if self.now < hold_ends:
                 rollout.next_check_at = min(self.now + policy.interval, hold_ends)

@@ -216,7 +216,11 @@ def _set_state(
     analysis.update(error_streak=0, inconclusive_streak=0)
     changed = session.execute(
         update(Rollout)
-        .where(Rollout.id == rollout_id, Rollout.state.in_([str(s) for s in allowed]))
+        .where(
+            Rollout.id == rollout_id,
+            Rollout.version == rollout.version,
+            Rollout.state.in_([str(s) for s in allowed]),
+        )
         .values(
             state=new_state,
             reason=reason,
@@ -338,7 +342,11 @@ def promote_rollout(
     analysis["promote"] = {"step": rollout.step_index, "by": actor, "reason": reason}
     changed = session.execute(
         update(Rollout)
-        .where(Rollout.id == rollout_id, Rollout.state == RolloutState.RUNNING)
+        .where(
+            Rollout.id == rollout_id,
+            Rollout.version == rollout.version,
+            Rollout.state == RolloutState.RUNNING,
+        )
         .values(analysis=analysis, next_check_at=now, version=Rollout.version + 1)
         .execution_options(synchronize_session=False)
     ).rowcount

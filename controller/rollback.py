@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from controller.engine import rollout_variables
 from controller.plan import Plan
-from controller.runbook import run_runbook
 from controller.runtime import Runtime
 from controller.store import repository
 from controller.store.models import ROLLBACK_STATES, Rollout, RolloutState
@@ -74,12 +73,24 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
             return RollbackResult(
                 rollout_id, False, rollout.state if rollout else None, "nothing to roll back"
             )
+        if (
+            rollout.state == RolloutState.ROLLBACK_FAILED
+            and rollout.next_check_at > runtime.clock()
+        ):
+            return RollbackResult(rollout_id, False, rollout.state, "next retry not due yet")
         bound = log.bind(rollout_id=rollout.id, service=rollout.service)
         first_attempt = rollout.state == RolloutState.ROLLING_BACK
-        plan = Plan.from_data(rollout.plan)
-        router = runtime.router_for(plan, rollout_variables(plan, rollout))
         shift_started = runtime.clock()
-        shift = shift_to_stable(router, runtime.rollback_attempts, runtime.rollback_backoff_seconds)
+        router: TrafficRouter | None = None
+        try:
+            plan = Plan.from_data(rollout.plan)
+            router = runtime.router_for(plan, rollout_variables(plan, rollout))
+        except Exception as exc:  # a broken plan must end in rollback_failed, loudly
+            shift = ShiftOutcome(False, 0, f"cannot build the router: {exc}")
+        else:
+            shift = shift_to_stable(
+                router, runtime.rollback_attempts, runtime.rollback_backoff_seconds
+            )
         shifted_at = runtime.clock()
         bound.info(
             "traffic_shift", confirmed=shift.confirmed, attempts=shift.attempts, error=shift.error
@@ -102,20 +113,21 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
     if result.acted and shift.confirmed:
         runtime.notify(rollout_id, "rolled_back")  # queued; never waited for
     if result.acted and (shift.confirmed or first_attempt):
-        # Steps 2-5 after the lease is back: they never touch traffic.
+        # Steps 2-5 run elsewhere (a task on the work queue): they never touch traffic
+        # and must not hold the rollback queue.
         detail = (
             f"canary weight 0% read back after {shift.attempts} attempt(s)"
             if shift.confirmed
             else f"not confirmed: {shift.error}"
         )
-        run_runbook(
-            runtime,
+        runtime.run_runbook(
             rollout_id,
-            shift_started=shift_started,
-            shifted_at=shifted_at,
-            shift_detail=detail,
-            post=runtime.post_incident,
-            traffic_on_stable=shift.confirmed,
+            {
+                "shift_started": shift_started.isoformat(),
+                "shifted_at": shifted_at.isoformat(),
+                "shift_detail": detail,
+                "traffic_on_stable": shift.confirmed,
+            },
         )
     return result
 
@@ -129,6 +141,10 @@ def _wait_for_lease(runtime: Runtime, session: Session, rollout_id: str) -> Roll
         )
         if claimed is not None or time.monotonic() > deadline:
             return claimed
+        current = repository.get_rollout(session, rollout_id)
+        if current is None or current.state not in ROLLBACK_STATES:
+            return None  # another rollback finished it
+        session.rollback()
         time.sleep(0.05)
 
 
@@ -136,13 +152,13 @@ def _settle(
     runtime: Runtime,
     session: Session,
     rollout: Rollout,
-    router: TrafficRouter,
+    router: TrafficRouter | None,
     shift: ShiftOutcome,
     shifted_at: datetime,
     bound: structlog.typing.FilteringBoundLogger,
 ) -> tuple[RollbackResult, ShiftOutcome]:
     """Confirm traffic under the lease and record the outcome."""
-    if shift.confirmed:
+    if shift.confirmed and router is not None:
         # An advance that held the lease may have moved traffic after our shift.
         try:
             if router.get_canary_weight() != 0:

@@ -55,6 +55,12 @@ class Runtime:
     # Lifecycle notifications go out of band (a task on the work queue): a slow or
     # dead endpoint never delays a step, let alone a rollback.
     notify: Callable[[str, str], None] = lambda rollout_id, kind: None
+    # Runbook steps 2-5 after a rollback; in-process by default, a task in workers.
+    run_runbook: Callable[[str, dict[str, Any]], None] = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.run_runbook is None:
+            self.run_runbook = lambda rollout_id, shift: run_runbook_now(self, rollout_id, shift)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -88,3 +94,18 @@ class Runtime:
 
 def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
+
+
+def run_runbook_now(runtime: Runtime, rollout_id: str, shift: dict[str, Any]) -> None:
+    """Run the runbook after a rollback in this process (see ``controller.runbook``)."""
+    from controller.runbook import run_runbook
+
+    run_runbook(
+        runtime,
+        rollout_id,
+        shift_started=datetime.fromisoformat(shift["shift_started"]),
+        shifted_at=datetime.fromisoformat(shift["shifted_at"]),
+        shift_detail=shift["shift_detail"],
+        post=runtime.post_incident,
+        traffic_on_stable=shift["traffic_on_stable"],
+    )

@@ -4,6 +4,7 @@ in its arguments (so Flower shows what it is about) and returns a sentence of st
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 
 import structlog
@@ -13,7 +14,7 @@ from config.settings import get_settings
 from controller.engine import advance
 from controller.lifecycle import send_notifications
 from controller.rollback import rollback
-from controller.runtime import Runtime
+from controller.runtime import Runtime, run_runbook_now
 from controller.store import repository
 from controller.views import rollout_summary
 from tasks.app import app
@@ -27,6 +28,7 @@ def runtime() -> Runtime:
     rt = Runtime.from_settings(get_settings())
     rt.enqueue_rollback = lambda rollout_id: enqueue_rollback(rollout_id)
     rt.notify = enqueue_notify
+    rt.run_runbook = enqueue_runbook
     return rt
 
 
@@ -54,6 +56,10 @@ def enqueue_notify(rollout_id: str, kind: str) -> None:
         )
 
 
+def enqueue_runbook(rollout_id: str, shift: dict) -> None:
+    runbook_task.apply_async(kwargs={**describe(rollout_id), "shift": shift})
+
+
 def enqueue_start(rollout_id: str) -> None:
     start_task.apply_async(kwargs=describe(rollout_id))
 
@@ -65,7 +71,7 @@ def reconcile_task() -> str:
     with rt.sessions() as session:
         now = rt.clock()
         advances = repository.due_for_advance(session, now)
-        rollbacks = repository.due_for_rollback(session, now)
+        rollbacks = repository.take_due_rollbacks(session, now, hold=timedelta(seconds=30))
     for rollout_id in rollbacks:
         enqueue_rollback(rollout_id, "pending rollback")
     for rollout_id in advances:
@@ -104,3 +110,12 @@ def notify_task(rollout_id: str, kind: str, service: str = "", stage: str = "") 
     rollback path, failures only logged and recorded."""
     with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
         return send_notifications(runtime(), rollout_id, kind)
+
+
+@app.task(name="rollout.runbook")
+def runbook_task(rollout_id: str, shift: dict, service: str = "", stage: str = "") -> str:
+    """Rollback runbook steps 2-5 (healthchecks, journeys, disable canary, incident),
+    on the work queue so that the rollback queue stays free for the next rollback."""
+    with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
+        run_runbook_now(runtime(), rollout_id, shift)
+        return f"{rollout_id}: runbook done"

@@ -24,6 +24,8 @@ from controller.store.models import (
     RolloutState,
 )
 
+ROLLBACK_FALLBACK = timedelta(seconds=5)
+
 
 def new_rollout_id() -> str:
     return "r-" + secrets.token_hex(5)
@@ -178,7 +180,8 @@ def request_rollback(
         "state": RolloutState.ROLLING_BACK,
         "reason": reason,
         "updated_at": now,
-        "next_check_at": now,
+        # Whoever requests a rollback enqueues it at once; reconcile is the fallback.
+        "next_check_at": now + ROLLBACK_FALLBACK,
         "version": Rollout.version + 1,
         "analysis": {
             **(rollout.analysis or {}),
@@ -259,6 +262,27 @@ def due_for_rollback(session: Session, now: datetime, limit: int = 500) -> Seque
         )
         .limit(limit)
     ).all()
+
+
+def take_due_rollbacks(session: Session, now: datetime, hold: timedelta) -> list[str]:
+    """Due rollbacks, each pushed ``hold`` into the future as it is taken, so that
+    concurrent reconciles (and the next ticks) do not dispatch it again meanwhile."""
+    taken = []
+    for rollout_id in due_for_rollback(session, now):
+        result = session.execute(
+            update(Rollout)
+            .where(
+                Rollout.id == rollout_id,
+                Rollout.next_check_at <= now,
+                Rollout.state.in_([str(s) for s in ROLLBACK_STATES]),
+            )
+            .values(next_check_at=now + hold, version=Rollout.version + 1)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            taken.append(rollout_id)
+    session.commit()
+    return taken
 
 
 def get_rollout(session: Session, rollout_id: str) -> Rollout | None:

@@ -271,6 +271,8 @@ def test_rollback_retries_then_fails_loudly_and_recovers(world) -> None:
     assert step5.data["step"] == 5 and step5.data["incident_id"].startswith("inc-")
     assert router.weight == 10
     router.fail_sets = 0
+    assert not rollback(runtime, rollout_id).acted  # the retry is not due yet
+    clock.now += timedelta(seconds=16)
     rollback(runtime, rollout_id)
     rollout, _ = state(runtime, rollout_id)
     assert rollout.state == "aborted" and router.weight == 0
