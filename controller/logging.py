@@ -62,7 +62,8 @@ def settings_secrets() -> list[str]:
             continue
         if hasattr(value, "get_secret_value"):
             found.append(text)
-            found += [part.rsplit(":", 1)[-1] for part in text.split(",") if ":" in part]
+            # name:role:token lists: the token is everything after the second colon.
+            found += [part.split(":", 2)[2] for part in text.split(",") if part.count(":") >= 2]
         match = re.search(r"://[^:/@\s]+:([^@\s/]+)@", text)
         if match:
             found.append(match.group(1))

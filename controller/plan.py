@@ -35,6 +35,25 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str),
 ]
 
+
+def _at_most(limit: timedelta, why: str) -> AfterValidator:
+    def check(value: timedelta) -> timedelta:
+        if value > limit:
+            raise ValueError(f"at most {format_duration(limit)}: {why}")
+        return value
+
+    return AfterValidator(check)
+
+
+# Checks run inside a rollout step, which a task time limit bounds; hooks run in the
+# runbook task, which has more room. Longer suites belong in CI, gated by their status.
+StepTimeout = Annotated[
+    Duration, _at_most(timedelta(seconds=30), "checks run inside a rollout step")
+]
+HookTimeout = Annotated[
+    Duration, _at_most(timedelta(minutes=2), "hooks run inside the runbook task")
+]
+
 TEMPLATE_VARIABLES = ("service", "canary_version", "stable_version", "environment", "window")
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _NAME = r"^[a-z0-9][a-z0-9_.-]*$"
@@ -205,7 +224,7 @@ class HttpCheck(_Strict):
     method: Literal["GET", "HEAD", "POST"] = "GET"
     expect_status: int = Field(default=200, ge=100, le=599)
     body_contains: str | None = None
-    timeout: Duration = Field(default=timedelta(seconds=5))
+    timeout: StepTimeout = Field(default=timedelta(seconds=5))
     max_latency: Duration | None = None
 
 
@@ -215,7 +234,7 @@ class HttpHook(_Strict):
     url: QueryTemplate
     method: Literal["GET", "POST", "PUT", "DELETE", "PATCH"] = "POST"
     json_body: dict[str, Any] | None = None
-    timeout: Duration = Field(default=timedelta(seconds=10))
+    timeout: StepTimeout = Field(default=timedelta(seconds=10))
 
 
 class CanaryDisable(_Strict):
@@ -223,7 +242,7 @@ class CanaryDisable(_Strict):
 
     command: list[QueryTemplate] | None = Field(default=None, min_length=1)
     http: HttpHook | None = None
-    timeout: Duration = Field(default=timedelta(seconds=60))
+    timeout: HookTimeout = Field(default=timedelta(seconds=60))
 
     @model_validator(mode="after")
     def _exactly_one(self) -> CanaryDisable:
@@ -279,7 +298,7 @@ class CommandCheck(_Strict):
 
     name: str = Field(pattern=_NAME, max_length=64)
     command: list[QueryTemplate] = Field(min_length=1)
-    timeout: Duration = Field(default=timedelta(minutes=5))
+    timeout: StepTimeout = Field(default=timedelta(seconds=30))
 
 
 class SmokeSuite(_Strict):

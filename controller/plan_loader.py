@@ -142,6 +142,15 @@ def semantic_problems(plan: Plan) -> list[tuple[tuple[str | int, ...], str]]:
             if not plan.owners.get(role):
                 problems.append((("stages", i, "approval"), f"no owners named for role {role!r}"))
 
+    for i, stage in enumerate(plan.stages):
+        if not isinstance(stage, SoakStage) and not plan.criteria_for(stage.name):
+            problems.append(
+                (
+                    (("stages", i)),
+                    "no stop criterion applies to this stage: it would promote on time alone",
+                )
+            )
+
     previous = 0
     traffic_seen = False
     verify_seen = False

@@ -12,11 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 MAX_BURST_SECONDS = 10.0  # never send more than this many seconds' worth at once
-CONCURRENCY = 8
+MAX_BURST_REQUESTS = 200  # ...nor more requests: a burst must fit inside a task
+CONCURRENCY = 16
 
 
-def send_burst(url: str, count: int, timeout: float = 5.0) -> tuple[int, int]:
-    """GET ``url`` ``count`` times; return (sent, failed). 5xx and errors are failures."""
+def send_burst(url: str, count: int, timeout: float = 2.0) -> tuple[int, int]:
+    """GET ``url`` ``count`` times (at most MAX_BURST_REQUESTS); return (sent, failed).
+    5xx answers and errors are failures."""
+    count = min(count, MAX_BURST_REQUESTS)
     if count <= 0:
         return 0, 0
     with httpx.Client(

@@ -126,7 +126,7 @@ class StoreCollector(Collector):
 
     @staticmethod
     def _rollbacks(session: Session) -> Iterator[Metric]:
-        by_reason = CounterMetricFamily(
+        by_reason = GaugeMetricFamily(
             "canary_rollbacks",
             "Rollbacks by what triggered them (criterion, alert, manual, "
             "policy) and the tripped criterion.",

@@ -112,7 +112,7 @@ def notify_task(rollout_id: str, kind: str, service: str = "", stage: str = "") 
         return send_notifications(runtime(), rollout_id, kind)
 
 
-@app.task(name="rollout.runbook")
+@app.task(name="rollout.runbook", time_limit=300, soft_time_limit=290)
 def runbook_task(rollout_id: str, shift: dict, service: str = "", stage: str = "") -> str:
     """Rollback runbook steps 2-5 (healthchecks, journeys, disable canary, incident),
     on the work queue so that the rollback queue stays free for the next rollback."""

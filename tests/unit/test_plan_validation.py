@@ -160,7 +160,28 @@ def test_criterion_must_name_a_real_stage() -> None:
         + CRITERION
         + "    stages: [canry]\n"
     )
-    assert problems(text) == [(8, "stop_criteria[0].stages", "no stage named 'canry'")]
+    found = problems(text)
+    assert (8, "stop_criteria[0].stages", "no stage named 'canry'") in found
+    assert (
+        2,
+        "stages[0]",
+        "no stop criterion applies to this stage: it would promote on time alone",
+    ) in found
+
+
+def test_timeouts_must_fit_in_a_step() -> None:
+    text = (
+        "name: p\nstages: [{name: c, kind: canary, weight: 100, hold: 1m}]\n"
+        + CRITERION
+        + "gates:\n  commands: [{name: slow, command: [x], timeout: 15m}]\n"
+    )
+    ((line, path, message),) = problems(text)
+    assert path == "gates.commands[0].timeout" and message.startswith("at most 30s")
+
+
+def test_absurd_durations_are_refused() -> None:
+    text = "name: p\nstages: [{name: c, kind: canary, weight: 100, hold: 99999999999d}]\n"
+    assert "longer than 365 days" in problems(text + CRITERION)[0][2]
 
 
 def test_yaml_syntax_error_has_a_line() -> None:
