@@ -535,6 +535,12 @@ class _Advance:
         if not decided:
             self.event("decision", reason, {"decision": "rollback", **trigger})
         self.commit()
+        self.request_rollback(reason, trigger, tripped)
+        self.session.refresh(self.rollout)
+        return self.result(f"rolling back: {reason}")
+
+    def request_rollback(self, reason: str, trigger: dict[str, Any], tripped: str | None) -> None:
+        """Mark the rollout for rollback (whoever holds it) and enqueue the rollback."""
         if repository.request_rollback(
             self.session,
             self.rollout.id,
@@ -545,8 +551,8 @@ class _Advance:
             trigger=trigger,
         ):
             self.runtime.enqueue_rollback(self.rollout.id)
-        self.session.refresh(self.rollout)
-        return self.result(f"rolling back: {reason}")
+        else:
+            self.session.commit()
 
     def request_rollback_again(self) -> AdvanceResult:
         """After a concurrent change: record the decision and request the rollback anew
@@ -562,18 +568,7 @@ class _Advance:
             message=reason,
             data={"decision": "rollback", **trigger},
         )
-        if repository.request_rollback(
-            self.session,
-            self.rollout.id,
-            reason=reason,
-            actor=ACTOR,
-            now=self.now,
-            tripped=tripped,
-            trigger=trigger,
-        ):
-            self.runtime.enqueue_rollback(self.rollout.id)
-        else:
-            self.session.commit()
+        self.request_rollback(reason, trigger, tripped)
         return AdvanceResult(
             self.rollout.id, True, RolloutState.ROLLING_BACK, None, None, f"rolling back: {reason}"
         )
