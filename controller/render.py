@@ -63,7 +63,21 @@ def detail_view(d: dict[str, Any]) -> RenderableType:
                 name, m["verdict"], number(m["value"]), number(m["limit"]), m["reason"]
             )
         parts.append(criteria)
-    parts.append(Text("gates and approvals: none in this plan"))
+    if d.get("gates"):
+        gates = Table("gate", "kind", "result", "detail")
+        for g in d["gates"]:
+            gates.add_row(g["name"], g["kind"], "pass" if g["ok"] else "FAIL", g["detail"])
+        parts.append(gates)
+    if d.get("approvals"):
+        parts.append(
+            Text(
+                "approvals: "
+                + "; ".join(
+                    f"{a['gate']}: {a['name']} as {a['role']} at {a['at'][11:19]}"
+                    for a in d["approvals"]
+                )
+            )
+        )
     if d["events"]:
         parts.append(history_table(d["events"]))
     return Group(*parts)

@@ -55,6 +55,13 @@ def rollout_detail(
         if e.kind == "measurement":
             latest[e.data["criterion"]] = {**e.data, "at": _iso(e.at)}
     completed = {e.step_index for e in events if e.kind == "step_completed"}
+    gate_events = [e for e in events if e.kind in ("blocked", "gates_passed")]
+    gates = gate_events[-1].data.get("checks", []) if gate_events else []
+    approvals = [
+        {"gate": e.data["gate"], "role": e.data["role"], "name": e.data["name"], "at": _iso(e.at)}
+        for e in events
+        if e.kind == "approval"
+    ]
     steps = Plan.from_data(rollout.plan).steps()
     hold_left = None
     if rollout.step_started_at and rollout.state in ("running", "paused"):
@@ -80,6 +87,8 @@ def rollout_detail(
             for s in steps
         ],
         "criteria": latest,
+        "gates": gates,
+        "approvals": approvals,
         "events": [event_view(e) for e in events[-event_limit:]] if event_limit else [],
     }
 

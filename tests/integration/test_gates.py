@@ -4,7 +4,11 @@ Prometheus, HAProxy and the demo service)."""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -103,6 +107,16 @@ def test_a_failing_gate_blocks_with_its_reason_and_passes_once_fixed(
     assert results["ci-green"]["ok"] is False
     assert results["prometheus-targets"]["ok"] and results["stable-health"]["ok"]
     assert results["no-firing-alerts"]["ok"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "controller", "status", rollout_id, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **lab.env()},
+    )
+    detail = json.loads(shown.stdout)
+    assert detail["state"] == "blocked" and "ci-green" in detail["reason"]
+    assert {g["name"]: g["ok"] for g in detail["gates"]}["ci-green"] is False
 
     flag.write_text("green\n")
     with session_factory(lab.database_url)() as session:

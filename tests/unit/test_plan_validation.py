@@ -202,3 +202,35 @@ def test_templates_render_with_known_variables() -> None:
     assert render_template(query, {"service": "api", "canary_version": "2", "window": "5m"}) == (
         'x{service="api", v="2"}[5m]'
     )
+
+
+def test_demo_plan_has_the_standard_plans_gates_soak_approvals_and_verification() -> None:
+    """The integration tests run the demo plan; it must exercise what the standard has."""
+    demo, standard = load_plan(PLANS / "demo.yaml"), load_plan(PLANS / "standard.yaml")
+
+    def shape(plan):  # noqa: ANN001, ANN202
+        soak, *_, verify = plan.stages
+        return {
+            "owners": sorted(plan.owners),
+            "gate approvals": [g.role for g in plan.gates.approvals],
+            "gates": (
+                len(plan.gates.targets_up),
+                [h.name for h in plan.gates.http],
+                bool(plan.gates.no_firing_alerts),
+                [c.name for c in plan.gates.commands],
+            ),
+            "stage approvals": {s.name: s.approval for s in plan.stages},
+            "soak": (
+                soak.load is not None,
+                [c.name for c in soak.smoke.http],
+                [c.name for c in soak.smoke.commands],
+            ),
+            "verify": (
+                [c.name for c in verify.smoke.http],
+                bool(verify.alerts_quiet),
+                verify.backlog is not None,
+            ),
+        }
+
+    assert shape(demo) == shape(standard)
+    assert standard.gates.approvals and standard.owners["release_manager"]
