@@ -26,8 +26,8 @@ from config.settings import SettingsError, get_settings
 from controller.durations import format_duration
 from controller.lab.errors import LabError
 from controller.operations import (
-    AbortOutcome,
     OperationError,
+    OperationOutcome,
     abort_rollout,
     approve_rollout,
     pause_rollout,
@@ -384,7 +384,7 @@ def api(
     )
 
 
-def _report(outcome: AbortOutcome, enqueue: bool = True) -> None:
+def _report(outcome: OperationOutcome, enqueue: bool = True) -> None:
     """Print what happened; hand an accepted rollback straight to the rollback queue
     (the reconcile loop picks it up anyway if the broker cannot be reached)."""
     out.print(outcome.message, markup=False)

@@ -111,7 +111,7 @@ def start_rollout(
 
 
 @dataclass(frozen=True)
-class AbortOutcome:
+class OperationOutcome:
     rollout_id: str
     accepted: bool
     message: str
@@ -119,7 +119,7 @@ class AbortOutcome:
 
 def abort_rollout(
     session: Session, rollout_id: str, *, reason: str, actor: str, now: datetime
-) -> AbortOutcome:
+) -> OperationOutcome:
     """Stop a rollout and put traffic back on stable; final state ``aborted``."""
     rollout = repository.get_rollout(session, rollout_id)
     if rollout is None:
@@ -137,12 +137,12 @@ def abort_rollout(
         if accepted
         else f"rollout {rollout_id} is {rollout.state}; nothing to abort"
     )
-    return AbortOutcome(rollout_id, accepted, message)
+    return OperationOutcome(rollout_id, accepted, message)
 
 
 def rollback_rollout(
     session: Session, rollout_id: str, *, reason: str, actor: str, now: datetime
-) -> AbortOutcome:
+) -> OperationOutcome:
     """A manual rollback: traffic back to stable, runbook, incident; state ``rolled_back``."""
     rollout = repository.get_rollout(session, rollout_id)
     if rollout is None:
@@ -158,15 +158,15 @@ def rollback_rollout(
         trigger={"kind": "manual", "reason": reason},
     )
     if not accepted:
-        return AbortOutcome(
+        return OperationOutcome(
             rollout_id, False, f"rollout {rollout_id} is {rollout.state}; nothing to roll back"
         )
-    return AbortOutcome(rollout_id, True, "rollback accepted; traffic is going back to stable")
+    return OperationOutcome(rollout_id, True, "rollback accepted; traffic is going back to stable")
 
 
 def pause_rollout(
     session: Session, rollout_id: str, *, reason: str, actor: str, now: datetime
-) -> AbortOutcome:
+) -> OperationOutcome:
     """Stop advancing; traffic stays where it is until resumed or rolled back."""
     return _set_state(
         session,
@@ -180,7 +180,9 @@ def pause_rollout(
     )
 
 
-def resume_rollout(session: Session, rollout_id: str, *, actor: str, now: datetime) -> AbortOutcome:
+def resume_rollout(
+    session: Session, rollout_id: str, *, actor: str, now: datetime
+) -> OperationOutcome:
     """Carry on from where the rollout stands; missing-data counts start again."""
     return _set_state(
         session,
@@ -204,12 +206,12 @@ def _set_state(
     allowed: tuple[RolloutState, ...],
     new_state: RolloutState,
     reason: str | None,
-) -> AbortOutcome:
+) -> OperationOutcome:
     rollout = repository.get_rollout(session, rollout_id)
     if rollout is None:
         raise OperationError(f"id: no rollout {rollout_id!r}")
     if rollout.state not in allowed:
-        return AbortOutcome(
+        return OperationOutcome(
             rollout_id, False, f"rollout {rollout_id} is {rollout.state}; cannot be {kind}"
         )
     analysis = dict(rollout.analysis or {})
@@ -233,7 +235,7 @@ def _set_state(
     ).rowcount
     if changed != 1:
         session.rollback()
-        return AbortOutcome(rollout_id, False, "rollout changed state meanwhile; try again")
+        return OperationOutcome(rollout_id, False, "rollout changed state meanwhile; try again")
     repository.append_event(
         session,
         rollout_id,
@@ -244,7 +246,7 @@ def _set_state(
         step_index=rollout.step_index,
     )
     session.commit()
-    return AbortOutcome(rollout_id, True, f"rollout {rollout_id} {kind}")
+    return OperationOutcome(rollout_id, True, f"rollout {rollout_id} {kind}")
 
 
 def approve_rollout(
@@ -255,7 +257,7 @@ def approve_rollout(
     now: datetime,
     role: str | None = None,
     gate: str | None = None,
-) -> AbortOutcome:
+) -> OperationOutcome:
     """Record ``name``'s approval for the gate the rollout waits at (or ``gate``)."""
     rollout = repository.get_rollout(session, rollout_id)
     if rollout is None:
@@ -266,7 +268,7 @@ def approve_rollout(
         RolloutState.RUNNING,
         RolloutState.PAUSED,
     ):
-        return AbortOutcome(rollout_id, False, f"rollout {rollout_id} is {rollout.state}")
+        return OperationOutcome(rollout_id, False, f"rollout {rollout_id} is {rollout.state}")
     plan = Plan.from_data(rollout.plan)
     gates = {
         "preflight": [g.role for g in plan.gates.approvals],
@@ -298,18 +300,18 @@ def approve_rollout(
         )
     _touch(session, rollout, now)
     session.commit()
-    return AbortOutcome(rollout_id, True, f"{name} approved {gate} as {', '.join(roles)}")
+    return OperationOutcome(rollout_id, True, f"{name} approved {gate} as {', '.join(roles)}")
 
 
 def recheck_rollout(
     session: Session, rollout_id: str, *, actor: str, now: datetime
-) -> AbortOutcome:
+) -> OperationOutcome:
     """Check a blocked rollout's gates again now instead of at the next recheck."""
     rollout = repository.get_rollout(session, rollout_id)
     if rollout is None:
         raise OperationError(f"id: no rollout {rollout_id!r}")
     if rollout.state != RolloutState.BLOCKED:
-        return AbortOutcome(
+        return OperationOutcome(
             rollout_id, False, f"rollout {rollout_id} is {rollout.state}, not blocked"
         )
     _touch(session, rollout, now)
@@ -323,12 +325,12 @@ def recheck_rollout(
         step_index=rollout.step_index,
     )
     session.commit()
-    return AbortOutcome(rollout_id, True, "gates will be checked again within seconds")
+    return OperationOutcome(rollout_id, True, "gates will be checked again within seconds")
 
 
 def promote_rollout(
     session: Session, rollout_id: str, *, actor: str, reason: str, now: datetime
-) -> AbortOutcome:
+) -> OperationOutcome:
     """Skip the rest of the current hold. The step still needs its criteria to pass:
     a human may cut waiting short, never the evidence."""
     rollout = repository.get_rollout(session, rollout_id)
@@ -337,7 +339,7 @@ def promote_rollout(
     if not reason.strip():
         raise OperationError("reason: say why the hold is cut short")
     if rollout.state != RolloutState.RUNNING:
-        return AbortOutcome(rollout_id, False, f"rollout {rollout_id} is {rollout.state}")
+        return OperationOutcome(rollout_id, False, f"rollout {rollout_id} is {rollout.state}")
     analysis = dict(rollout.analysis or {})
     analysis["promote"] = {"step": rollout.step_index, "by": actor, "reason": reason}
     changed = session.execute(
@@ -352,7 +354,7 @@ def promote_rollout(
     ).rowcount
     if changed != 1:
         session.rollback()
-        return AbortOutcome(rollout_id, False, "rollout changed state meanwhile; try again")
+        return OperationOutcome(rollout_id, False, "rollout changed state meanwhile; try again")
     repository.append_event(
         session,
         rollout_id,
@@ -364,7 +366,7 @@ def promote_rollout(
         step_index=rollout.step_index,
     )
     session.commit()
-    return AbortOutcome(rollout_id, True, "hold skipped; promotes once every criterion passes")
+    return OperationOutcome(rollout_id, True, "hold skipped; promotes once every criterion passes")
 
 
 def _touch(session: Session, rollout: Rollout, now: datetime) -> None:

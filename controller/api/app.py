@@ -136,7 +136,7 @@ def create_app(
             raise HTTPException(404, f"no rollout {rollout_id!r}")
         return rollout
 
-    def outcome(result: operations.AbortOutcome, accepted_code: int = 202) -> JSONResponse:
+    def outcome(result: operations.OperationOutcome, accepted_code: int = 202) -> JSONResponse:
         return JSONResponse(
             {
                 "rollout_id": result.rollout_id,
