@@ -13,6 +13,7 @@ import io
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,17 +105,20 @@ class HAProxyServer:
             if row.get("pxname") == self.backend and row["svname"] not in ("FRONTEND", "BACKEND")
         }
 
-    def wait_servers_up(self, timeout: float = 10.0) -> None:
-        """Block until every server passes its health check (weight aside)."""
+    def wait_servers_up(self, names: Iterable[str] | None = None, timeout: float = 10.0) -> None:
+        """Block until the named servers (all by default) pass their health check,
+        weight aside. A redeploy waits for its own server only: the other slot may be
+        down on purpose (a rollback's runbook disables the canary)."""
+        wanted = set(names) if names is not None else set(self.servers)
         deadline = time.monotonic() + timeout
         status: dict[str, str] = {}
         while time.monotonic() < deadline:
-            status = self.server_status()
+            status = {name: state for name, state in self.server_status().items() if name in wanted}
             # "UP 1/2" is still a transition; only a settled "UP" counts.
-            if status and all(state in ("UP", "no check") for state in status.values()):
+            if set(status) == wanted and all(s in ("UP", "no check") for s in status.values()):
                 return
             time.sleep(0.1)
-        raise LabError(f"HAProxy servers not all UP after {timeout}s: {status}")
+        raise LabError(f"HAProxy servers {sorted(wanted)} not all UP after {timeout}s: {status}")
 
     def stop(self) -> None:
         self.process.stop()

@@ -114,7 +114,7 @@ class RolloutLab:
         old.stop()
         self.instances[name] = self._start_instance(version, old.environment, port=old.port)
         if self.haproxy is not None and name in ("stable", "canary"):
-            self.haproxy.wait_servers_up()
+            self.haproxy.wait_servers_up([name])
 
     def deploy_canary(self, version: str) -> None:
         """What a deploy system does before a rollout: the new version in staging and

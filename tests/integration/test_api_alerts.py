@@ -8,8 +8,10 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -47,8 +49,48 @@ def slow_criteria_plan() -> Plan:
     return Plan.from_data(data)
 
 
+class IncidentReceiver:
+    """A real HTTP endpoint standing in for the team's incident tool."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append(
+                    {"auth": self.headers.get("Authorization"), "body": json.loads(body)}
+                )
+                self.send_response(201)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/incidents"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+INCIDENT_TOKEN = secrets.token_hex(16)
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RolloutLab, str]]:
+def receiver() -> Iterator[IncidentReceiver]:
+    found = IncidentReceiver()
+    yield found
+    found.close()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, receiver: IncidentReceiver
+) -> Iterator[tuple[RolloutLab, str]]:
     with postgres_schema() as url:
         lab = start_lab(
             tmp_path_factory.mktemp("api"),
@@ -57,6 +99,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RolloutLab
                 "CANARY_API_TOKENS": f"olga:operator:{OPERATOR},vic:viewer:{VIEWER},"
                 f"ada:admin:{ADMIN}",
                 "CANARY_ALERTMANAGER_TOKEN": ALERTS,
+                "CANARY_INCIDENT_WEBHOOK_URL": receiver.url,
+                "CANARY_INCIDENT_WEBHOOK_TOKEN": INCIDENT_TOKEN,
             },
         )
         try:
@@ -277,3 +321,45 @@ def test_api_refuses_bad_input_with_the_field(stack) -> None:
     assert (
         "/api/v1/alerts/alertmanager" in call("GET", f"{api}/api/v1/openapi.json").json()["paths"]
     )
+
+
+def test_failed_runbook_steps_are_recorded_and_never_undo_the_shift(
+    stack, receiver: IncidentReceiver
+) -> None:
+    lab, api = stack
+    data = PLAN.model_dump(mode="json")
+    data["runbook"]["stable_healthchecks"] = [
+        {"name": "stable-health", "url": "{{ stable_url }}/no-such-health", "expect_status": 204}
+    ]
+    version = deploy(lab)
+    rollout_id = begin(lab, version, plan=Plan.from_data(data))
+    wait_for(lab, rollout_id, at_canary)
+    rolled = call(
+        "POST",
+        f"{api}/api/v1/rollouts/{rollout_id}/rollback",
+        OPERATOR,
+        json={"reason": "bad smell"},
+    )
+    assert rolled.status_code == 202
+    assert wait_for(lab, rollout_id, finished).state == "rolled_back"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        _, events = snapshot(lab, rollout_id)
+        steps = {e.data["step"]: e.data for e in events if e.kind == "runbook"}
+        if 5 in steps:
+            break
+        time.sleep(0.2)
+    assert steps[1]["ok"] and not steps[2]["ok"] and "expected 204" in steps[2]["detail"]
+    assert steps[3]["ok"] and steps[4]["ok"] and steps[5]["ok"]
+    assert lab.router().get_canary_weight() == 0 and versions_served(lab) == {STABLE}
+
+    posted = [r for r in receiver.received if r["body"]["rollout_id"] == rollout_id]
+    assert posted and posted[-1]["auth"] == f"Bearer {INCIDENT_TOKEN}"
+    document = posted[-1]["body"]
+    assert document["trigger"]["kind"] == "manual" and document["trigger"]["reason"] == "bad smell"
+    assert document["started_by"] == "pytest"
+    assert {m["criterion"] for m in document["metrics_snapshot"]} == {
+        c.name for c in PLAN.stop_criteria
+    }
+    incident = call("GET", f"{api}/api/v1/rollouts/{rollout_id}/incident", VIEWER).json()
+    assert incident["webhook_status"] == "posted: HTTP 201"
