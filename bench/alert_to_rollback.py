@@ -1,7 +1,7 @@
 """Benchmark: how fast an alert puts traffic back on stable.
 
 (a) webhook -> stable: from the Alertmanager webhook reaching the API to HAProxy
-    reading back canary weight 0 (API, PostgreSQL, Redis, the rollback worker,
+    reading back canary weight 0 (API, the store, Redis, the rollback worker,
     HAProxy's runtime API).
 (b) fault -> stable: from injecting 5xx into the canary to HAProxy reading back
     weight 0, through Prometheus (1 s scrape and evaluation), Alertmanager
@@ -10,7 +10,11 @@
 A baseline in the same process: setting and reading back the weight directly on
 HAProxy's runtime API, the floor any rollback path sits on.
 
-    .venv/bin/python bench/alert_to_rollback.py [--rollbacks 40] [--faults 10]
+    .venv/bin/python bench/alert_to_rollback.py [--rollbacks 40] [--faults 10] \
+        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+
+The store is an SQLite file in the lab's work dir unless ``--database-url`` names
+another (its tables are created if missing; rows are left behind).
 
 The last line is ``alert_to_rollback p50_ms=... p95_ms=... p99_ms=... n=...`` for (a).
 """
@@ -148,6 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rollbacks", type=int, default=40, help="webhook runs (a)")
     parser.add_argument("--faults", type=int, default=10, help="fault-injection runs (b)")
+    parser.add_argument("--database-url", default=None, help="the store (default: SQLite)")
     args = parser.parse_args()
     token = secrets.token_hex(16)
     workdir = Path(tempfile.mkdtemp(prefix="bench-alert-"))
@@ -155,6 +160,7 @@ def main() -> None:
         service=SERVICE,
         stable_version=STABLE,
         canary_version="2.0.0",
+        database_url=args.database_url,
         extra_env={"CANARY_ALERTMANAGER_TOKEN": token},
     )
     plan = bench_plan()
