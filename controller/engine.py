@@ -372,11 +372,11 @@ class _Advance:
 
     def apply_weight(self, step: Step) -> bool:
         """Set the step's weight and keep it only if the router reads it back."""
-        router = self.runtime.router_for(
-            self.plan, rollout_variables(self.plan, self.rollout, step)
-        )
         analysis = dict(self.rollout.analysis or {})
         try:
+            router = self.runtime.router_for(
+                self.plan, rollout_variables(self.plan, self.rollout, step)
+            )
             router.set_canary_weight(step.weight)
             confirmed = router.get_canary_weight()
         except RouterError as exc:

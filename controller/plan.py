@@ -57,6 +57,7 @@ HookTimeout = Annotated[
 TEMPLATE_VARIABLES = ("service", "canary_version", "stable_version", "environment", "window")
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _NAME = r"^[a-z0-9][a-z0-9_.-]*$"
+_HAPROXY_NAME = r"^[A-Za-z0-9_.:-]+$"  # no spaces or ';': names go into runtime-API commands
 
 
 def template_variables(text: str) -> list[str]:
@@ -118,10 +119,16 @@ class AnalysisPolicy(_Strict):
         return value
 
 
+def _at_least_one_second(value: timedelta | None) -> timedelta | None:
+    if value is not None and value.total_seconds() < 1:
+        raise ValueError("must be at least 1s")
+    return value
+
+
 class _Criterion(_Strict):
     name: str = Field(pattern=_NAME, max_length=64)
     description: str = ""
-    window: Duration | None = None
+    window: Annotated[Duration | None, AfterValidator(_at_least_one_second)] = None
     stages: list[str] | None = Field(
         default=None, description="Stage names this criterion applies to; all when omitted."
     )
@@ -178,7 +185,9 @@ class RisingTrend(_Criterion):
 
     judge: Literal["rising_trend"]
     series: QueryTemplate
-    step: Duration = Field(default=timedelta(seconds=15))
+    step: Annotated[Duration, AfterValidator(_at_least_one_second)] = Field(
+        default=timedelta(seconds=15)
+    )
     min_points: int = Field(default=5, ge=3, le=11000)
     rising_fraction: float = Field(
         default=0.9,
@@ -411,8 +420,16 @@ class HAProxyTraffic(_Strict):
 
     router: Literal["haproxy"] = "haproxy"
     backend: QueryTemplate = "{{ service }}"
-    stable_server: str = Field(default="stable", min_length=1)
-    canary_server: str = Field(default="canary", min_length=1)
+    stable_server: str = Field(default="stable", pattern=_HAPROXY_NAME, max_length=64)
+    canary_server: str = Field(default="canary", pattern=_HAPROXY_NAME, max_length=64)
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_name(cls, value: str) -> str:
+        # Templates are checked again by the router once rendered.
+        if not re.fullmatch(_HAPROXY_NAME, _TEMPLATE.sub("x", value)):
+            raise ValueError("a backend name may only hold letters, digits, _ . : - and templates")
+        return value
 
 
 class Plan(_Strict):

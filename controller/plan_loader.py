@@ -15,11 +15,13 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from controller.durations import format_duration
 from controller.plan import (
     TEMPLATE_VARIABLES,
     CanaryStage,
     Plan,
     RampStage,
+    RisingTrend,
     SoakStage,
     VerifyStage,
     template_variables,
@@ -119,6 +121,20 @@ def semantic_problems(plan: Plan) -> list[tuple[tuple[str | int, ...], str]]:
             if stage_name not in names:
                 problems.append((("stop_criteria", i, "stages"), f"no stage named {stage_name!r}"))
 
+    for i, criterion in enumerate(plan.stop_criteria):
+        if isinstance(criterion, RisingTrend):
+            window = criterion.window or plan.analysis.window
+            points = int(window / criterion.step) + 1
+            if points < criterion.min_points:
+                problems.append(
+                    (
+                        ("stop_criteria", i, "min_points"),
+                        f"a window of {format_duration(window)} sampled every "
+                        f"{format_duration(criterion.step)} has only {points} points, fewer "
+                        f"than min_points {criterion.min_points}: it could never be judged",
+                    )
+                )
+
     for name, default in plan.variables.items():
         unknown = [v for v in template_variables(default) if v not in TEMPLATE_VARIABLES]
         if unknown:
@@ -160,7 +176,9 @@ def semantic_problems(plan: Plan) -> list[tuple[tuple[str | int, ...], str]]:
         if isinstance(stage, SoakStage) and traffic_seen:
             problems.append((("stages", i), "a soak stage must come before any traffic moves"))
         if isinstance(stage, CanaryStage) and traffic_seen:
-            problems.append((("stages", i), "the canary stage must come before the ramp"))
+            problems.append(
+                (("stages", i), "only one canary stage, and it must come before the ramp")
+            )
         weighted: list[tuple[tuple[str | int, ...], int]] = []
         if isinstance(stage, CanaryStage):
             weighted.append((("stages", i, "weight"), stage.weight))

@@ -73,11 +73,6 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
             return RollbackResult(
                 rollout_id, False, rollout.state if rollout else None, "nothing to roll back"
             )
-        if (
-            rollout.state == RolloutState.ROLLBACK_FAILED
-            and rollout.next_check_at > runtime.clock()
-        ):
-            return RollbackResult(rollout_id, False, rollout.state, "next retry not due yet")
         bound = log.bind(rollout_id=rollout.id, service=rollout.service)
         first_attempt = rollout.state == RolloutState.ROLLING_BACK
         shift_started = runtime.clock()

@@ -79,6 +79,13 @@ def ratio_to_baseline(
         baseline_problem = (
             f"too little stable traffic: {baseline_total:.0f} requests, need {spec.min_requests}"
         )
+    if (
+        baseline_problem is None
+        and baseline_errors is not None
+        and baseline_total is not None
+        and baseline_errors > baseline_total * 1.05 + 1
+    ):
+        baseline_problem = "more stable errors than requests: check the queries"
     if baseline_problem is None:
         assert baseline_errors is not None and baseline_total is not None
         baseline_rate: float | None = min(baseline_errors / baseline_total, 1.0)
@@ -94,6 +101,15 @@ def ratio_to_baseline(
         )
 
     limit = max(spec.factor * baseline_rate, spec.floor)
+    if limit >= 1.0:
+        # No canary proportion can exceed the limit: comparing says nothing.
+        return Judgement(
+            Verdict.INCONCLUSIVE,
+            f"the baseline fails {baseline_rate:.4f} of its requests: "
+            f"{spec.factor:g} x that leaves nothing the canary could exceed",
+            value=canary_rate,
+            details={"canary_total": canary_total, "baseline_rate": baseline_rate},
+        )
     details = {
         "canary_errors": canary_errors,
         "canary_total": canary_total,

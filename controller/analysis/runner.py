@@ -12,11 +12,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+import structlog
+
 from controller.analysis import judges
 from controller.analysis.verdict import Judgement, Verdict
 from controller.durations import format_duration
 from controller.metrics.prometheus import MetricsError, Sample, Series
 from controller.plan import Criterion, RatioThreshold, RatioToBaseline, RisingTrend, render_template
+
+log = structlog.get_logger(__name__)
 
 
 class MetricsProvider(Protocol):
@@ -111,6 +115,9 @@ def measure(
         judgement = Judgement(Verdict.ERROR, f"Prometheus: {exc}")
     except _SeriesShapeError as exc:
         judgement = Judgement(Verdict.INCONCLUSIVE, str(exc))
+    except Exception as exc:  # a bug here must hold the rollout, never crash or promote it
+        log.exception("measurement failed", criterion=criterion.name)
+        judgement = Judgement(Verdict.ERROR, f"measurement failed: {type(exc).__name__}: {exc}")
     return Measurement(criterion.name, criterion.judge, queries, inputs, judgement)
 
 

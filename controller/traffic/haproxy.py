@@ -13,6 +13,9 @@ import socket
 from controller.traffic.base import RouterError
 
 _WEIGHT_ANSWER = re.compile(r"^(\d+) \(initial \d+\)\s*$")
+# HAProxy proxy and server names. Anything else could smuggle a second command
+# into the runtime API, where ';' separates commands.
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
 def haproxy_command(socket_path: str, command: str, timeout: float = 2.0) -> str:
@@ -68,6 +71,15 @@ class HAProxyRouter:
         canary_server: str = "canary",
         timeout: float = 2.0,
     ) -> None:
+        for what, name in (
+            ("backend", backend),
+            ("stable server", stable_server),
+            ("canary server", canary_server),
+        ):
+            if not _NAME.fullmatch(name):
+                raise RouterError(
+                    f"HAProxy {what} name {name!r} may only hold letters, digits and _ . : -"
+                )
         self.socket_path = str(socket_path)
         self.backend = backend
         self.stable_server = stable_server
@@ -121,14 +133,23 @@ class HAProxyRouter:
             self._set_weight(self.canary_server, new_canary)
 
     def get_canary_weight(self) -> int:
-        """The canary's share in percent, computed from the weights HAProxy reports."""
+        """The canary's share in percent, computed from the weights HAProxy reports.
+
+        0 and 100 are exact: a canary with any weight at all reads at least 1, so a
+        rollback never mistakes a sliver of canary traffic (raw weights set by hand,
+        say 1 and 256) for traffic back on stable."""
         canary, stable = self.server_weights()
         if canary + stable == 0:
             raise RouterError(
                 f"backend {self.backend} has weight 0 on both {self.canary_server} and "
                 f"{self.stable_server}: it routes no traffic at all"
             )
-        return round(100 * canary / (canary + stable))
+        share = round(100 * canary / (canary + stable))
+        if canary and not share:
+            return 1
+        if stable and share == 100:
+            return 99
+        return share
 
     def __repr__(self) -> str:
         return (

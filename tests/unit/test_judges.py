@@ -102,6 +102,16 @@ class TestRatioToBaseline:
         j = ratio_to_baseline(five_xx(), 500, 1000, None, None)
         assert j.verdict == Verdict.INCONCLUSIVE and "no baseline" in j.reason
 
+    def test_a_broken_baseline_never_passes_a_failing_canary(self) -> None:
+        # More stable errors than requests: the queries are wrong, not the canary right.
+        j = ratio_to_baseline(five_xx(), 1000, 1000, 5000, 1000)
+        assert j.verdict == Verdict.INCONCLUSIVE and "more stable errors" in j.reason
+
+    def test_a_baseline_failing_half_its_requests_leaves_nothing_to_compare(self) -> None:
+        j = ratio_to_baseline(five_xx(), 1000, 1000, 500, 1000)  # limit 2 x 0.5 = 1
+        assert j.verdict == Verdict.INCONCLUSIVE and "nothing the canary could exceed" in j.reason
+        assert ratio_to_baseline(five_xx(), 1000, 1000, 499, 1000).verdict == Verdict.FAIL
+
     def test_measured_baseline_is_reported_for_later_checks(self) -> None:
         j = ratio_to_baseline(five_xx(), 0, 1000, 30, 1000)
         assert j.details["measured_baseline"] == pytest.approx(0.03)
@@ -173,3 +183,24 @@ class TestZeroTolerance:
     def test_without_a_total_query_zero_passes(self) -> None:
         spec = ZeroTolerance.model_validate({"name": "w", "judge": "zero_tolerance", "failures": Q})
         assert zero_tolerance(spec, 0, None).verdict == Verdict.PASS
+
+
+class ExplodingProvider:
+    """A metrics provider with a bug in it (not a Prometheus error)."""
+
+    def instant(self, query: str, at: object = None) -> list:
+        raise ValueError("unexpected shape")
+
+    def range(self, query: str, start: object, end: object, step: float) -> list:
+        raise ValueError("unexpected shape")
+
+
+@pytest.mark.parametrize("criterion", [five_xx(), LAG])
+def test_a_failure_inside_a_measurement_is_an_error_never_a_crash_or_a_pass(criterion) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from controller.analysis.runner import measure
+
+    found = measure(criterion, ExplodingProvider(), {}, timedelta(minutes=1), datetime.now(UTC))
+    assert found.judgement.verdict == Verdict.ERROR
+    assert "measurement failed: ValueError: unexpected shape" in found.judgement.reason

@@ -184,6 +184,60 @@ def test_absurd_durations_are_refused() -> None:
     assert "longer than 365 days" in problems(text + CRITERION)[0][2]
 
 
+def test_windows_and_steps_that_could_never_be_measured_are_refused() -> None:
+    text = dedent("""\
+        name: p
+        stages: [{name: c, kind: canary, weight: 100, hold: 1m}]
+        stop_criteria:
+          - name: lag
+            judge: rising_trend
+            series: max(lag)
+            window: 0s
+            step: 0s
+          - name: lag2
+            judge: rising_trend
+            series: max(lag)
+            window: 5m
+            step: 1m
+            min_points: 20
+        """)
+    found = {(path, message) for _, path, message in problems(text)}
+    assert ("stop_criteria[0].window", "must be at least 1s") in found
+    assert ("stop_criteria[0].step", "must be at least 1s") in found
+    (only,) = problems(text.replace("window: 0s", "window: 1m").replace("step: 0s", "step: 5s"))
+    assert only[:2] == (14, "stop_criteria[1].min_points")
+    assert "has only 6 points, fewer than min_points 20" in only[2]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("canary_server", "'canary weight 0; disable server checkout/stable'"),
+        ("stable_server", "'st able'"),
+        ("backend", "'{{ service }};show info'"),
+    ],
+)
+def test_haproxy_names_cannot_carry_a_second_command(field: str, value: str) -> None:
+    text = (
+        "name: p\nstages: [{name: c, kind: canary, weight: 100, hold: 1m}]\n"
+        + CRITERION
+        + f"traffic:\n  {field}: {value}\n"
+    )
+    ((line, path, _message),) = problems(text)
+    assert (line, path) == (9, f"traffic.{field}")
+
+
+def test_two_canary_stages_are_refused() -> None:
+    stages = (
+        "[{name: a, kind: canary, weight: 10, hold: 1m}, {name: b, kind: canary, weight: 100,"
+        " hold: 1m}]"
+    )
+    found = problems(f"name: p\nstages: {stages}\n" + CRITERION)
+    assert ("stages[1]", "only one canary stage, and it must come before the ramp") in [
+        (p, m) for _, p, m in found
+    ]
+
+
 def test_yaml_syntax_error_has_a_line() -> None:
     assert problems("name: x\nstages: [\n")[0][0] == 3
 

@@ -271,9 +271,16 @@ def test_rollback_retries_then_fails_loudly_and_recovers(world) -> None:
     assert step5.data["step"] == 5 and step5.data["incident_id"].startswith("inc-")
     assert router.weight == 10
     router.fail_sets = 0
-    assert not rollback(runtime, rollout_id).acted  # the retry is not due yet
+    # Reconcile paces the retries: not due at once, due after 15 s, then taken (and
+    # pushed ahead) so the next ticks do not dispatch it again while it runs.
+    hold = timedelta(seconds=30)
+    with runtime.sessions() as session:
+        assert repository.take_due_rollbacks(session, clock(), hold) == []
     clock.now += timedelta(seconds=16)
-    rollback(runtime, rollout_id)
+    with runtime.sessions() as session:
+        assert repository.take_due_rollbacks(session, clock(), hold) == [rollout_id]
+        assert repository.take_due_rollbacks(session, clock(), hold) == []
+    assert rollback(runtime, rollout_id).acted
     rollout, _ = state(runtime, rollout_id)
     assert rollout.state == "aborted" and router.weight == 0
     assert "aborted by alice: bad smell" in rollout.reason
