@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config import PLANS_DIR
+
+REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")
 
 
 class Settings(BaseSettings):
@@ -75,6 +78,52 @@ class Settings(BaseSettings):
         None, description="JSON logs; by default JSON unless stderr is a terminal."
     )
 
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            backend = make_url(value).get_backend_name()
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL: use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+            ) from None
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"{backend!r} is not supported: use sqlite or postgresql")
+        return value
+
+    @field_validator("broker_url", "result_backend")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in REDIS_SCHEMES:
+            raise ValueError("must be a Redis URL like redis://HOST:6379/0")
+        return value
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL like http://127.0.0.1:9090")
+        return value
+
+    @field_validator("flower_user")
+    @classmethod
+    def _flower_user(cls, value: str | None) -> str | None:
+        # Flower reads its credentials as "user:password,user:password".
+        if value is not None and (":" in value or "," in value):
+            raise ValueError("must not contain ':' or ','")
+        return value
+
+    @field_validator("flower_password")
+    @classmethod
+    def _flower_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and "," in value.get_secret_value():
+            raise ValueError("must not contain ',': Flower would split it into two credentials")
+        return value
+
 
 class SettingsError(Exception):
     """Settings that cannot be used; the message names each field and its problem."""
@@ -87,7 +136,8 @@ def get_settings() -> Settings:
         settings = Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"CANARY_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            f"CANARY_{'_'.join(str(p) for p in err['loc']).upper()}: "
+            f"{err['msg'].removeprefix('Value error, ')}"
             for err in exc.errors()
         )
         raise SettingsError(f"invalid settings: {problems}") from None

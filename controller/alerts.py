@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from controller.plan import Plan
 from controller.store.models import ADVANCING_STATES, Rollout, RolloutState
@@ -26,8 +25,9 @@ class Alert(BaseModel):
     status: Literal["firing", "resolved"]
     labels: dict[str, str]
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: datetime | None = None  # noqa: N815 - Alertmanager's field names
-    endsAt: datetime | None = None  # noqa: N815
+    # Alertmanager always sends a zone; a naive time could not be compared with ours.
+    startsAt: AwareDatetime | None = None  # noqa: N815 - Alertmanager's field names
+    endsAt: AwareDatetime | None = None  # noqa: N815
     fingerprint: str = ""
 
 

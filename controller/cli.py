@@ -381,6 +381,7 @@ def api(
         port=port,
         log_level="warning",
         access_log=False,
+        log_config=None,  # uvicorn's lines go through our JSON and redaction too
     )
 
 

@@ -17,10 +17,15 @@ from typing import Any
 
 import structlog
 
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)[^@\s/]+@")
-_SECRET_KEYS = re.compile(
-    r"(password|passwd|secret|token|authorization|credential|api_?key)", re.IGNORECASE
+# The user name may be empty: redis://:password@host is how Redis URLs carry one.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@")
+_SECRET_WORDS = r"(password|passwd|secret|token|authorization|credential|api_?key)"
+_SECRET_KEYS = re.compile(_SECRET_WORDS, re.IGNORECASE)
+# ?access_token=..., &api_key=... in a URL, and "Bearer ..." in a message.
+_SECRET_QUERY = re.compile(
+    rf"(?P<head>[?&][A-Za-z_]*{_SECRET_WORDS}[A-Za-z_]*=)[^&\s#\"']+", re.IGNORECASE
 )
+_BEARER = re.compile(r"(?P<head>\bBearer\s+)[^\s\"',]+", re.IGNORECASE)
 MASK = "***"
 
 
@@ -33,6 +38,8 @@ class Redactor:
     def scrub(self, value: Any) -> Any:
         if isinstance(value, str):
             value = _URL_PASSWORD.sub(rf"\g<head>{MASK}@", value)
+            value = _SECRET_QUERY.sub(rf"\g<head>{MASK}", value)
+            value = _BEARER.sub(rf"\g<head>{MASK}", value)
             for secret in self.secrets:
                 value = value.replace(secret, MASK)
             return value
@@ -64,7 +71,7 @@ def settings_secrets() -> list[str]:
             found.append(text)
             # name:role:token lists: the token is everything after the second colon.
             found += [part.split(":", 2)[2] for part in text.split(",") if part.count(":") >= 2]
-        match = re.search(r"://[^:/@\s]+:([^@\s/]+)@", text)
+        match = re.search(r"://[^:/@\s]*:([^@\s/]+)@", text)
         if match:
             found.append(match.group(1))
     return found

@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -101,6 +102,18 @@ def create_app(
                 "missing or invalid token",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+
+    async def alert_payload(
+        request: Request, _auth: Annotated[None, Depends(alert_auth)]
+    ) -> AlertmanagerPayload:
+        """The webhook body, parsed only after the token passed: an unauthenticated
+        caller gets 401 whatever it sends, and never makes the API parse its JSON."""
+        try:
+            return AlertmanagerPayload.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+            ) from None
 
     Viewer = Annotated[Principal, Depends(role(Role.VIEWER))]
     Operator = Annotated[Principal, Depends(role(Role.OPERATOR))]
@@ -309,9 +322,19 @@ def create_app(
             raise HTTPException(404, f"no incident {incident_id!r}")
         return incident_document(found, get_rollout(session, found.rollout_id))
 
-    @app.post("/api/v1/alerts/alertmanager", status_code=202, tags=["alerts"])
+    @app.post(
+        "/api/v1/alerts/alertmanager",
+        status_code=202,
+        tags=["alerts"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": inline_schema(AlertmanagerPayload)}},
+            }
+        },
+    )
     def alertmanager(
-        payload: AlertmanagerPayload, session: Db, _auth: Annotated[None, Depends(alert_auth)]
+        payload: Annotated[AlertmanagerPayload, Depends(alert_payload)], session: Db
     ) -> JSONResponse:
         """Alertmanager webhook (version 4): a matching firing alert rolls back at once."""
         received = time.monotonic()
@@ -377,3 +400,22 @@ def _best_effort(enqueue: Callable[[str], None], rollout_id: str) -> None:
 
 def _same(presented: str, expected: str) -> bool:
     return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON schema with its ``$defs`` inlined, for a request body FastAPI
+    does not parse itself (so its schema is not among the spec's components)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return inline(schema)

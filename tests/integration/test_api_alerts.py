@@ -229,6 +229,28 @@ def test_webhooks_without_valid_credentials_change_nothing(stack) -> None:
     assert resolved.status_code == 202 and resolved.json()["matched"] == []
     bad = call("POST", f"{api}/api/v1/alerts/alertmanager", ALERTS, json={"version": "4"})
     assert bad.status_code == 422 and "alerts" in str(bad.json()["detail"])
+    garbage = {"content": b"{not json", "headers": {"Content-Type": "application/json"}}
+    url = f"{api}/api/v1/alerts/alertmanager"
+    assert call("POST", url, None, **garbage).status_code == 401  # the token comes first
+    assert call("POST", url, ALERTS, **garbage).status_code == 422
+    naive = call(
+        "POST",
+        url,
+        ALERTS,
+        json={
+            "version": "4",
+            "status": "firing",
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {"service": "checkout", "severity": "critical"},
+                    "startsAt": "2030-01-01T00:00:00",
+                }
+            ],
+        },
+    )
+    assert naive.status_code == 422
+    assert naive.json()["detail"][0]["loc"] == ["body", "alerts", 0, "startsAt"]
     huge = call(
         "POST",
         f"{api}/api/v1/alerts/alertmanager",

@@ -40,3 +40,27 @@ def test_standard_library_loggers_are_json_and_redacted(capsys) -> None:  # noqa
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert lines[0]["logger"] == "celery.worker" and "hunter2" not in lines[0]["event"]
     assert lines[1]["token"] == MASK and "hunter2" not in lines[1]["detail"]
+
+
+def test_masks_url_passwords_without_a_user_query_tokens_and_bearer_headers() -> None:
+    redact = Redactor()
+    line = redact.scrub(
+        "broker redis://:r3dispass@redis:6379/0; check GET "
+        "http://svc/health?access_token=abc123&x=1&api_key=k9 said 'Bearer eyJhbGciOi.x'"
+    )
+    for secret in ("r3dispass", "abc123", "k9", "eyJhbGciOi"):
+        assert secret not in line, line
+    assert f"redis://:{MASK}@redis" in line and "x=1" in line
+    assert f"access_token={MASK}" in line and f"Bearer {MASK}" in line
+
+
+def test_settings_secrets_include_a_password_in_a_url_without_a_user(monkeypatch) -> None:  # noqa: ANN001
+    from config.settings import get_settings
+    from controller.logging import settings_secrets
+
+    monkeypatch.setenv("CANARY_BROKER_URL", "redis://:r3dispass@redis:6379/0")
+    get_settings.cache_clear()
+    try:
+        assert "r3dispass" in settings_secrets()
+    finally:
+        get_settings.cache_clear()

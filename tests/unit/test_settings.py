@@ -1,0 +1,50 @@
+"""Settings: a bad value stops the process with the variable's name and the problem,
+never a traceback from deep inside a library later on."""
+
+from __future__ import annotations
+
+import pytest
+
+from config.settings import SettingsError, get_settings
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings(monkeypatch: pytest.MonkeyPatch):
+    for name in ("CANARY_DATABASE_URL", "CANARY_BROKER_URL", "CANARY_PROMETHEUS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CANARY_DATABASE_URL", "nonsense", "not a database URL"),
+        ("CANARY_DATABASE_URL", "mysql://root@localhost/x", "'mysql' is not supported"),
+        ("CANARY_BROKER_URL", "http://127.0.0.1:6379", "must be a Redis URL"),
+        ("CANARY_RESULT_BACKEND", "amqp://guest@localhost", "must be a Redis URL"),
+        ("CANARY_PROMETHEUS_URL", "127.0.0.1:9090", "must be an http(s) URL"),
+        ("CANARY_FLOWER_USER", "on:call", "must not contain ':' or ','"),
+        ("CANARY_FLOWER_PASSWORD", "pa,ss", "Flower would split it"),
+        ("CANARY_LEASE_SECONDS", "1", "CANARY_LEASE_SECONDS: Input should be greater than 5"),
+    ],
+)
+def test_bad_settings_name_the_variable_and_the_problem(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        get_settings()
+    assert f"{variable}: " in str(caught.value) and message in str(caught.value)
+    if "PASSWORD" in variable:
+        assert value not in str(caught.value)
+
+
+def test_good_settings_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CANARY_DATABASE_URL", "postgresql+psycopg://canary@db:5432/canary")
+    monkeypatch.setenv("CANARY_BROKER_URL", "rediss://:secret@redis:6380/1")
+    monkeypatch.setenv("CANARY_FLOWER_PASSWORD", "s3cr3t:with-colon")
+    settings = get_settings()
+    assert settings.database_url.startswith("postgresql+psycopg://")
+    assert settings.flower_password.get_secret_value() == "s3cr3t:with-colon"
