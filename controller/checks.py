@@ -49,7 +49,7 @@ def run_http_check(
     started = time.monotonic()
     try:
         response = client.request(check.method, url, timeout=check.timeout.total_seconds())
-    except httpx.HTTPError as exc:
+    except Exception as exc:  # an unusable URL (InvalidURL) fails too
         return False, f"{check.name}: {type(exc).__name__}: {exc}"
     elapsed = time.monotonic() - started
     if response.status_code != check.expect_status:
@@ -76,11 +76,12 @@ def run_command(check: CommandCheck, values: dict[str, str]) -> CheckResult:
             argv,
             capture_output=True,
             text=True,
+            errors="replace",  # a command's output need not be UTF-8
             check=False,
             timeout=check.timeout.total_seconds(),
             env=command_environment(),
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
         return CheckResult(check.name, "command", False, f"{argv[0]}: {type(exc).__name__}")
     tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
     return CheckResult(

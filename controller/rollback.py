@@ -98,7 +98,8 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
                 rollout_id,
                 False,
                 RolloutState.ROLLING_BACK,
-                "traffic shifted; another actor still holds the rollout",
+                ("traffic on stable" if shift.confirmed else f"traffic NOT shifted: {shift.error}")
+                + "; another actor still holds the rollout, reconcile will settle it",
             )
         try:
             result, shift = _settle(runtime, session, claimed, router, shift, shifted_at, bound)

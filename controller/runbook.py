@@ -62,10 +62,11 @@ def disable_canary(hook: CanaryDisable | None, values: dict[str, str]) -> tuple[
                 env=command_environment(),
                 capture_output=True,
                 text=True,
+                errors="replace",
                 timeout=hook.timeout.total_seconds(),
                 check=False,
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
             return False, f"command {argv[0]!r} failed: {exc}"
         tail = (done.stdout + done.stderr).strip()[-300:]
         return done.returncode == 0, f"command {argv[0]!r} exited {done.returncode}: {tail}"
@@ -79,7 +80,7 @@ def disable_canary(hook: CanaryDisable | None, values: dict[str, str]) -> tuple[
             timeout=hook.http.timeout.total_seconds(),
             trust_env=False,
         )
-    except httpx.HTTPError as exc:
+    except Exception as exc:  # an unusable URL (InvalidURL) fails the step too
         return False, f"{hook.http.method} {url}: {type(exc).__name__}: {exc}"
     ok = response.is_success
     return ok, f"{hook.http.method} {url}: {response.status_code}"
@@ -207,8 +208,11 @@ def run_runbook(
             ok: bool,
             detail: str,
             data: dict[str, Any] | None = None,
+            skipped: bool = False,
         ) -> None:
             finished = runtime.clock()
+            data = {**(data or {}), **({"skipped": True} if skipped else {})}
+            verdict = "skipped" if skipped else "ok" if ok else "FAILED"
             result = StepResult(number, name, ok, detail, started, finished, data or {})
             results.append(result)
             repository.append_event(
@@ -217,7 +221,7 @@ def run_runbook(
                 "runbook",
                 actor=ACTOR,
                 at=finished,
-                message=f"step {number}/5 {name}: {'ok' if ok else 'FAILED'}: {detail}",
+                message=f"step {number}/5 {name}: {verdict}: {detail}",
                 data={
                     "step": number,
                     "name": name,
@@ -265,15 +269,37 @@ def run_runbook(
         session.commit()
 
         if traffic_on_stable:
-            started = runtime.clock()
-            ok, detail = run_checks(plan.runbook.stable_healthchecks, values)
-            record(2, "confirm stable healthchecks", started, ok, detail)
-            started = runtime.clock()
-            ok, detail = run_checks(plan.runbook.smoke_checks, values)
-            record(3, "validate core journeys", started, ok, detail)
-            started = runtime.clock()
-            ok, detail = disable_canary(plan.runbook.disable_canary, values)
-            record(4, "disable canary artifacts", started, ok, detail)
+            steps: list[tuple[int, str, Any, Callable[[], tuple[bool, str]]]] = [
+                (
+                    2,
+                    "confirm stable healthchecks",
+                    plan.runbook.stable_healthchecks,
+                    lambda: run_checks(plan.runbook.stable_healthchecks, values),
+                ),
+                (
+                    3,
+                    "validate core journeys",
+                    plan.runbook.smoke_checks,
+                    lambda: run_checks(plan.runbook.smoke_checks, values),
+                ),
+                (
+                    4,
+                    "disable canary artifacts",
+                    plan.runbook.disable_canary,
+                    lambda: disable_canary(plan.runbook.disable_canary, values),
+                ),
+            ]
+            for number, name, configured, action in steps:
+                started = runtime.clock()
+                if not configured:
+                    record(number, name, started, True, "nothing in the plan", skipped=True)
+                    continue
+                try:
+                    ok, detail = action()
+                except Exception as exc:  # one broken step must not stop the others
+                    log.exception("runbook_step_crashed", rollout_id=rollout_id, step=number)
+                    ok, detail = False, f"{type(exc).__name__}: {exc}"
+                record(number, name, started, ok, detail)
 
         started = runtime.clock()
         # The snapshot shows the windows that led to the decision, not the quiet after it.
@@ -301,7 +327,7 @@ def run_runbook(
             5,
             "open incident",
             started,
-            True,
+            not incident.webhook_status.startswith("failed"),
             f"incident {incident.id} ({incident.webhook_status})",
             {"incident_id": incident.id},
         )

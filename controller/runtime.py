@@ -56,7 +56,7 @@ class Runtime:
     # dead endpoint never delays a step, let alone a rollback.
     notify: Callable[[str, str], None] = lambda rollout_id, kind: None
     # Runbook steps 2-5 after a rollback; in-process by default, a task in workers.
-    run_runbook: Callable[[str, dict[str, Any]], None] = field(default=None)  # type: ignore[assignment]
+    run_runbook: Callable[[str, dict[str, Any]], object] = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.run_runbook is None:
@@ -96,11 +96,12 @@ def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-def run_runbook_now(runtime: Runtime, rollout_id: str, shift: dict[str, Any]) -> None:
-    """Run the runbook after a rollback in this process (see ``controller.runbook``)."""
+def run_runbook_now(runtime: Runtime, rollout_id: str, shift: dict[str, Any]) -> str:
+    """Run the runbook after a rollback in this process (see ``controller.runbook``);
+    returns one line saying how each step went."""
     from controller.runbook import run_runbook
 
-    run_runbook(
+    results = run_runbook(
         runtime,
         rollout_id,
         shift_started=datetime.fromisoformat(shift["shift_started"]),
@@ -108,4 +109,10 @@ def run_runbook_now(runtime: Runtime, rollout_id: str, shift: dict[str, Any]) ->
         shift_detail=shift["shift_detail"],
         post=runtime.post_incident,
         traffic_on_stable=shift["traffic_on_stable"],
+    )
+    failed = [f"{r.number} {r.name}" for r in results if not r.ok]
+    return (
+        f"runbook: {len(results)} step(s), failed: {', '.join(failed)}"
+        if failed
+        else f"runbook: {len(results)} step(s) ok"
     )

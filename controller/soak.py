@@ -18,7 +18,8 @@ CONCURRENCY = 16
 
 def send_burst(url: str, count: int, timeout: float = 2.0) -> tuple[int, int]:
     """GET ``url`` ``count`` times (at most MAX_BURST_REQUESTS); return (sent, failed).
-    5xx answers and errors are failures."""
+    Anything but a 2xx or 3xx answer is a failure: a 404 from a wrong URL or a 401
+    from a broken auth path must not pass a soak."""
     count = min(count, MAX_BURST_REQUESTS)
     if count <= 0:
         return 0, 0
@@ -28,8 +29,8 @@ def send_burst(url: str, count: int, timeout: float = 2.0) -> tuple[int, int]:
 
         def one(_: int) -> bool:
             try:
-                return client.get(url).status_code < 500
-            except httpx.HTTPError:
+                return client.get(url).status_code < 400
+            except Exception:  # refused, timed out or an unusable URL
                 return False
 
         with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:

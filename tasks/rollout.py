@@ -117,5 +117,4 @@ def runbook_task(rollout_id: str, shift: dict, service: str = "", stage: str = "
     """Rollback runbook steps 2-5 (healthchecks, journeys, disable canary, incident),
     on the work queue so that the rollback queue stays free for the next rollback."""
     with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
-        run_runbook_now(runtime(), rollout_id, shift)
-        return f"{rollout_id}: runbook done"
+        return f"{rollout_id} {run_runbook_now(runtime(), rollout_id, shift)}"

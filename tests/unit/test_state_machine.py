@@ -321,3 +321,40 @@ def test_start_refuses_bad_input_and_a_second_active_rollout(world) -> None:
                 created_by="t",
                 now=runtime.clock(),
             )
+
+
+def test_a_broken_runbook_step_is_recorded_and_the_others_still_run(world) -> None:
+    runtime, _, router, clock, _ = world
+    data = make_plan().model_dump(mode="json")
+    # An unusable URL (httpx.InvalidURL, not an HTTP error) and no smoke checks at all.
+    data["runbook"] = {
+        "stable_healthchecks": [{"name": "health", "url": "http://a:b:c/healthz"}],
+        "disable_canary": {"command": ["/bin/sh", "-c", "printf '\\377'; exit 3"]},
+    }
+    rollout_id = start(runtime, Plan.from_data(data))
+    advance(runtime, rollout_id)
+    with runtime.sessions() as session:
+        abort_rollout(session, rollout_id, reason="bad smell", actor="alice", now=clock())
+    rollback(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    steps = {e.data["step"]: e for e in events if e.kind == "runbook"}
+    assert rollout.state == "aborted" and router.weight == 0
+    assert steps[1].data["ok"]
+    assert not steps[2].data["ok"] and "InvalidURL" in steps[2].data["detail"]
+    assert steps[3].data.get("skipped") and "skipped" in steps[3].message
+    assert not steps[4].data["ok"] and "exited 3" in steps[4].data["detail"]
+    assert steps[5].data["ok"] and "no incident webhook" in steps[5].data["detail"]
+
+
+def test_an_incident_the_webhook_refused_fails_step_five(world) -> None:
+    runtime, _, router, clock, _ = world
+    runtime.post_incident = lambda document: "failed: HTTP 503 after 3 attempt(s)"
+    rollout_id = start(runtime, make_plan())
+    advance(runtime, rollout_id)
+    with runtime.sessions() as session:
+        abort_rollout(session, rollout_id, reason="bad smell", actor="alice", now=clock())
+    rollback(runtime, rollout_id)
+    _, events = state(runtime, rollout_id)
+    step5 = [e for e in events if e.kind == "runbook"][-1]
+    assert step5.data["step"] == 5 and not step5.data["ok"] and "FAILED" in step5.message
+    assert router.weight == 0
