@@ -278,6 +278,9 @@ def pause(
             ),
             enqueue=False,
         )
+    from tasks.dispatch import enqueue_notify
+
+    enqueue_notify(rollout_id, "paused")  # never raises; the pause is already recorded
 
 
 @app.command()
@@ -371,12 +374,12 @@ def api(
     import uvicorn
 
     from controller.api.app import create_app
-    from tasks.dispatch import enqueue_rollback, enqueue_start
+    from tasks.dispatch import enqueue_notify, enqueue_rollback, enqueue_start
 
     settings = get_settings()
     migrate(settings.database_url)
     uvicorn.run(
-        create_app(settings, enqueue_rollback, enqueue_start),
+        create_app(settings, enqueue_rollback, enqueue_start, enqueue_notify),
         host=host,
         port=port,
         log_level="warning",

@@ -155,8 +155,14 @@ class _Advance:
             blocked = self.preflight()
             if blocked:
                 return blocked
-        if rollout.state == RolloutState.PENDING:
-            rollout.state = RolloutState.RUNNING
+        analysis = dict(rollout.analysis or {})
+        not_started = rollout.step_index == 0 and rollout.step_started_at is None
+        if not_started and not analysis.get("started_at"):
+            # Once per rollout, also when the first advances were blocked by its gates.
+            analysis["started_at"] = self.now.isoformat()
+            rollout.analysis = analysis
+            if rollout.state == RolloutState.PENDING:
+                rollout.state = RolloutState.RUNNING
             self.event(
                 "started",
                 f"rollout started with plan {self.plan.name}: "

@@ -31,7 +31,9 @@ from controller.commands import command_environment
 
 log = structlog.get_logger(__name__)
 
-LifecycleKind = Literal["started", "stage_changed", "paused", "blocked", "rolled_back", "succeeded"]
+LifecycleKind = Literal[
+    "started", "stage_changed", "paused", "blocked", "rolled_back", "rollback_failed", "succeeded"
+]
 LIFECYCLE_KINDS: tuple[str, ...] = get_args(LifecycleKind)
 
 STDERR_CHARS = 200
@@ -43,6 +45,7 @@ _VERBS = {
     "paused": "paused",
     "blocked": "blocked",
     "rolled_back": "rolled back",
+    "rollback_failed": "ROLLBACK FAILED: traffic is NOT confirmed on stable; retrying",
     "succeeded": "succeeded",
 }
 

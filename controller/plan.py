@@ -337,7 +337,9 @@ class Gates(_Strict):
     blocks the rollout with its reason; blocked rollouts are checked again every
     ``recheck_interval`` and at once after ``canary recheck`` or an approval."""
 
-    recheck_interval: Duration = Field(default=timedelta(minutes=1))
+    recheck_interval: Annotated[Duration, AfterValidator(_at_least_one_second)] = Field(
+        default=timedelta(minutes=1)
+    )
     targets_up: list[TargetsUp] = Field(default_factory=list)
     http: list[HttpCheck] = Field(default_factory=list)
     no_firing_alerts: QueryTemplate | None = Field(

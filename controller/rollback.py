@@ -108,6 +108,8 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
             repository.release(session, rollout_id, runtime.owner)
     if result.acted and shift.confirmed:
         runtime.notify(rollout_id, "rolled_back")  # queued; never waited for
+    elif result.acted and first_attempt:
+        runtime.notify(rollout_id, "rollback_failed")  # once, not at every retry
     if result.acted and (shift.confirmed or first_attempt):
         # Steps 2-5 run elsewhere (a task on the work queue): they never touch traffic
         # and must not hold the rollback queue.

@@ -48,6 +48,7 @@ def create_app(
     settings: Settings,
     enqueue_rollback: Callable[[str], None],
     enqueue_start: Callable[[str], None] = lambda rollout_id: None,
+    enqueue_notify: Callable[[str, str], None] = lambda rollout_id, kind: None,
 ) -> FastAPI:
     sessions = session_factory(settings.database_url)
     tokens = TokenBook.from_setting(
@@ -248,12 +249,12 @@ def create_app(
 
     @app.post("/api/v1/rollouts/{rollout_id}/pause", tags=["rollouts"])
     def pause(rollout_id: str, body: Reason, session: Db, who: Operator) -> JSONResponse:
-        return outcome(
-            operations.pause_rollout(
-                session, rollout_id, reason=body.reason, actor=who.name, now=utcnow()
-            ),
-            200,
+        paused = operations.pause_rollout(
+            session, rollout_id, reason=body.reason, actor=who.name, now=utcnow()
         )
+        if paused.accepted:
+            enqueue_notify(rollout_id, "paused")  # never raises
+        return outcome(paused, 200)
 
     @app.post("/api/v1/rollouts/{rollout_id}/resume", tags=["rollouts"])
     def resume(rollout_id: str, session: Db, who: Operator) -> JSONResponse:

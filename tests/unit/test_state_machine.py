@@ -14,7 +14,7 @@ import pytest
 
 from controller.engine import advance
 from controller.metrics.prometheus import MetricsError, Sample
-from controller.operations import OperationError, abort_rollout, start_rollout
+from controller.operations import OperationError, abort_rollout, approve_rollout, start_rollout
 from controller.plan import Plan
 from controller.plan_loader import parse_plan
 from controller.rollback import rollback
@@ -262,6 +262,8 @@ def test_rollback_retries_then_fails_loudly_and_recovers(world) -> None:
     with runtime.sessions() as session:
         abort_rollout(session, rollout_id, reason="bad smell", actor="alice", now=clock())
     router.fail_sets = 100
+    sent: list[str] = []
+    runtime.notify = lambda _rollout_id, kind: sent.append(kind)
     result = rollback(runtime, rollout_id)
     rollout, events = state(runtime, rollout_id)
     assert result.state == "rollback_failed" and rollout.state == "rollback_failed"
@@ -269,7 +271,7 @@ def test_rollback_retries_then_fails_loudly_and_recovers(world) -> None:
     assert "NOT confirmed" in failure.message
     step5 = [e for e in events if e.kind == "runbook"][-1]
     assert step5.data["step"] == 5 and step5.data["incident_id"].startswith("inc-")
-    assert router.weight == 10
+    assert router.weight == 10 and sent == ["rollback_failed"]
     router.fail_sets = 0
     # Reconcile paces the retries: not due at once, due after 15 s, then taken (and
     # pushed ahead) so the next ticks do not dispatch it again while it runs.
@@ -284,6 +286,7 @@ def test_rollback_retries_then_fails_loudly_and_recovers(world) -> None:
     rollout, _ = state(runtime, rollout_id)
     assert rollout.state == "aborted" and router.weight == 0
     assert "aborted by alice: bad smell" in rollout.reason
+    assert sent == ["rollback_failed", "rolled_back"]
 
 
 def test_start_refuses_bad_input_and_a_second_active_rollout(world) -> None:
@@ -358,3 +361,26 @@ def test_an_incident_the_webhook_refused_fails_step_five(world) -> None:
     step5 = [e for e in events if e.kind == "runbook"][-1]
     assert step5.data["step"] == 5 and not step5.data["ok"] and "FAILED" in step5.message
     assert router.weight == 0
+
+
+def test_a_rollout_blocked_by_its_gates_still_starts_once(world) -> None:
+    runtime, _, router, clock, _ = world
+    data = make_plan().model_dump(mode="json")
+    data["owners"] = {"release_manager": ["alice"]}
+    data["gates"] = {"approvals": [{"role": "release_manager"}], "recheck_interval": "10s"}
+    sent: list[str] = []
+    runtime.notify = lambda _rollout_id, kind: sent.append(kind)
+    rollout_id = start(runtime, Plan.from_data(data))
+    advance(runtime, rollout_id)
+    clock.now += timedelta(seconds=11)
+    advance(runtime, rollout_id)
+    assert state(runtime, rollout_id)[0].state == "blocked" and router.history == []
+    with runtime.sessions() as session:
+        approve_rollout(session, rollout_id, name="alice", now=clock())
+    advance(runtime, rollout_id)
+    clock.now += timedelta(seconds=6)
+    advance(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert rollout.state == "running" and router.history == [10]
+    assert [e.kind for e in events].count("started") == 1
+    assert sent.count("started") == 1 and sent.index("blocked") < sent.index("started")
