@@ -22,7 +22,16 @@ from controller.analysis.runner import Measurement, measure
 from controller.analysis.verdict import Verdict
 from controller.checks import CheckResult
 from controller.durations import format_duration
-from controller.plan import Criterion, OnLimit, Plan, Stage, Step, render_template
+from controller.plan import (
+    Criterion,
+    OnLimit,
+    Plan,
+    SoakStage,
+    Stage,
+    Step,
+    VerifyStage,
+    render_template,
+)
 from controller.runtime import Runtime
 from controller.soak import MAX_BURST_SECONDS, send_burst
 from controller.store import repository
@@ -210,6 +219,11 @@ class _Advance:
         if failed_smoke:
             return self.roll_back(failed_smoke, {"kind": "smoke", "stage": step.label})
         if step.kind == "soak":
+            unhealthy = self.soak_healthchecks(step)
+            if unhealthy:
+                return self.roll_back(
+                    f"staging soak failed: {unhealthy}", {"kind": "soak", "stage": step.label}
+                )
             self.soak_load(step)
 
         measurements = self.measure(step)
@@ -341,6 +355,28 @@ class _Advance:
         analysis["soak_load"] = state
         self.rollout.analysis = analysis
 
+    def soak_healthchecks(self, step: Step) -> str | None:
+        """The soak's healthchecks, at every advance of it; the failure if any."""
+        stage = self.stage_of(step)
+        if not isinstance(stage, SoakStage) or not stage.healthchecks:
+            return None
+        results = checks.run_http(
+            stage.healthchecks, rollout_variables(self.plan, self.rollout, step)
+        )
+        analysis = dict(self.rollout.analysis or {})
+        analysis["soak_healthchecks"] = analysis.get("soak_healthchecks", 0) + 1
+        self.rollout.analysis = analysis
+        failed = [r for r in results if not r.ok]
+        if not failed:
+            return None
+        self.event(
+            "healthcheck",
+            f"healthcheck failed during {step.label}: "
+            + "; ".join(f"{r.name}: {r.detail}" for r in failed),
+            {"checks": [r.as_dict() for r in results], "ok": False},
+        )
+        return "failed healthcheck: " + "; ".join(f"{r.name}: {r.detail}" for r in failed)
+
     def soak_load_problem(self, step: Step) -> str | None:
         stage = self.stage_of(step)
         load = getattr(stage, "load", None)
@@ -358,9 +394,10 @@ class _Advance:
         return None
 
     def verification(self, step: Step) -> list[CheckResult]:
-        """Post-deploy exit checks at the end of the verify hold: alerts quiet, no backlog."""
+        """Exit checks at the end of a soak (no P0/P1 alert firing) and of the verify
+        hold (alerts quiet, no backlog)."""
         stage = self.stage_of(step)
-        if step.kind != "verify":
+        if not isinstance(stage, SoakStage | VerifyStage):
             return []
         values = rollout_variables(self.plan, self.rollout, step)
         results = []
@@ -370,7 +407,7 @@ class _Advance:
                     "alerts-quiet", stage.alerts_quiet, self.runtime.metrics, values
                 )
             )
-        if stage.backlog:
+        if isinstance(stage, VerifyStage) and stage.backlog:
             results.append(checks.backlog(stage.backlog, self.runtime.metrics, values))
         return results
 
@@ -633,13 +670,15 @@ class _Advance:
             if exits:
                 self.event(
                     "verification",
-                    "post-deploy checks: "
+                    ("soak exit checks: " if step.kind == "soak" else "post-deploy checks: ")
                     + "; ".join(
                         f"{r.name}: {'ok' if r.ok else 'FAILED'} ({r.detail})" for r in exits
                     ),
                     {"checks": [r.as_dict() for r in exits]},
                 )
-            if not all(r.ok for r in exits):
+            if all(r.ok for r in exits):
+                rollout.analysis = {**(rollout.analysis or {}), "verification_failures": 0}
+            else:
                 all_pass = False
                 analysis = dict(rollout.analysis or {})
                 failures = analysis.get("verification_failures", 0) + 1
@@ -647,7 +686,8 @@ class _Advance:
                 rollout.analysis = analysis
                 if failures >= policy.inconclusive_limit:
                     return self.apply_limit_policy(
-                        f"post-deploy checks failed {failures} times in a row"
+                        f"{'soak exit' if step.kind == 'soak' else 'post-deploy'} checks "
+                        f"failed {failures} times in a row"
                     )
         if self.now < hold_ends or not all_pass:
             if self.now < hold_ends:

@@ -380,6 +380,15 @@ class SoakStage(_Stage):
     environment: str = Field(default="staging", pattern=_NAME)
     load: SoakLoad | None = None
     smoke: SmokeSuite = SmokeSuite()
+    healthchecks: list[HttpCheck] = Field(
+        default_factory=list,
+        description="Checked at every advance of the soak; one failure fails the soak.",
+    )
+    alerts_quiet: QueryTemplate | None = Field(
+        default=None,
+        description="PromQL for the service's firing P0/P1 alerts; none may fire when the "
+        "soak ends.",
+    )
 
 
 class CanaryStage(_Stage):

@@ -170,7 +170,12 @@ def test_approvals_unblock_and_verification_marks_the_release_stable(lab: Rollou
     assert rollout.analysis["soak_load"]["sent"] > 0
     assert rollout.analysis["soak_load"]["errors"] == 0
 
-    # The next rollout of the service takes the verified release as its baseline.
+    # The verification recorded the release (not merely a succeeded rollout) ...
+    with sessions() as session:
+        release = repository.stable_release(session, lab.settings.service)
+        assert release is not None
+        assert (release.stable_version, release.rollout_id) == (version, rollout_id)
+    # ... and the next rollout of the service takes it as its baseline.
     lab.promote_stable(version)
     with sessions() as session:
         following = start_rollout(

@@ -277,6 +277,8 @@ def test_demo_plan_has_the_standard_plans_gates_soak_approvals_and_verification(
             "stage approvals": {s.name: s.approval for s in plan.stages},
             "soak": (
                 soak.load is not None,
+                [c.name for c in soak.healthchecks],
+                bool(soak.alerts_quiet),
                 [c.name for c in soak.smoke.http],
                 [c.name for c in soak.smoke.commands],
             ),

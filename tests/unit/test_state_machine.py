@@ -50,11 +50,14 @@ class FakeMetrics:
     total: float | None = 1000.0
     down: bool = False
     calls: int = 0
+    firing_alerts: list[str] = field(default_factory=list)
 
     def instant(self, query: str, at: datetime | None = None) -> list[Sample]:
         self.calls += 1
         if self.down:
             raise MetricsError(query, "connection refused")
+        if query.startswith("ALERTS"):
+            return [Sample({"alertname": name}, 1.0) for name in self.firing_alerts]
         value = self.errors if query.startswith("errors") else self.total
         return [] if value is None else [Sample({}, value)]
 
@@ -384,3 +387,41 @@ def test_a_rollout_blocked_by_its_gates_still_starts_once(world) -> None:
     assert rollout.state == "running" and router.history == [10]
     assert [e.kind for e in events].count("started") == 1
     assert sent.count("started") == 1 and sent.index("blocked") < sent.index("started")
+
+
+def soak_plan(**soak: object) -> Plan:
+    data = make_plan().model_dump(mode="json")
+    data["stages"].insert(0, {"name": "soak", "kind": "soak", "duration": "10s", **soak})
+    return Plan.from_data(data)
+
+
+def test_a_failed_healthcheck_during_the_soak_fails_it_before_any_traffic(world) -> None:
+    runtime, _, router, _, _ = world
+    closed = "http://127.0.0.1:9/healthz"  # the discard port: nothing answers
+    rollout_id = start(runtime, soak_plan(healthchecks=[{"name": "health", "url": closed}]))
+    advance(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert rollout.state == "rolling_back" and "failed healthcheck: health" in rollout.reason
+    assert any(e.kind == "healthcheck" and not e.data["ok"] for e in events)
+    assert router.history == [0]
+
+
+def test_a_firing_p0_alert_holds_the_end_of_the_soak(world) -> None:
+    runtime, metrics, router, clock, _ = world
+    plan = soak_plan(alerts_quiet='ALERTS{service="{{ service }}"}')
+    rollout_id = start(runtime, plan)
+    metrics.firing_alerts = ["CheckoutDown"]
+    advance(runtime, rollout_id)
+    clock.now += timedelta(seconds=11)
+    advance(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert rollout.step_index == 0 and router.history == [0]
+    exits = [e for e in events if e.kind == "verification"]
+    assert exits and "soak exit checks: alerts-quiet: FAILED (firing: CheckoutDown)" in (
+        exits[-1].message
+    )
+    metrics.firing_alerts = []
+    clock.now = rollout.next_check_at
+    advance(runtime, rollout_id)
+    rollout, _ = state(runtime, rollout_id)
+    assert rollout.step_index == 1
