@@ -690,10 +690,15 @@ class _Advance:
                         f"failed {failures} times in a row"
                     )
         if self.now < hold_ends or not all_pass:
+            interval = policy.interval
+            if getattr(self.stage_of(step), "load", None) is not None:
+                # Each advance sends the load due since the last one, at most a burst's
+                # worth: come back before more than that is due, or the rate falls short.
+                interval = min(interval, timedelta(seconds=MAX_BURST_SECONDS))
             if self.now < hold_ends:
-                rollout.next_check_at = min(self.now + policy.interval, hold_ends)
+                rollout.next_check_at = min(self.now + interval, hold_ends)
             else:
-                rollout.next_check_at = self.now + policy.interval
+                rollout.next_check_at = self.now + interval
             self.commit()
             verdicts = ", ".join(f"{m.criterion}={m.verdict.value}" for m in measurements)
             left = format_duration(max(hold_ends - self.now, timedelta(0)))

@@ -353,7 +353,12 @@ class SoakLoad(_Strict):
     """Bounded synthetic load during the soak, sent by the advances themselves."""
 
     url: QueryTemplate
-    rate: float = Field(gt=0, le=200, description="Requests per second.")
+    rate: float = Field(
+        gt=0,
+        le=20,
+        description="Requests per second; a burst of at most 10 s worth (200 requests) is "
+        "sent at each advance of the soak, which comes back every 10 s at the latest.",
+    )
     max_error_ratio: float = Field(default=0.05, ge=0, le=1)
 
 

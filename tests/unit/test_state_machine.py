@@ -425,3 +425,19 @@ def test_a_firing_p0_alert_holds_the_end_of_the_soak(world) -> None:
     advance(runtime, rollout_id)
     rollout, _ = state(runtime, rollout_id)
     assert rollout.step_index == 1
+
+
+def test_a_soak_with_load_comes_back_before_more_than_a_burst_is_due(world) -> None:
+    runtime, _, _, clock, _ = world
+    data = soak_plan(
+        duration="2m", load={"url": "http://127.0.0.1:9/", "rate": 2, "max_error_ratio": 1}
+    ).model_dump(mode="json")
+    data["analysis"]["interval"] = "1m"
+    rollout_id = start(runtime, Plan.from_data(data))
+    advance(runtime, rollout_id)
+    rollout, _ = state(runtime, rollout_id)
+    assert rollout.next_check_at - clock() == timedelta(seconds=10)
+    assert rollout.analysis["soak_load"]["sent"] == 2  # one second's worth at the start
+    clock.now = rollout.next_check_at
+    advance(runtime, rollout_id)
+    assert state(runtime, rollout_id)[0].analysis["soak_load"]["sent"] == 2 + 20
