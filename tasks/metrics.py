@@ -57,7 +57,24 @@ def serve(port: int, queues: str) -> None:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     start_http_server(port, addr="0.0.0.0", registry=registry)  # noqa: S104 - scraped remotely
-    WORKER_UP.labels(queues=queues).set(1)
+    # 0 until the worker consumes: a worker still looking for its broker is no worker.
+    _served["queues"] = queues
+    WORKER_UP.labels(queues=queues).set(0)
+
+
+_served: dict[str, str] = {}
+
+
+@signals.worker_ready.connect
+def _consuming(**_: Any) -> None:
+    if "queues" in _served:
+        WORKER_UP.labels(queues=_served["queues"]).set(1)
+
+
+@signals.worker_shutting_down.connect
+def _stopping(**_: Any) -> None:
+    if "queues" in _served:
+        WORKER_UP.labels(queues=_served["queues"]).set(0)
 
 
 @signals.task_prerun.connect
