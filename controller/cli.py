@@ -164,6 +164,8 @@ def status(
     interval: Annotated[float, typer.Option(help="Refresh interval of --watch, seconds")] = 1.0,
 ) -> None:
     """Show rollouts, or one rollout: where it stands, criteria against limits, events."""
+    if rollout_id is None and watch:
+        raise OperationError("id: --watch follows one rollout; give its id")
     sessions = _sessions()
     if rollout_id is None:
         with sessions() as session:

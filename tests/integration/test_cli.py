@@ -90,6 +90,8 @@ def test_start_status_abort_on_postgres(postgres_url: str) -> None:
 
     missing = canary("status", "r-nope", env=env)
     assert missing.returncode == 2 and "no rollout 'r-nope'" in missing.stderr
+    unwatchable = canary("status", "--watch", env=env)
+    assert unwatchable.returncode == 2 and "--watch follows one rollout" in unwatchable.stderr
 
 
 @pytest.mark.parametrize(
