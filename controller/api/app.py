@@ -376,8 +376,13 @@ def create_app(
                     if accepted:
                         _best_effort(enqueue_rollback, match.rollout_id)
                         entry["enqueued_ms"] = round((time.monotonic() - received) * 1000, 2)
+                        hit = next((r for r in active if r.id == match.rollout_id), None)
                         log.warning(
-                            "alert_rollback", rollout_id=match.rollout_id, alertname=match.alertname
+                            "alert_rollback",
+                            rollout_id=match.rollout_id,
+                            service=hit.service if hit else None,
+                            weight=hit.weight if hit else None,
+                            alertname=match.alertname,
                         )
                     else:
                         entry.update(action="ignored", reason="already handled")
