@@ -110,8 +110,11 @@ def test_follow_a_rollout_in_flower_prometheus_and_logs(oncall: dict[str, Any]) 
     )
     assert stored == 25
     assert series[0]["metric"]["service"] == lab.settings.service
-    paused = prom(lab, 'canary_rollouts{state="paused"}')
-    assert float(paused[0]["value"][1]) >= 1
+    # The weight matched before the pause too: wait for a scrape taken after it.
+    eventually(
+        lambda: [s for s in prom(lab, 'canary_rollouts{state="paused"}') if float(s["value"][1])],
+        what="Prometheus to count the paused rollout",
+    )
     with sessions() as session:
         assert resume_rollout(session, rollout_id, actor="t", now=utcnow()).accepted
     assert wait_for(lab, rollout_id, finished).state == "succeeded"
