@@ -85,6 +85,7 @@ def active_canary(lab: RolloutLab, plan: Plan, version: str) -> str:
             stable=STABLE,
             created_by="bench",
             now=utcnow(),
+            router_for=lab.router_for,
             variables=lab.plan_variables(),
         )
         session.execute(

@@ -40,7 +40,7 @@ from controller.operations import (
 from controller.plan_loader import PlanError, load_plan
 from controller.render import detail_view, history_table, incident_view, rollout_table
 from controller.runbook import find_incident
-from controller.runtime import utcnow
+from controller.runtime import router_factory, utcnow
 from controller.store import repository
 from controller.store.db import migrate, session_factory
 from controller.views import event_view, rollout_detail, rollout_summary
@@ -129,8 +129,18 @@ def start(
     var: Annotated[
         list[str] | None, typer.Option(help="A plan variable, name=value (repeatable)")
     ] = None,
+    force: Annotated[
+        str | None,
+        typer.Option(
+            help="Start although the router or the stable version is not what the store "
+            "expects; the reason is recorded"
+        ),
+    ] = None,
 ) -> None:
-    """Start a rollout; prints its id. Workers pick it up within seconds."""
+    """Start a rollout; prints its id. Workers pick it up within seconds.
+
+    It starts only when the router gives the stable slot all traffic and the other
+    slot none, and the stable version is the one the store records."""
     loaded = load_plan(plan)
     variables = {}
     for item in var or []:
@@ -147,7 +157,9 @@ def start(
             stable=stable,
             created_by=by or getpass.getuser(),
             now=utcnow(),
+            router_for=router_factory(get_settings()),
             variables=variables,
+            force_reason=force,
         )
         print(rollout.id)
 
@@ -504,14 +516,14 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line")] = False,
     workdir: Annotated[Path | None, typer.Option(help="Keep the lab's files here")] = None,
 ) -> None:
-    """Run the whole lab locally: a healthy rollout to 100 % and a faulty one rolled back."""
-    from controller.demo.runner import run_demo
+    """Run the whole lab locally: two healthy releases to 100 % (the slots swap) and a
+    faulty one rolled back (production stays on the last stable slot)."""
+    from controller.demo.runner import EXPECTED, run_demo
 
     result = run_demo(workdir=workdir, console=err if as_json else out)
     if as_json:
         print(json.dumps(result))
-    expected = ["succeeded", "rolled_back"]
-    if [r["state"] for r in result["rollouts"]] != expected:
+    if [(r["state"], r["stable_slot"]) for r in result["rollouts"]] != EXPECTED:
         raise typer.Exit(1)
 
 

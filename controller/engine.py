@@ -19,13 +19,15 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from controller import checks
 from controller.analysis.runner import Measurement, measure
-from controller.analysis.verdict import Verdict
+from controller.analysis.verdict import Judgement, Verdict
 from controller.checks import CheckResult
 from controller.durations import format_duration
+from controller.hooks import run_hook
 from controller.plan import (
     Criterion,
     OnLimit,
     Plan,
+    SlotMode,
     SoakStage,
     Stage,
     Step,
@@ -33,14 +35,22 @@ from controller.plan import (
     render_template,
 )
 from controller.runtime import Runtime
+from controller.slots import (
+    Slots,
+    slot_after_success,
+    slots_of,
+    template_values,
+    version_mismatches,
+)
 from controller.soak import MAX_BURST_SECONDS, send_burst
 from controller.store import repository
-from controller.store.models import ADVANCING_STATES, Rollout, RolloutState
-from controller.traffic.base import RouterError
+from controller.store.models import WATCHED_STATES, Rollout, RolloutState
+from controller.traffic.base import RouterError, TrafficRouter
 
 log = structlog.get_logger(__name__)
 
 ACTOR = "controller"
+SLOT_VERSIONS = "slot_versions"  # the measurement of the plan's version check
 
 
 @dataclass(frozen=True)
@@ -73,13 +83,15 @@ class AdvanceResult:
 def rollout_variables(plan: Plan, rollout: Rollout, step: Step | None = None) -> dict[str, str]:
     """Template values for queries, checks and router settings: the built-ins and the
     plan's own variables with this rollout's overrides."""
-    builtins = {
-        "service": rollout.service,
-        "canary_version": rollout.canary_version,
-        "stable_version": rollout.stable_version,
-        "environment": step.environment if step else "production",
-    }
-    return plan.template_values(builtins, rollout.variables)
+    return template_values(
+        plan,
+        service=rollout.service,
+        canary_version=rollout.canary_version,
+        stable_version=rollout.stable_version,
+        slots=slots_of(plan, rollout),
+        overrides=rollout.variables,
+        environment=step.environment if step else "production",
+    )
 
 
 def advance(runtime: Runtime, rollout_id: str) -> AdvanceResult:
@@ -87,7 +99,7 @@ def advance(runtime: Runtime, rollout_id: str) -> AdvanceResult:
     with runtime.sessions() as session:
         now = runtime.clock()
         rollout = repository.claim(
-            session, rollout_id, runtime.owner, now, runtime.lease, ADVANCING_STATES, due_only=True
+            session, rollout_id, runtime.owner, now, runtime.lease, WATCHED_STATES, due_only=True
         )
         if rollout is None:
             return AdvanceResult(
@@ -105,6 +117,8 @@ def advance(runtime: Runtime, rollout_id: str) -> AdvanceResult:
             session.rollback()
             if step.pending_rollback is not None:
                 return step.request_rollback_again()
+            if step.router_moved_to is not None:
+                step.record_router_truth()
             return AdvanceResult(
                 rollout_id, acted=False, summary="rollout changed underneath; nothing written"
             )
@@ -127,6 +141,7 @@ class _Advance:
         self.lifecycle: list[str] = []  # notifications to send once this advance commits
         self.pending_rollback: tuple[str, dict[str, Any], str | None] | None = None
         self.router_gave_up: str | None = None
+        self.router_moved_to: int | None = None  # set once this advance moved traffic
 
     def event(
         self, kind: str, message: str, data: dict[str, Any] | None = None, actor: str = ACTOR
@@ -160,6 +175,11 @@ class _Advance:
 
     def run(self) -> AdvanceResult:
         rollout = self.rollout
+        if rollout.state == RolloutState.PAUSED:
+            return self.watch_paused()
+        drifted = self.check_drift()
+        if drifted:
+            return drifted
         if (rollout.analysis or {}).get("preflight") != "passed":
             blocked = self.preflight()
             if blocked:
@@ -189,6 +209,9 @@ class _Advance:
                     watched = self.watch(self.steps[step.index - 1])
                     if watched:
                         return watched
+                    overdue = self.past_progress_deadline()
+                    if overdue:
+                        return overdue
                 return self.block(
                     f"{step.stage} awaits approval by {', '.join(missing)}",
                     [
@@ -206,6 +229,7 @@ class _Advance:
             rollout.state = RolloutState.RUNNING
             rollout.reason = None
             self.event("unblocked", f"every gate before {step.label} passed; carrying on")
+        self.stop_waiting()
 
         needs_traffic = rollout.weight != step.weight or rollout.step_started_at is None
         if needs_traffic and not self.apply_weight(step):
@@ -233,6 +257,8 @@ class _Advance:
         limited = self.over_missing_data_limit(measurements)
         if limited:
             return limited
+        if (rollout.analysis or {}).get("redeploy"):
+            return self.finish(step)
         return self.hold_or_promote(step, measurements)
 
     # -- gates ----------------------------------------------------------------
@@ -421,6 +447,7 @@ class _Advance:
                 self.plan, rollout_variables(self.plan, self.rollout, step)
             )
             router.set_canary_weight(step.weight)
+            self.router_moved_to = step.weight
             confirmed = router.get_canary_weight()
         except RouterError as exc:
             confirmed, problem = None, str(exc)
@@ -507,6 +534,9 @@ class _Advance:
             )
         state["baselines"] = baselines
         self.rollout.analysis = state
+        versions = self.check_slot_versions(variables)
+        if versions is not None:
+            measurements.append(versions)
         return measurements
 
     def tripped(self, measurements: list[Measurement]) -> list[tuple[Criterion, Measurement, str]]:
@@ -520,7 +550,9 @@ class _Advance:
         by_name = {c.name: c for c in self.plan.stop_criteria}
         tripped = []
         for m in measurements:
-            criterion = by_name[m.criterion]
+            criterion = by_name.get(m.criterion)
+            if criterion is None:
+                continue  # the slot version check: an error or a pass, never a trip
             if m.verdict == Verdict.PASS:
                 breaches[m.criterion] = None
             elif m.verdict == Verdict.FAIL:
@@ -640,14 +672,10 @@ class _Advance:
             return self.roll_back(
                 f"{why}; plan policy: roll back", {"kind": "policy", "policy": "on_limit"}
             )
-        reason = f"{why}; paused for a human (traffic stays at {self.rollout.weight}%)"
-        self.rollout.state = RolloutState.PAUSED
-        self.rollout.reason = reason
-        self.event("decision", reason, {"decision": "pause", "policy": "on_limit"})
-        self.lifecycle.append("paused")
-        self.commit()
-        self.log.warning("paused", reason=reason)
-        return self.result("paused: " + why)
+        return self.pause(
+            f"{why}; paused for a human (traffic stays at {self.rollout.weight}%)",
+            policy="on_limit",
+        )
 
     # -- progress -------------------------------------------------------------
 
@@ -716,27 +744,7 @@ class _Advance:
             {"stage": step.stage, "weight": step.weight},
         )
         if rollout.step_index + 1 >= len(self.steps):
-            rollout.state = RolloutState.SUCCEEDED
-            rollout.finished_at = self.now
-            rollout.reason = "every step passed"
-            self.event(
-                "decision",
-                f"rollout succeeded: {rollout.canary_version} serves {rollout.weight}% of traffic",
-                {"decision": "succeeded"},
-            )
-            repository.mark_stable(
-                self.session, rollout.service, rollout.canary_version, rollout.id, self.now
-            )
-            self.event(
-                "release_stable",
-                f"{rollout.service} {rollout.canary_version} is the "
-                "stable version; the next rollout takes it as its baseline",
-                {"service": rollout.service, "version": rollout.canary_version},
-            )
-            self.lifecycle.append("succeeded")
-            self.commit()
-            self.log.info("succeeded")
-            return self.result("succeeded")
+            return self.finish(step)
         rollout.step_index += 1
         rollout.step_started_at = None
         rollout.next_check_at = self.now
@@ -748,3 +756,315 @@ class _Advance:
         )
         self.commit()
         return self.result(f"promoted to {nxt.label}")
+
+    # -- finishing: the slot called stable serves the new release -------------
+
+    def finish(self, step: Step) -> AdvanceResult:
+        """Every step passed. Before the rollout may say ``succeeded``, the router must
+        show the slot that will be called stable carrying the new version at 100 %:
+        in swap mode that is the canary slot already; in redeploy mode the new version
+        is deployed into the stable slot and traffic moves back to it."""
+        slots = slots_of(self.plan, self.rollout)
+        if self.plan.traffic.mode == SlotMode.REDEPLOY:
+            waiting = self.redeploy_into_stable(slots)
+            if waiting:
+                return waiting
+        else:
+            problem = self.router_reads(100)
+            if problem:
+                return self.hold_for_router(f"before the slot swap: {problem}")
+        return self.succeed(slot_after_success(self.plan, slots))
+
+    def succeed(self, stable_slot: str) -> AdvanceResult:
+        rollout = self.rollout
+        rollout.state = RolloutState.SUCCEEDED
+        rollout.finished_at = self.now
+        rollout.reason = "every step passed"
+        analysis = dict(rollout.analysis or {})
+        analysis.pop("redeploy", None)
+        rollout.analysis = analysis
+        self.event(
+            "decision",
+            f"rollout succeeded: {rollout.canary_version} serves 100% of traffic from slot "
+            f"{stable_slot}",
+            {"decision": "succeeded", "stable_slot": stable_slot},
+        )
+        repository.mark_stable(
+            self.session,
+            rollout.service,
+            rollout.canary_version,
+            rollout.id,
+            self.now,
+            stable_slot=stable_slot,
+        )
+        self.event(
+            "release_stable",
+            f"{rollout.service} {rollout.canary_version} is the stable version, served by "
+            f"slot {stable_slot} (read back from the router); the next rollout takes it as "
+            "its baseline and deploys into the other slot",
+            {
+                "service": rollout.service,
+                "version": rollout.canary_version,
+                "stable_slot": stable_slot,
+                "mode": str(self.plan.traffic.mode),
+            },
+        )
+        self.lifecycle.append("succeeded")
+        self.commit()
+        self.log.info("succeeded", stable_slot=stable_slot)
+        return self.result("succeeded")
+
+    def redeploy_into_stable(self, slots: Slots) -> AdvanceResult | None:
+        """Redeploy mode: run the hook once, wait until the stable slot serves the new
+        version, then move all traffic back to it (read back). None once done."""
+        rollout = self.rollout
+        traffic = self.plan.traffic
+        values = rollout_variables(self.plan, rollout)
+        analysis = dict(rollout.analysis or {})
+        state = dict(analysis.get("redeploy") or {"started_at": self.now.isoformat()})
+        started = datetime.fromisoformat(state["started_at"])
+        if not state.get("hook_ok"):
+            assert traffic.redeploy is not None
+            ok, detail = run_hook(traffic.redeploy, values)
+            state["hook_attempts"] = state.get("hook_attempts", 0) + 1
+            state["hook_ok"] = ok
+            self.event(
+                "redeploy",
+                f"deploy {rollout.canary_version} into the stable slot {slots.stable}: "
+                + ("started" if ok else "FAILED")
+                + f" ({detail})",
+                {"ok": ok, "detail": detail, "slot": slots.stable},
+            )
+            analysis["redeploy"] = state
+            rollout.analysis = analysis
+            if not ok and state["hook_attempts"] >= self.plan.analysis.error_limit:
+                return self.apply_limit_policy(
+                    f"the redeploy hook failed {state['hook_attempts']} times ({detail}); "
+                    f"{rollout.canary_version} still serves 100% from the canary slot"
+                )
+        analysis["redeploy"] = state
+        rollout.analysis = analysis
+        wrong = (
+            version_mismatches(self.plan, values, {"stable": rollout.canary_version})
+            if state.get("hook_ok")
+            else ["the redeploy hook has not succeeded yet"]
+        )
+        if wrong:
+            if self.now - started >= traffic.redeploy_timeout:
+                return self.apply_limit_policy(
+                    f"the stable slot {slots.stable} does not serve {rollout.canary_version} "
+                    f"{format_duration(traffic.redeploy_timeout)} after the redeploy began "
+                    f"({'; '.join(wrong)})"
+                )
+            rollout.next_check_at = self.now + min(
+                self.plan.analysis.interval, timedelta(seconds=5)
+            )
+            self.commit()
+            return self.result(f"waiting for the redeploy: {'; '.join(wrong)}")
+        problem = self.set_and_read(0)
+        if problem:
+            return self.hold_for_router(f"moving traffic back to the stable slot: {problem}")
+        self.event(
+            "weight_set",
+            f"redeploy: canary weight {rollout.weight}% -> 0% (read back from the router); "
+            f"the stable slot {slots.stable} serves {rollout.canary_version}",
+            {"weight": 0, "previous": rollout.weight, "stage": "redeploy", "kind": "redeploy"},
+        )
+        rollout.weight = 0
+        return None
+
+    # -- the router is the truth ------------------------------------------------
+
+    def router(self) -> TrafficRouter:
+        return self.runtime.router_for(self.plan, rollout_variables(self.plan, self.rollout))
+
+    def set_and_read(self, weight: int) -> str | None:
+        """Set an absolute weight and read it back; the problem if it did not take."""
+        try:
+            router = self.router()
+            router.set_canary_weight(weight)
+            self.router_moved_to = weight
+        except RouterError as exc:
+            return str(exc)
+        return self.router_reads(weight)
+
+    def router_reads(self, weight: int) -> str | None:
+        try:
+            actual = self.router().get_canary_weight()
+        except RouterError as exc:
+            return str(exc)
+        return None if actual == weight else f"router reads {actual}%, expected {weight}%"
+
+    def hold_for_router(self, problem: str) -> AdvanceResult:
+        """The router did not show what it must: say so, and try again shortly."""
+        self.event("router_error", problem, {"error": problem})
+        self.log.warning("router_error", error=problem)
+        self.rollout.next_check_at = self.now + min(
+            self.plan.analysis.interval, timedelta(seconds=10)
+        )
+        self.commit()
+        return self.result(f"holding: {problem}")
+
+    def check_drift(self) -> AdvanceResult | None:
+        """Read the weight at every advance. A difference from the record (a reload
+        reset it, someone set it by hand) is a ``drift`` event; the plan's policy
+        decides: re-assert the recorded weight (default), pause or roll back."""
+        rollout = self.rollout
+        expected = rollout.weight
+        if expected is None:
+            return None
+        try:
+            actual = self.router().get_canary_weight()
+        except RouterError as exc:
+            self.event("router_error", f"cannot read the router: {exc}", {"error": str(exc)})
+            return None
+        if actual == expected:
+            return None
+        policy = self.plan.analysis.on_drift
+        self.event(
+            "drift",
+            f"router gives the canary {actual}%, the record says {expected}%; policy: {policy}",
+            {"expected": expected, "actual": actual, "policy": policy},
+        )
+        self.log.warning("drift", expected=expected, actual=actual, policy=policy)
+        rollout.weight = actual  # the record never claims what the router does not show
+        if policy == "rollback":
+            return self.roll_back(
+                f"traffic drifted: router gives the canary {actual}%, expected {expected}%",
+                {"kind": "policy", "policy": "on_drift", "expected": expected, "actual": actual},
+            )
+        if policy == "pause":
+            return self.pause(
+                f"traffic drifted: router gives the canary {actual}%, expected {expected}%; "
+                "paused for a human"
+            )
+        problem = self.set_and_read(expected)
+        if problem:
+            return self.hold_for_router(f"re-asserting {expected}% after a drift: {problem}")
+        rollout.weight = expected
+        self.event(
+            "weight_set",
+            f"drift: canary weight {actual}% -> {expected}% re-asserted (read back from the "
+            "router)",
+            {"weight": expected, "previous": actual, "reasserted": True},
+        )
+        return None
+
+    def record_router_truth(self) -> None:
+        """After this advance moved traffic but lost its commit (a pause or approval
+        landed mid-step), record what the router really carries."""
+        try:
+            actual = self.router().get_canary_weight()
+        except RouterError as exc:
+            self.log.warning("router_unreadable_after_lost_commit", error=str(exc))
+            return
+        repository.record_router_weight(
+            self.session,
+            self.rollout.id,
+            self.runtime.owner,
+            actual,
+            self.runtime.clock(),
+            "the step that set it lost its commit to a concurrent change",
+        )
+
+    def check_slot_versions(self, values: dict[str, str]) -> Measurement | None:
+        """With a version check in the plan: the stable slot serves the stable version
+        and the canary slot the canary version. A mismatch is an error, never a pass."""
+        if self.plan.traffic.version_check is None:
+            return None
+        expected = {"canary": self.rollout.canary_version}
+        if not (self.rollout.analysis or {}).get("redeploy"):
+            expected["stable"] = self.rollout.stable_version
+        wrong = version_mismatches(self.plan, values, expected)
+        verdict = Verdict.ERROR if wrong else Verdict.PASS
+        reason = "; ".join(wrong) if wrong else "each slot serves its version"
+        measurement = Measurement(
+            SLOT_VERSIONS, "version_check", {}, {}, Judgement(verdict, reason)
+        )
+        self.event(
+            "measurement", f"{SLOT_VERSIONS}: {verdict.value}: {reason}", measurement.as_event()
+        )
+        return measurement
+
+    # -- paused, blocked, waiting: still watched ----------------------------------
+
+    def traffic_step(self) -> Step:
+        """The step whose weight the router carries now."""
+        index = self.rollout.step_index
+        if self.rollout.step_started_at is None and index > 0:
+            index -= 1
+        return self.steps[min(index, len(self.steps) - 1)]
+
+    def watch_paused(self) -> AdvanceResult:
+        """A paused rollout with traffic is measured every interval like any other:
+        pausing stops progress, never protection."""
+        rollout = self.rollout
+        if not rollout.weight:
+            return AdvanceResult(rollout.id, False, rollout.state, summary="paused, no traffic")
+        drifted = self.check_drift()
+        if drifted:
+            return drifted
+        step = self.traffic_step()
+        measurements = self.measure(step)
+        tripped = self.tripped(measurements)
+        if tripped:
+            return self.trip(step, tripped, measurements)
+        overdue = self.past_progress_deadline()
+        if overdue:
+            return overdue
+        rollout.next_check_at = self.now + self.plan.analysis.interval
+        self.commit()
+        verdicts = ", ".join(f"{m.criterion}={m.verdict.value}" for m in measurements)
+        return self.result(f"paused at {rollout.weight}%, still watched: {verdicts}")
+
+    def past_progress_deadline(self) -> AdvanceResult | None:
+        """Held with traffic (paused, blocked, awaiting approval) longer than the plan's
+        progress deadline: notify once, or roll back, as the plan says."""
+        analysis = dict(self.rollout.analysis or {})
+        since = analysis.get("waiting_since")
+        if since is None:
+            analysis["waiting_since"] = self.now.isoformat()
+            self.rollout.analysis = analysis
+            return None
+        waited = self.now - datetime.fromisoformat(since)
+        policy = self.plan.analysis
+        if waited < policy.progress_deadline or analysis.get("deadline_passed"):
+            return None
+        why = (
+            f"{self.rollout.state} with {self.rollout.weight}% on the canary for "
+            f"{format_duration(waited)} (progress deadline "
+            f"{format_duration(policy.progress_deadline)})"
+        )
+        analysis["deadline_passed"] = self.now.isoformat()
+        self.rollout.analysis = analysis
+        self.event(
+            "progress_deadline",
+            f"{why}; policy: {policy.on_progress_deadline}",
+            {"waited_seconds": waited.total_seconds(), "policy": policy.on_progress_deadline},
+        )
+        self.log.warning("progress_deadline", waited=waited.total_seconds())
+        if policy.on_progress_deadline == "rollback":
+            return self.roll_back(
+                f"{why}; plan policy: roll back", {"kind": "policy", "policy": "progress_deadline"}
+            )
+        self.lifecycle.append("progress_deadline")
+        return None
+
+    def stop_waiting(self) -> None:
+        """Progress again: the progress deadline starts anew at the next wait."""
+        analysis = dict(self.rollout.analysis or {})
+        if "waiting_since" in analysis or "deadline_passed" in analysis:
+            analysis.pop("waiting_since", None)
+            analysis.pop("deadline_passed", None)
+            self.rollout.analysis = analysis
+
+    def pause(self, reason: str, policy: str = "on_drift") -> AdvanceResult:
+        """Stop progress for a human; a canary with traffic is still measured."""
+        self.rollout.state = RolloutState.PAUSED
+        self.rollout.reason = reason
+        self.rollout.next_check_at = self.now + self.plan.analysis.interval
+        self.event("decision", reason, {"decision": "pause", "policy": policy})
+        self.lifecycle.append("paused")
+        self.commit()
+        self.log.warning("paused", reason=reason)
+        return self.result("paused: " + reason)

@@ -7,6 +7,8 @@ like "one active rollout per service" holds whichever door a request comes in by
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,8 +16,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from controller.plan import Plan
+from controller.runtime import RouterFactory
+from controller.slots import router_state_problem, slots_for_new_rollout, template_values
 from controller.store import repository
 from controller.store.models import ACTIVE_STATES, Rollout, RolloutState
+from controller.traffic.base import RouterError
 
 # Service names and versions end up inside PromQL label matchers and HAProxy
 # commands: a quote or a space there would change the query, so refuse them.
@@ -59,9 +64,17 @@ def start_rollout(
     stable: str | None,
     created_by: str,
     now: datetime,
+    router_for: RouterFactory,
     variables: dict[str, str] | None = None,
+    force_reason: str | None = None,
 ) -> Rollout:
-    """Record a new rollout; the reconcile loop picks it up within seconds."""
+    """Record a new rollout; the reconcile loop picks it up within seconds.
+
+    The rollout starts only from the state the store expects: its stable version is
+    the service's recorded stable release, and the router gives the stable slot all
+    traffic and the other slot none. ``force_reason`` (an admin's) starts it anyway
+    and is recorded with what the router showed.
+    """
     check_identifier("service", service)
     for name, value in (variables or {}).items():
         if name not in plan.variables:
@@ -75,8 +88,11 @@ def start_rollout(
                 "_ . : / @ % + = , ~ - (it is placed inside URLs, queries and commands)"
             )
     check_identifier("version", version)
+    if force_reason is not None and not force_reason.strip():
+        raise OperationError("force: say why the expected state is overridden")
+    recorded = stable_version_of(session, service)
     if stable is None:
-        stable = stable_version_of(session, service)
+        stable = recorded
         if stable is None:
             raise OperationError(
                 f"stable: no stable version of {service} is known yet (no succeeded rollout); "
@@ -85,6 +101,29 @@ def start_rollout(
     check_identifier("stable", stable)
     if stable == version:
         raise OperationError(f"version: {version} is already the stable version of {service}")
+    if recorded is not None and stable != recorded and force_reason is None:
+        raise OperationError(
+            f"stable: the store records {recorded} as the stable version of {service}, "
+            f"not {stable}; leave --stable out, or force with a reason"
+        )
+    slots = slots_for_new_rollout(plan, repository.stable_release(session, service))
+    values = template_values(
+        plan,
+        service=service,
+        canary_version=version,
+        stable_version=stable,
+        slots=slots,
+        overrides=variables,
+    )
+    try:
+        problem = router_state_problem(router_for(plan, values), slots)
+    except RouterError as exc:
+        problem = f"cannot reach the router: {exc}"
+    if problem and force_reason is None:
+        raise OperationError(
+            f"router: {problem}. Nothing was started; put the router back, or force with "
+            "a reason (admin)"
+        )
     active = session.scalars(
         select(Rollout.id).where(
             Rollout.service == service, Rollout.state.in_([str(s) for s in ACTIVE_STATES])
@@ -105,7 +144,20 @@ def start_rollout(
         created_by=created_by,
         now=now,
         variables=variables or {},
+        stable_slot=slots.stable,
+        canary_slot=slots.canary,
     )
+    if force_reason is not None:
+        repository.append_event(
+            session,
+            rollout.id,
+            "forced_start",
+            actor=created_by,
+            at=now,
+            message=f"started by {created_by} despite the expected state: {force_reason}"
+            + (f" (router: {problem})" if problem else ""),
+            data={"reason": force_reason, "problem": problem, "stable_recorded": recorded},
+        )
     session.commit()
     return rollout
 
@@ -207,35 +259,39 @@ def _set_state(
     new_state: RolloutState,
     reason: str | None,
 ) -> OperationOutcome:
-    rollout = repository.get_rollout(session, rollout_id)
-    if rollout is None:
-        raise OperationError(f"id: no rollout {rollout_id!r}")
-    if rollout.state not in allowed:
-        return OperationOutcome(
-            rollout_id, False, f"rollout {rollout_id} is {rollout.state}; cannot be {kind}"
-        )
-    analysis = dict(rollout.analysis or {})
-    analysis.update(error_streak=0, inconclusive_streak=0)
-    changed = session.execute(
-        update(Rollout)
-        .where(
-            Rollout.id == rollout_id,
-            Rollout.version == rollout.version,
-            Rollout.state.in_([str(s) for s in allowed]),
-        )
-        .values(
-            state=new_state,
-            reason=reason,
-            analysis=analysis,
-            next_check_at=now,
-            updated_at=now,
-            version=Rollout.version + 1,
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if changed != 1:
+    for rollout in _fresh_reads(session, rollout_id):
+        if rollout.state not in allowed:
+            return OperationOutcome(
+                rollout_id, False, f"rollout {rollout_id} is {rollout.state}; cannot be {kind}"
+            )
+        analysis = dict(rollout.analysis or {})
+        # Missing-data counts and breaches start again: a breach must be measured
+        # anew after a pause, and the progress deadline counts from the next wait.
+        analysis.update(error_streak=0, inconclusive_streak=0, breach_since={})
+        analysis.pop("waiting_since", None)
+        analysis.pop("deadline_passed", None)
+        changed = session.execute(
+            update(Rollout)
+            .where(
+                Rollout.id == rollout_id,
+                Rollout.version == rollout.version,
+                Rollout.state.in_([str(s) for s in allowed]),
+            )
+            .values(
+                state=new_state,
+                reason=reason,
+                analysis=analysis,
+                next_check_at=now,
+                updated_at=now,
+                version=Rollout.version + 1,
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if changed == 1:
+            break
         session.rollback()
-        return OperationOutcome(rollout_id, False, "rollout changed state meanwhile; try again")
+    else:
+        return OperationOutcome(rollout_id, False, _STILL_CHANGING)
     repository.append_event(
         session,
         rollout_id,
@@ -333,28 +389,28 @@ def promote_rollout(
 ) -> OperationOutcome:
     """Skip the rest of the current hold. The step still needs its criteria to pass:
     a human may cut waiting short, never the evidence."""
-    rollout = repository.get_rollout(session, rollout_id)
-    if rollout is None:
-        raise OperationError(f"id: no rollout {rollout_id!r}")
     if not reason.strip():
         raise OperationError("reason: say why the hold is cut short")
-    if rollout.state != RolloutState.RUNNING:
-        return OperationOutcome(rollout_id, False, f"rollout {rollout_id} is {rollout.state}")
-    analysis = dict(rollout.analysis or {})
-    analysis["promote"] = {"step": rollout.step_index, "by": actor, "reason": reason}
-    changed = session.execute(
-        update(Rollout)
-        .where(
-            Rollout.id == rollout_id,
-            Rollout.version == rollout.version,
-            Rollout.state == RolloutState.RUNNING,
-        )
-        .values(analysis=analysis, next_check_at=now, version=Rollout.version + 1)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if changed != 1:
+    for rollout in _fresh_reads(session, rollout_id):
+        if rollout.state != RolloutState.RUNNING:
+            return OperationOutcome(rollout_id, False, f"rollout {rollout_id} is {rollout.state}")
+        analysis = dict(rollout.analysis or {})
+        analysis["promote"] = {"step": rollout.step_index, "by": actor, "reason": reason}
+        changed = session.execute(
+            update(Rollout)
+            .where(
+                Rollout.id == rollout_id,
+                Rollout.version == rollout.version,
+                Rollout.state == RolloutState.RUNNING,
+            )
+            .values(analysis=analysis, next_check_at=now, version=Rollout.version + 1)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if changed == 1:
+            break
         session.rollback()
-        return OperationOutcome(rollout_id, False, "rollout changed state meanwhile; try again")
+    else:
+        return OperationOutcome(rollout_id, False, _STILL_CHANGING)
     repository.append_event(
         session,
         rollout_id,
@@ -367,6 +423,29 @@ def promote_rollout(
     )
     session.commit()
     return OperationOutcome(rollout_id, True, "hold skipped; promotes once every criterion passes")
+
+
+# A person's request wins over an advance in flight: it is applied to a fresh read,
+# and if the row changed between the read and the write (an advance took or gave
+# back its lease, or committed a step), it is read and applied again. The advance,
+# not the person, then loses its commit and re-reads the router.
+_CONTENDED_ATTEMPTS = 50
+_CONTENDED_PAUSE_SECONDS = 0.1
+_STILL_CHANGING = (
+    "the rollout kept changing for 5 s (an advance in flight); nothing was changed, ask again"
+)
+
+
+def _fresh_reads(session: Session, rollout_id: str) -> Iterator[Rollout]:
+    """The rollout as it is now, once per attempt (bounded, a short pause between)."""
+    for attempt in range(_CONTENDED_ATTEMPTS):
+        if attempt:
+            time.sleep(_CONTENDED_PAUSE_SECONDS)
+        session.expire_all()
+        rollout = repository.get_rollout(session, rollout_id)
+        if rollout is None:
+            raise OperationError(f"id: no rollout {rollout_id!r}")
+        yield rollout
 
 
 def _touch(session: Session, rollout: Rollout, now: datetime) -> None:

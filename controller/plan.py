@@ -54,7 +54,16 @@ HookTimeout = Annotated[
     Duration, _at_most(timedelta(minutes=2), "hooks run inside the runbook task")
 ]
 
-TEMPLATE_VARIABLES = ("service", "canary_version", "stable_version", "environment", "window")
+TEMPLATE_VARIABLES = (
+    "service",
+    "canary_version",
+    "stable_version",
+    "environment",
+    "window",
+    "stable_slot",
+    "canary_slot",
+)
+SLOT_URL_VARIABLES = ("stable_url", "canary_url")  # from traffic.slot_urls, when given
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _NAME = r"^[a-z0-9][a-z0-9_.-]*$"
 _HAPROXY_NAME = r"^[A-Za-z0-9_.:-]+$"  # no spaces or ';': names go into runtime-API commands
@@ -102,6 +111,10 @@ class OnLimit(StrEnum):
     ROLLBACK = "rollback"
 
 
+DeadlinePolicy = Literal["notify", "rollback"]
+DriftPolicy = Literal["reassert", "pause", "rollback"]
+
+
 class AnalysisPolicy(_Strict):
     """How often to check, over what window, and how long to tolerate not knowing."""
 
@@ -110,6 +123,17 @@ class AnalysisPolicy(_Strict):
     inconclusive_limit: int = Field(default=5, ge=1, le=1000)
     error_limit: int = Field(default=5, ge=1, le=1000)
     on_limit: OnLimit = OnLimit.PAUSE
+    progress_deadline: Annotated[Duration, AfterValidator(_at_least_one_second)] = Field(
+        default=timedelta(hours=1),
+        description="How long a rollout may sit paused, blocked or awaiting approval while "
+        "the canary carries traffic before on_progress_deadline applies.",
+    )
+    on_progress_deadline: DeadlinePolicy = Field(default="notify")
+    on_drift: DriftPolicy = Field(
+        default="reassert",
+        description="When the router does not show the recorded weight: set it again "
+        "(reassert), pause for a human, or roll back.",
+    )
 
     @field_validator("interval", "window")
     @classmethod
@@ -431,13 +455,69 @@ class VerifyStage(_Stage):
 Stage = Annotated[SoakStage | CanaryStage | RampStage | VerifyStage, Field(discriminator="kind")]
 
 
+class SlotMode(StrEnum):
+    """How the release that succeeded becomes the stable one.
+
+    ``swap`` (blue/green): the slot that carries 100 % at the end becomes the stable
+    slot; the next rollout deploys into the other one. ``redeploy``: a hook deploys
+    the new version into the stable slot, the controller waits until that slot serves
+    it, then moves all traffic back to it.
+    """
+
+    SWAP = "swap"
+    REDEPLOY = "redeploy"
+
+
+class RedeployHook(CanaryDisable):
+    """Deploys the new version into the stable slot. It runs inside a rollout step, so
+    it must start the deploy and return (the controller waits for the version check)."""
+
+    timeout: StepTimeout = Field(default=timedelta(seconds=20))
+
+
+class VersionCheck(_Strict):
+    """How to ask a slot which version it serves: ``GET <slot url><path>``, a JSON
+    object whose ``field`` holds the version."""
+
+    path: str = Field(default="/version", pattern=r"^/[A-Za-z0-9_./~-]*$", max_length=256)
+    field: str = Field(default="version", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)
+    timeout: Annotated[StepTimeout, AfterValidator(_at_least_one_second)] = Field(
+        default=timedelta(seconds=2)
+    )
+
+
 class HAProxyTraffic(_Strict):
-    """Where the service's traffic is split: one HAProxy backend with two servers."""
+    """Where the service's traffic is split: one HAProxy backend with two servers (slots).
+
+    In ``swap`` mode the two servers take turns being stable: ``stable_server`` is the
+    stable slot of the service's first rollout, after that the store remembers which
+    slot is stable. In ``redeploy`` mode the roles never change.
+    """
 
     router: Literal["haproxy"] = "haproxy"
     backend: QueryTemplate = "{{ service }}"
     stable_server: str = Field(default="stable", pattern=_HAPROXY_NAME, max_length=64)
     canary_server: str = Field(default="canary", pattern=_HAPROXY_NAME, max_length=64)
+    mode: SlotMode = SlotMode.SWAP
+    slot_urls: dict[str, QueryTemplate] = Field(
+        default_factory=dict,
+        description="Where each server answers directly, by server name; gives the "
+        "templates {{ stable_url }} and {{ canary_url }} and enables version checks.",
+    )
+    version_check: VersionCheck | None = Field(
+        default=None,
+        description="At every advance, each slot must serve its version (needs slot_urls).",
+    )
+    redeploy: RedeployHook | None = Field(
+        default=None,
+        description="mode redeploy: the hook that deploys the new version into the stable "
+        "slot (a command or an HTTP call).",
+    )
+    redeploy_timeout: Annotated[Duration, AfterValidator(_at_least_one_second)] = Field(
+        default=timedelta(minutes=10),
+        description="mode redeploy: how long the stable slot may take to serve the new "
+        "version before the rollout pauses for a human.",
+    )
 
     @field_validator("backend")
     @classmethod
@@ -446,6 +526,34 @@ class HAProxyTraffic(_Strict):
         if not re.fullmatch(_HAPROXY_NAME, _TEMPLATE.sub("x", value)):
             raise ValueError("a backend name may only hold letters, digits, _ . : - and templates")
         return value
+
+    @model_validator(mode="after")
+    def _slots(self) -> HAProxyTraffic:
+        servers = {self.stable_server, self.canary_server}
+        if len(servers) != 2:
+            raise ValueError("stable_server and canary_server must be two different servers")
+        if self.slot_urls and set(self.slot_urls) != servers:
+            raise ValueError(
+                f"slot_urls: give the URL of exactly the servers {sorted(servers)}, "
+                f"not {sorted(self.slot_urls)}"
+            )
+        if self.version_check and not self.slot_urls:
+            raise ValueError("version_check needs slot_urls (where each slot answers)")
+        if self.mode == SlotMode.REDEPLOY:
+            if self.redeploy is None:
+                raise ValueError("mode redeploy needs a redeploy hook (command or http)")
+            if self.version_check is None:
+                raise ValueError(
+                    "mode redeploy needs version_check: the controller must see the stable "
+                    "slot serve the new version before it moves traffic back to it"
+                )
+        elif self.redeploy is not None:
+            raise ValueError("redeploy is only used with mode: redeploy")
+        return self
+
+    def other_slot(self, slot: str) -> str:
+        """The other of the two servers."""
+        return self.canary_server if slot == self.stable_server else self.stable_server
 
 
 class Plan(_Strict):
@@ -471,6 +579,17 @@ class Plan(_Strict):
     runbook: Runbook = Runbook()
     notifications: list[NotificationTarget] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _slot_urls_are_builtins(self) -> Plan:
+        if self.traffic.slot_urls:
+            clash = [n for n in SLOT_URL_VARIABLES if n in self.variables]
+            if clash:
+                raise ValueError(
+                    f"variables: {', '.join(clash)} come from traffic.slot_urls (the slot "
+                    "that is stable or canary changes between rollouts); do not declare them"
+                )
+        return self
+
     def commands(self) -> list[list[str]]:
         """Every command this plan would run on a worker."""
         found = [c.command for c in self.gates.commands]
@@ -479,6 +598,8 @@ class Plan(_Strict):
             found += [c.command for c in smoke.commands] if smoke else []
         if self.runbook.disable_canary and self.runbook.disable_canary.command:
             found.append(self.runbook.disable_canary.command)
+        if self.traffic.redeploy and self.traffic.redeploy.command:
+            found.append(self.traffic.redeploy.command)
         found += [n.command for n in self.notifications if n.command]
         return found
 
@@ -488,6 +609,9 @@ class Plan(_Strict):
         to the template checks."""
         declared = data.get("variables") if isinstance(data, dict) else None
         names = list(declared) if isinstance(declared, dict) else []
+        traffic = data.get("traffic") if isinstance(data, dict) else None
+        if isinstance(traffic, dict) and traffic.get("slot_urls"):
+            names += [n for n in SLOT_URL_VARIABLES if n not in names]
         return cls.model_validate(data, context={"variables": names})
 
     def template_values(
@@ -498,6 +622,11 @@ class Plan(_Strict):
         values = {"window": format_duration(self.analysis.window), **builtins}
         for name, default in self.variables.items():
             values[name] = render_template((overrides or {}).get(name, default), builtins)
+        slots = self.traffic.slot_urls
+        for role in ("stable", "canary"):
+            slot = builtins.get(f"{role}_slot")
+            if slots and slot in slots:
+                values[f"{role}_url"] = render_template(slots[slot], values)
         return values
 
     def steps(self) -> list[Step]:

@@ -14,21 +14,19 @@ recorded and the next one still runs; nothing here can move traffic back.
 from __future__ import annotations
 
 import secrets
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import httpx
 import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.analysis.runner import measure
 from controller.checks import run_checks
-from controller.commands import command_environment
-from controller.plan import CanaryDisable, Plan, render_template
+from controller.hooks import run_hook
+from controller.plan import CanaryDisable, Plan
 from controller.runtime import Runtime
 from controller.store import repository
 from controller.store.models import Incident, Rollout
@@ -54,36 +52,7 @@ def disable_canary(hook: CanaryDisable | None, values: dict[str, str]) -> tuple[
     """Run the plan's disable hook (scale the canary to zero, say)."""
     if hook is None:
         return True, "no disable_canary hook in the plan"
-    if hook.command is not None:
-        argv = [render_template(arg, values) for arg in hook.command]
-        try:
-            done = subprocess.run(
-                argv,
-                env=command_environment(),
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=hook.timeout.total_seconds(),
-                check=False,
-            )
-        except (OSError, subprocess.SubprocessError, ValueError) as exc:
-            return False, f"command {argv[0]!r} failed: {exc}"
-        tail = (done.stdout + done.stderr).strip()[-300:]
-        return done.returncode == 0, f"command {argv[0]!r} exited {done.returncode}: {tail}"
-    assert hook.http is not None
-    url = render_template(hook.http.url, values)
-    try:
-        response = httpx.request(
-            hook.http.method,
-            url,
-            json=hook.http.json_body,
-            timeout=hook.http.timeout.total_seconds(),
-            trust_env=False,
-        )
-    except Exception as exc:  # an unusable URL (InvalidURL) fails the step too
-        return False, f"{hook.http.method} {url}: {type(exc).__name__}: {exc}"
-    ok = response.is_success
-    return ok, f"{hook.http.method} {url}: {response.status_code}"
+    return run_hook(hook, values)
 
 
 def metrics_snapshot(

@@ -64,15 +64,6 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
-        def haproxy_router(plan: Plan, variables: dict[str, str]) -> TrafficRouter:
-            return HAProxyRouter(
-                settings.haproxy_socket,
-                backend=render_template(plan.traffic.backend, variables),
-                stable_server=plan.traffic.stable_server,
-                canary_server=plan.traffic.canary_server,
-                timeout=settings.haproxy_timeout_seconds,
-            )
-
         return cls(
             sessions=session_factory(settings.database_url),
             metrics=PrometheusProvider(
@@ -80,7 +71,7 @@ class Runtime:
                 timeout_seconds=settings.prometheus_timeout_seconds,
                 retry=RetryPolicy(attempts=settings.prometheus_attempts),
             ),
-            router_for=haproxy_router,
+            router_for=router_factory(settings),
             lease=timedelta(seconds=settings.lease_seconds),
             rollback_attempts=settings.rollback_attempts,
             rollback_backoff_seconds=settings.rollback_backoff_seconds,
@@ -90,6 +81,27 @@ class Runtime:
                 _secret(settings.incident_webhook_token),
             ),
         )
+
+
+def router_factory(settings: Settings) -> RouterFactory:
+    """Routers of this installation (HAProxy through its runtime-API socket)."""
+    return haproxy_router_factory(settings.haproxy_socket, settings.haproxy_timeout_seconds)
+
+
+def haproxy_router_factory(socket_path: str, timeout: float = 2.0) -> RouterFactory:
+    """The plan's HAProxy backend, with the rollout's slots (``stable_slot`` and
+    ``canary_slot`` template values) as its two servers."""
+
+    def haproxy_router(plan: Plan, variables: dict[str, str]) -> TrafficRouter:
+        return HAProxyRouter(
+            socket_path,
+            backend=render_template(plan.traffic.backend, variables),
+            stable_server=variables.get("stable_slot", plan.traffic.stable_server),
+            canary_server=variables.get("canary_slot", plan.traffic.canary_server),
+            timeout=timeout,
+        )
+
+    return haproxy_router
 
 
 def _secret(value: SecretStr | None) -> str | None:

@@ -31,7 +31,7 @@ from controller.api.schemas import Approval, Reason, StartRollout
 from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
 from controller.plan_loader import PlanError, load_plan, parse_plan
 from controller.runbook import incident_document
-from controller.runtime import utcnow
+from controller.runtime import router_factory, utcnow
 from controller.store import repository
 from controller.store.db import session_factory
 from controller.store.models import ACTIVE_STATES, FINAL_STATES, Incident, Rollout
@@ -51,6 +51,7 @@ def create_app(
     enqueue_notify: Callable[[str, str], None] = lambda rollout_id, kind: None,
 ) -> FastAPI:
     sessions = session_factory(settings.database_url)
+    router_for = router_factory(settings)
     tokens = TokenBook.from_setting(
         settings.api_tokens.get_secret_value() if settings.api_tokens else None
     )
@@ -216,6 +217,12 @@ def create_app(
                     "runs them on the workers: that needs admin, or a plan from the plans "
                     "directory",
                 )
+        if body.force is not None and who.role < Role.ADMIN:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                "force: starting from a router or stable version other than the store "
+                "expects needs admin",
+            )
         rollout = operations.start_rollout(
             session,
             plan,
@@ -224,7 +231,9 @@ def create_app(
             stable=body.stable,
             created_by=who.name,
             now=utcnow(),
+            router_for=router_for,
             variables=body.variables,
+            force_reason=body.force,
         )
         _best_effort(enqueue_start, rollout.id)
         return rollout_summary(rollout)

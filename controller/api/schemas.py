@@ -14,6 +14,13 @@ class StartRollout(BaseModel):
     version: str
     stable: str | None = None
     variables: dict[str, str] = Field(default_factory=dict)
+    force: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2000,
+        description="admin only: start although the router or the stable version is not "
+        "what the store expects; the reason is recorded",
+    )
 
     @model_validator(mode="after")
     def _one_plan(self) -> StartRollout:

@@ -1,13 +1,17 @@
 """``canary demo``: the whole project on one machine, in under three minutes.
 
-It starts the lab (Redis if none answers, Prometheus, HAProxy, the demo service
-in a stable and a canary version, synthetic load, Celery workers and beat), then
-runs two rollouts of ``config/plans/demo.yaml`` the way an SRE would, through the
+It starts the lab (Redis if none answers, Prometheus, HAProxy with two slots, blue
+and green, the demo service in each, synthetic load, Celery workers and beat), then
+runs three releases of ``config/plans/demo.yaml`` the way an SRE would, through the
 store, and watches them from the store like on-call would:
 
-1. ``1.1.0``, healthy: soak, canary, ramp to 100 %, verify -> ``succeeded``;
-2. ``1.2.0``, which starts answering 5xx once it takes production traffic ->
-   ``rolled_back`` by the 5xx-against-baseline criterion.
+1. ``1.1.0`` into green, healthy: soak, canary, ramp to 100 %, verify ->
+   ``succeeded``; green is now the stable slot;
+2. ``1.2.0`` into blue, healthy -> ``succeeded``; blue is stable again;
+3. ``1.3.0`` into green, which starts answering 5xx once it takes production
+   traffic -> ``rolled_back`` by the 5xx-against-baseline criterion; blue stays.
+
+After each it prints the slot that carries production traffic, read from HAProxy.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from controller.store.models import FINAL_STATES, ROLLBACK_STATES, Event, Rollou
 from controller.views import weights_of
 
 DEMO_PLAN = PLANS_DIR / "demo.yaml"
+# (state, slot carrying production afterwards) of each release, when all is well.
+EXPECTED = [("succeeded", "green"), ("succeeded", "blue"), ("rolled_back", "blue")]
 ROLLOUT_TIMEOUT_SECONDS = 100
 SHOWN_EVENTS = {
     "blocked",
@@ -141,6 +147,12 @@ def run_demo(workdir: Path | None = None, console: Console | None = None) -> dic
         results = []
 
         def run(version: str, stable: str, fault: dict[str, float] | None) -> None:
+            lab.deploy_canary(version)
+            console.print(
+                f"\n  deployed {version} to the idle slot {lab.canary_slot} (and staging); "
+                f"{lab.stable_slot} serves {stable}",
+                markup=False,
+            )
             with sessions() as session:
                 rollout = start_rollout(
                     session,
@@ -150,6 +162,7 @@ def run_demo(workdir: Path | None = None, console: Console | None = None) -> dic
                     stable=stable,
                     created_by="canary-demo",
                     now=utcnow(),
+                    router_for=lab.router_for,
                     variables=lab.plan_variables(),
                 )
             console.print(
@@ -165,6 +178,12 @@ def run_demo(workdir: Path | None = None, console: Console | None = None) -> dic
             final = watcher.wait(_finished)
             with sessions() as session:
                 weights = weights_of(session, final.id)
+            serving = production_slot(lab)
+            console.print(
+                f"  production traffic: slot {serving} "
+                f"({lab.instances[serving].version}) at 100%, read from HAProxy",
+                markup=False,
+            )
             results.append(
                 {
                     "id": final.id,
@@ -172,25 +191,31 @@ def run_demo(workdir: Path | None = None, console: Console | None = None) -> dic
                     "state": final.state,
                     "weights": weights,
                     "tripped": final.tripped_criterion,
+                    "stable_slot": serving,
                     "reason": final.reason,
                 }
             )
 
-        run("1.1.0", "1.0.0", None)
-        if results[-1]["state"] == "succeeded":
-            console.print(
-                "\n  promoting 1.1.0 to the stable slot; deploying 1.2.0 to the canary slot"
-            )
-            lab.promote_stable("1.1.0")
-        lab.deploy_canary("1.2.0")
-        run("1.2.0", "1.1.0", {"error_rate": 0.3})
+        stable = settings.stable_version
+        for version, fault in (("1.1.0", None), ("1.2.0", None), ("1.3.0", {"error_rate": 0.3})):
+            run(version, stable, fault)
+            if results[-1]["state"] == "succeeded":
+                stable = version
         console.print("\n  stopping the lab")
     _print_summary(console, results, time.monotonic() - started)
     return {
         "rollouts": [
-            {k: r[k] for k in ("id", "version", "state", "weights", "tripped")} for r in results
+            {k: r[k] for k in ("id", "version", "state", "weights", "tripped", "stable_slot")}
+            for r in results
         ]
     }
+
+
+def production_slot(lab: RolloutLab) -> str:
+    """The slot HAProxy gives all production traffic to ("blue+green" if split)."""
+    weights = lab.slot_weights()
+    serving = [slot for slot, weight in weights.items() if weight > 0]
+    return serving[0] if len(serving) == 1 else "+".join(sorted(serving))
 
 
 def _print_summary(console: Console, results: list[dict[str, Any]], seconds: float) -> None:
@@ -200,11 +225,14 @@ def _print_summary(console: Console, results: list[dict[str, Any]], seconds: flo
         "state",
         "weights",
         "tripped",
+        "production slot",
         title=f"canary demo: {len(results)} rollouts in {seconds:.0f}s",
     )
     for r in results:
         weights = " -> ".join(f"{w}%" for w in r["weights"])
-        table.add_row(r["id"], r["version"], r["state"], weights, r["tripped"] or "-")
+        table.add_row(
+            r["id"], r["version"], r["state"], weights, r["tripped"] or "-", r["stable_slot"]
+        )
     console.print(table)
     for r in results:
         console.print(f"{r['id']} {r['state']}: {r['reason']}", markup=False)

@@ -31,6 +31,7 @@ from prometheus_client.exposition import choose_encoder
 
 DISABLE_PATH = "/admin/disable"
 FAULTS_PATH = "/admin/faults"
+VERSION_PATH = "/version"
 
 # name -> (minimum, maximum or None for unbounded)
 KNOB_RANGES: dict[str, tuple[float, float | None]] = {
@@ -272,6 +273,16 @@ def _make_handler(state: DemoState) -> type[BaseHTTPRequestHandler]:
                 self._send_json(503, {"error": "disabled", "version": state.version})
             elif self._path == "/healthz":
                 self._send(200, b"ok", "text/plain")
+            elif self._path == VERSION_PATH:
+                # What a deploy system's version check reads; not a user request.
+                self._send_json(
+                    200,
+                    {
+                        "service": state.service,
+                        "version": state.version,
+                        "environment": state.environment,
+                    },
+                )
             elif self._path == "/metrics":
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                 self._send(200, encoder(state.metrics.registry), content_type)

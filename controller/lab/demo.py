@@ -78,6 +78,7 @@ def start_demo_service(
     port: int | None = None,
     faults: dict[str, Any] | None = None,
     timeout: float = 15.0,
+    lazy_series: bool = False,
 ) -> DemoServiceProcess:
     """Start ``python -m controller.demo.service`` and wait until ``/healthz`` answers."""
     port = port or free_port()
@@ -90,6 +91,8 @@ def start_demo_service(
         f"--version={version}",
         f"--environment={environment}",
     ]
+    if lazy_series:
+        args.append("--lazy-series")
     for knob, value in (faults or {}).items():
         args.append(f"--{knob.replace('_', '-')}={value}")
     inherited = os.environ.get("PYTHONPATH")

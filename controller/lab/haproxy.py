@@ -35,8 +35,12 @@ def render_config(
     port: int,
     stats_port: int,
     socket_path: str,
+    state_file: str,
 ) -> str:
-    """The haproxy.cfg text. Short timeouts so a dead server is noticed within seconds."""
+    """The haproxy.cfg text. Short timeouts so a dead server is noticed within seconds.
+
+    Runtime weights survive a reload through the server-state file, as in the shipped
+    config/haproxy/haproxy.cfg: save ``show servers state`` to it, then reload."""
     missing = [name for name in servers if name not in weights]
     if missing:
         raise LabError(f"no weight given for HAProxy server(s): {', '.join(missing)}")
@@ -51,9 +55,11 @@ def render_config(
 global
     stats socket {socket_path} mode 600 level admin
     stats timeout 10s
+    server-state-file {state_file}
 
 defaults
     mode http
+    load-server-state-from-file global
     timeout connect 1s
     timeout client 10s
     timeout server 5s
@@ -90,6 +96,7 @@ class HAProxyServer:
     servers: dict[str, str]
     process: ManagedProcess
     config_path: Path
+    state_file: Path
     _socket_dir: Path | None = field(default=None, repr=False)
 
     def command(self, command: str, timeout: float = 2.0) -> str:
@@ -119,6 +126,26 @@ class HAProxyServer:
                 return
             time.sleep(0.1)
         raise LabError(f"HAProxy servers {sorted(wanted)} not all UP after {timeout}s: {status}")
+
+    def save_state(self) -> None:
+        """What the documented reload procedure does first: write the runtime state
+        (weights included) to the server-state file."""
+        self.state_file.write_text(self.command("show servers state"))
+
+    def reload(self, keep_state: bool = True, timeout: float = 15.0) -> None:
+        """Reload the config: a new HAProxy on the same ports and socket. Without
+        ``keep_state`` (the state file not saved first) runtime weights go back to
+        the config's, as with a careless reload in production."""
+        if keep_state:
+            self.save_state()
+        else:
+            self.state_file.unlink(missing_ok=True)
+        self.process.stop()
+        self.process = ManagedProcess("haproxy", self.process.args, self.config_path.parent)
+        self.process.wait_ready(
+            lambda: tcp_ready("127.0.0.1", self.port) and _runtime_api_ready(self.socket_path),
+            timeout=timeout,
+        )
 
     def stop(self) -> None:
         self.process.stop()
@@ -162,7 +189,10 @@ def start_haproxy(
     socket_path, socket_dir = _socket_location(workdir)
     port, stats_port = free_port(), free_port()
     config_path = workdir / "haproxy.cfg"
-    config_path.write_text(render_config(backend, servers, weights, port, stats_port, socket_path))
+    state_file = workdir / "server-state"
+    config_path.write_text(
+        render_config(backend, servers, weights, port, stats_port, socket_path, str(state_file))
+    )
     process = ManagedProcess("haproxy", [binary, "-f", str(config_path), "-db"], workdir)
     server = HAProxyServer(
         url=f"http://127.0.0.1:{port}",
@@ -174,6 +204,7 @@ def start_haproxy(
         servers=dict(servers),
         process=process,
         config_path=config_path,
+        state_file=state_file,
         _socket_dir=socket_dir,
     )
     try:

@@ -17,14 +17,20 @@ from config import CONFIG_DIR
 from controller.demo.loadgen import LoadGenerator
 from controller.lab.alertmanager import AlertmanagerServer, start_alertmanager
 from controller.lab.demo import DemoServiceProcess, start_demo_service
+from controller.lab.deployer import Deployer
+from controller.lab.errors import LabError
 from controller.lab.haproxy import HAProxyServer, start_haproxy
 from controller.lab.ports import free_port
 from controller.lab.process import ManagedProcess, ProcessGroup, http_ready, tcp_ready
 from controller.lab.prometheus import PrometheusServer, start_prometheus
 from controller.lab.redis import RedisServer, ensure_redis
+from controller.plan import Plan
+from controller.runtime import haproxy_router_factory
+from controller.traffic.base import TrafficRouter
 from controller.traffic.haproxy import HAProxyRouter
 
 DEMO_DB = 9  # Redis database the lab uses when it borrows a running Redis
+SLOTS = ("blue", "green")  # the two HAProxy servers of the service; blue starts stable
 
 
 @dataclass
@@ -38,6 +44,9 @@ class LabSettings:
     lease_seconds: float = 45.0
     task_time_limit_seconds: float = 40.0
     own_redis: bool = False
+    # Like a service using labelled prometheus_client counters without pre-creating
+    # them: error series appear only once the first error happens.
+    lazy_error_series: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -55,6 +64,8 @@ class RolloutLab:
         self.prometheus: PrometheusServer | None = None
         self.load: LoadGenerator | None = None
         self.instances: dict[str, DemoServiceProcess] = {}
+        self.canary_slot = SLOTS[1]
+        self.deployer: Deployer | None = None
         self.workers: dict[str, ManagedProcess] = {}
         self.worker_metrics: dict[str, str] = {}
         self.database_url = self.settings.database_url or f"sqlite:///{self.workdir / 'canary.db'}"
@@ -66,20 +77,18 @@ class RolloutLab:
         s = self.settings
         try:
             self.redis = self.group.add(ensure_redis(self.workdir, db=DEMO_DB, own=s.own_redis))
+            blue, green = SLOTS
             self.instances = {
-                "stable": self._start_instance(s.stable_version, "production"),
-                "canary": self._start_instance(s.canary_version, "production"),
+                blue: self._start_instance(s.stable_version, "production"),
+                green: self._start_instance(s.canary_version, "production"),
                 "staging": self._start_instance(s.canary_version, "staging"),
             }
             self.haproxy = self.group.add(
                 start_haproxy(
                     self.workdir,
                     s.service,
-                    {
-                        "stable": self.instances["stable"].address,
-                        "canary": self.instances["canary"].address,
-                    },
-                    {"stable": 100, "canary": 0},
+                    {blue: self.instances[blue].address, green: self.instances[green].address},
+                    {blue: 100, green: 0},
                 )
             )
             self.haproxy.wait_servers_up()
@@ -106,45 +115,86 @@ class RolloutLab:
             service=self.settings.service,
             environment=environment,
             port=port,
+            lazy_series=self.settings.lazy_error_series,
         )
+
+    @property
+    def stable_slot(self) -> str:
+        return SLOTS[1] if self.canary_slot == SLOTS[0] else SLOTS[0]
+
+    def slot_of(self, name: str) -> str:
+        """An instance name: ``stable``/``canary`` name the slot in that role now."""
+        return {"stable": self.stable_slot, "canary": self.canary_slot}.get(name, name)
+
+    def instance(self, name: str) -> DemoServiceProcess:
+        """An instance by slot (``blue``, ``green``), role (``stable``, ``canary``) or
+        ``staging``."""
+        return self.instances[self.slot_of(name)]
 
     def redeploy(self, name: str, version: str) -> None:
         """Replace one demo instance with another version on the same port."""
-        old = self.instances[name]
+        slot = self.slot_of(name)
+        old = self.instances[slot]
         old.stop()
-        self.instances[name] = self._start_instance(version, old.environment, port=old.port)
-        if self.haproxy is not None and name in ("stable", "canary"):
-            self.haproxy.wait_servers_up([name])
+        self.instances[slot] = self._start_instance(version, old.environment, port=old.port)
+        if self.haproxy is not None and slot in SLOTS:
+            self.haproxy.wait_servers_up([slot])
+
+    def slot_weights(self) -> dict[str, int]:
+        """Raw HAProxy weights of the two slots, read from the router."""
+        assert self.haproxy is not None, "lab not started"
+        canary, stable = HAProxyRouter(
+            self.haproxy.socket_path, self.settings.service, SLOTS[0], SLOTS[1]
+        ).server_weights()
+        return {SLOTS[1]: canary, SLOTS[0]: stable}
 
     def deploy_canary(self, version: str) -> None:
         """What a deploy system does before a rollout: the new version in staging and
-        in the canary slot, with no production traffic yet."""
+        in the slot that carries no production traffic (the router says which)."""
+        weights = self.slot_weights()
+        idle = [slot for slot, weight in weights.items() if weight == 0]
+        if len(idle) != 1:
+            raise LabError(f"no single idle slot to deploy into: router weights {weights}")
+        self.canary_slot = idle[0]
         self.redeploy("staging", version)
-        self.redeploy("canary", version)
-
-    def promote_stable(self, version: str) -> None:
-        """After a successful rollout, the new version becomes the stable slot and the
-        canary slot goes back to weight 0 (the slot swap of a blue/green deploy)."""
-        self.redeploy("stable", version)
-        self.router().set_canary_weight(0)
+        self.redeploy(self.canary_slot, version)
 
     def set_faults(self, name: str, **knobs: float) -> dict[str, float]:
         """Set fault knobs on one instance (absolute: knobs left out go back to 0)."""
-        return self.instances[name].set_faults(**knobs)
+        return self.instance(name).set_faults(**knobs)
 
     def plan_variables(self) -> dict[str, str]:
-        """Values for the demo plan's variables: where each deployment answers, and the
-        Prometheus job that scrapes them."""
-        return {
-            "stable_url": self.instances["stable"].url,
-            "canary_url": self.instances["canary"].url,
+        """Values for the demo plan's variables: where each slot and staging answer,
+        and the Prometheus job that scrapes them."""
+        values = {
+            "blue_url": self.instances["blue"].url,
+            "green_url": self.instances["green"].url,
             "staging_url": self.instances["staging"].url,
             "scrape_job": "lab",
         }
+        if self.deployer is not None:
+            values["deployer_url"] = self.deployer.url
+        return values
+
+    def start_deployer(self) -> str:
+        """A deploy system's API for plans in redeploy mode; returns its URL."""
+        self.deployer = self.group.add(Deployer(self.redeploy))
+        return self.deployer.url
+
+    def router_for(self, plan: Plan, values: dict[str, str]) -> TrafficRouter:
+        """What ``start_rollout`` needs to read the router, as workers build it."""
+        assert self.haproxy is not None, "lab not started"
+        return haproxy_router_factory(self.haproxy.socket_path)(plan, values)
 
     def router(self) -> HAProxyRouter:
+        """The router as the current rollout sees it (stable and canary slots)."""
         assert self.haproxy is not None, "lab not started"
-        return HAProxyRouter(self.haproxy.socket_path, backend=self.settings.service)
+        return HAProxyRouter(
+            self.haproxy.socket_path,
+            backend=self.settings.service,
+            stable_server=self.stable_slot,
+            canary_server=self.canary_slot,
+        )
 
     # -- controller processes ------------------------------------------------------
 

@@ -47,6 +47,9 @@ class RolloutState(StrEnum):
 
 
 ADVANCING_STATES = (RolloutState.PENDING, RolloutState.BLOCKED, RolloutState.RUNNING)
+# States an advance may act in: paused rollouts that carry traffic are still measured
+# (pausing stops progress, never protection).
+WATCHED_STATES = (*ADVANCING_STATES, RolloutState.PAUSED)
 ROLLBACK_STATES = (RolloutState.ROLLING_BACK, RolloutState.ROLLBACK_FAILED)
 ACTIVE_STATES = (*ADVANCING_STATES, RolloutState.PAUSED, *ROLLBACK_STATES)
 FINAL_STATES = (RolloutState.SUCCEEDED, RolloutState.ROLLED_BACK, RolloutState.ABORTED)
@@ -78,6 +81,10 @@ class Rollout(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The HAProxy servers this rollout treats as stable and canary (fixed at start;
+    # in swap mode they alternate between rollouts of a service).
+    stable_slot: Mapped[str | None] = mapped_column(String(64), default=None)
+    canary_slot: Mapped[str | None] = mapped_column(String(64), default=None)
     lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -130,3 +137,5 @@ class Release(Base):
     stable_version: Mapped[str] = mapped_column(String(128))
     rollout_id: Mapped[str | None] = mapped_column(String(32), default=None)
     marked_at: Mapped[datetime]
+    # The server that carries the stable version (None: the plan's stable_server).
+    stable_slot: Mapped[str | None] = mapped_column(String(64), default=None)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from controller.store.models import (
@@ -42,8 +42,12 @@ def create_rollout(
     created_by: str,
     now: datetime,
     variables: dict[str, str] | None = None,
+    stable_slot: str | None = None,
+    canary_slot: str | None = None,
 ) -> Rollout:
     rollout = Rollout(
+        stable_slot=stable_slot,
+        canary_slot=canary_slot,
         id=new_rollout_id(),
         service=service,
         canary_version=canary_version,
@@ -221,16 +225,29 @@ def request_rollback(
 
 
 def mark_stable(
-    session: Session, service: str, version: str, rollout_id: str | None, now: datetime
+    session: Session,
+    service: str,
+    version: str,
+    rollout_id: str | None,
+    now: datetime,
+    stable_slot: str | None = None,
 ) -> None:
-    """Record ``version`` as the service's stable release (insert or replace)."""
+    """Record ``version`` as the service's stable release, served by ``stable_slot``
+    (insert or replace)."""
     release = session.get(Release, service)
     if release is None:
         session.add(
-            Release(service=service, stable_version=version, rollout_id=rollout_id, marked_at=now)
+            Release(
+                service=service,
+                stable_version=version,
+                rollout_id=rollout_id,
+                marked_at=now,
+                stable_slot=stable_slot,
+            )
         )
     else:
         release.stable_version, release.rollout_id, release.marked_at = version, rollout_id, now
+        release.stable_slot = stable_slot
 
 
 def stable_release(session: Session, service: str) -> Release | None:
@@ -238,11 +255,15 @@ def stable_release(session: Session, service: str) -> Release | None:
 
 
 def due_for_advance(session: Session, now: datetime, limit: int = 500) -> Sequence[str]:
-    """Rollouts whose next check is due and whose lease is free."""
+    """Rollouts whose next check is due and whose lease is free: advancing ones, and
+    paused ones whose canary carries traffic (they are still measured)."""
     return session.scalars(
         select(Rollout.id)
         .where(
-            Rollout.state.in_([str(s) for s in ADVANCING_STATES]),
+            or_(
+                Rollout.state.in_([str(s) for s in ADVANCING_STATES]),
+                and_(Rollout.state == RolloutState.PAUSED, Rollout.weight > 0),
+            ),
             Rollout.next_check_at <= now,
             or_(Rollout.lease_owner.is_(None), Rollout.lease_expires_at < now),
         )
@@ -262,6 +283,31 @@ def due_for_rollback(session: Session, now: datetime, limit: int = 500) -> Seque
         )
         .limit(limit)
     ).all()
+
+
+def record_router_weight(
+    session: Session, rollout_id: str, owner: str, weight: int, now: datetime, why: str
+) -> None:
+    """Record the weight the router really carries, under our lease, whatever the
+    version: after a step lost its commit to a concurrent change, the record must not
+    claim a weight the router does not show."""
+    result = session.execute(
+        update(Rollout)
+        .where(Rollout.id == rollout_id, Rollout.lease_owner == owner)
+        .values(weight=weight, updated_at=now, version=Rollout.version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:
+        append_event(
+            session,
+            rollout_id,
+            "weight_recorded",
+            actor="controller",
+            at=now,
+            message=f"router carries {weight}% for the canary: {why}",
+            data={"weight": weight, "why": why},
+        )
+    session.commit()
 
 
 def take_due_rollbacks(session: Session, now: datetime, hold: timedelta) -> list[str]:

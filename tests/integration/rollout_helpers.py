@@ -49,16 +49,20 @@ def deploy(lab: RolloutLab) -> str:
 
 
 def begin(lab: RolloutLab, version: str, plan: Plan = PLAN, approve: bool = True) -> str:
-    """Start a rollout; unless told otherwise, its owners approve every gate up front."""
+    """Start a rollout from the stable release the store records (the lab's first
+    version before any succeeded); unless told otherwise, its owners approve every
+    gate up front."""
     with session_factory(lab.database_url)() as session:
+        known = repository.stable_release(session, lab.settings.service)
         rollout_id = start_rollout(
             session,
             plan,
             service=lab.settings.service,
             version=version,
-            stable=STABLE,
+            stable=None if known else STABLE,
             created_by="pytest",
             now=utcnow(),
+            router_for=lab.router_for,
             variables=lab.plan_variables(),
         ).id
         if approve:

@@ -177,7 +177,7 @@ def test_alert_from_prometheus_rolls_back_through_alertmanager(stack) -> None:
     assert sorted(steps) == [1, 2, 3, 4, 5]
     assert all(step["ok"] for step in steps.values()), steps
     assert all(step["started_at"] <= step["finished_at"] for step in steps.values())
-    assert httpx.get(f"{lab.instances['canary'].url}/healthz", trust_env=False).status_code == 503
+    assert httpx.get(f"{lab.instance('canary').url}/healthz", trust_env=False).status_code == 503
 
     incident = call("GET", f"{api}/api/v1/rollouts/{rollout_id}/incident", VIEWER).json()
     assert incident["trigger"]["kind"] == "alert"

@@ -176,7 +176,6 @@ def test_approvals_unblock_and_verification_marks_the_release_stable(lab: Rollou
         assert release is not None
         assert (release.stable_version, release.rollout_id) == (version, rollout_id)
     # ... and the next rollout of the service takes it as its baseline.
-    lab.promote_stable(version)
     with sessions() as session:
         following = start_rollout(
             session,
@@ -186,6 +185,7 @@ def test_approvals_unblock_and_verification_marks_the_release_stable(lab: Rollou
             stable=None,
             created_by="pytest",
             now=utcnow(),
+            router_for=lab.router_for,
             variables=lab.plan_variables(),
         )
         assert following.stable_version == version
@@ -194,7 +194,6 @@ def test_approvals_unblock_and_verification_marks_the_release_stable(lab: Rollou
 
 
 def test_soak_fails_a_broken_build_before_any_traffic(lab: RolloutLab) -> None:
-    lab.promote_stable(lab.settings.stable_version)
     version = deploy(lab)
     lab.set_faults("staging", error_rate=1.0)
     try:
@@ -235,7 +234,6 @@ class Blackhole:
 
 
 def test_a_notification_endpoint_that_is_down_does_not_slow_a_rollback(lab: RolloutLab) -> None:
-    lab.promote_stable(lab.settings.stable_version)
     hole = Blackhole()
     try:
         plan = variant(

@@ -118,6 +118,7 @@ def start(runtime: Runtime, plan: Plan) -> str:
             stable="1.0",
             created_by="tester",
             now=runtime.clock(),
+            router_for=runtime.router_for,
         ).id
 
 
@@ -306,6 +307,7 @@ def test_start_refuses_bad_input_and_a_second_active_rollout(world) -> None:
                 stable="1.0",
                 created_by="t",
                 now=runtime.clock(),
+                router_for=runtime.router_for,
             )
         with pytest.raises(OperationError, match="^version: "):
             start_rollout(
@@ -316,6 +318,7 @@ def test_start_refuses_bad_input_and_a_second_active_rollout(world) -> None:
                 stable="1",
                 created_by="t",
                 now=runtime.clock(),
+                router_for=runtime.router_for,
             )
         with pytest.raises(OperationError, match="^stable: no stable version"):
             start_rollout(
@@ -326,6 +329,7 @@ def test_start_refuses_bad_input_and_a_second_active_rollout(world) -> None:
                 stable=None,
                 created_by="t",
                 now=runtime.clock(),
+                router_for=runtime.router_for,
             )
 
 

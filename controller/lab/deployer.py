@@ -1,0 +1,62 @@
+"""A deploy system's API for the lab: ``POST /deploy?slot=S&version=V`` answers 202 at
+once and replaces that slot's process with the version in the background, the way a
+CD system starts a deploy and reports later. Plans in ``redeploy`` mode call it from
+their hook, then wait for the slot's version check."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+_VALUE = re.compile(r"^[A-Za-z0-9_.:+-]{1,128}$")
+
+
+class Deployer:
+    """The HTTP server and the deploys it ran, ``[(slot, version), ...]``."""
+
+    def __init__(self, redeploy: Callable[[str, str], None]):
+        self.redeploy = redeploy
+        self.deploys: list[tuple[str, str]] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _deploy(self, slot: str, version: str) -> None:
+        try:
+            self.redeploy(slot, version)
+            self.deploys.append((slot, version))
+        except Exception as exc:  # the slot's version check shows the deploy failed
+            log.warning("lab_deploy_failed", slot=slot, version=version, error=str(exc))
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        deployer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                parts = urlsplit(self.path)
+                query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                slot, version = query.get("slot", ""), query.get("version", "")
+                if parts.path != "/deploy" or not (_VALUE.match(slot) and _VALUE.match(version)):
+                    self.send_response(400)
+                    self.end_headers()
+                    return
+                threading.Thread(target=deployer._deploy, args=(slot, version), daemon=True).start()
+                self.send_response(202)
+                self.end_headers()
+
+        return Handler
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,126 @@
+"""The two slots of a service (HAProxy servers) and which one carries the stable release.
+
+A succeeded rollout must leave the router where the slot called stable serves the
+new version at 100 %. In ``swap`` mode the slots alternate: the one that ended at
+100 % becomes stable, and the store remembers it per service. In ``redeploy`` mode
+the roles stay, and the new version is deployed into the stable slot before traffic
+moves back to it. Either way a rollout starts only from the router state the store
+expects, so the next soak can never put production on an older version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from controller.plan import Plan, SlotMode, VersionCheck
+from controller.store.models import Release, Rollout
+from controller.traffic.base import RouterError, TrafficRouter
+
+
+@dataclass(frozen=True)
+class Slots:
+    stable: str
+    canary: str
+
+
+def slots_for_new_rollout(plan: Plan, release: Release | None) -> Slots:
+    """The slots of a rollout about to start: in swap mode the stable one is the slot
+    the store recorded for the service (if it is one of this plan's servers)."""
+    traffic = plan.traffic
+    stable = traffic.stable_server
+    if (
+        traffic.mode == SlotMode.SWAP
+        and release is not None
+        and release.stable_slot in (traffic.stable_server, traffic.canary_server)
+    ):
+        stable = release.stable_slot
+    return Slots(stable=stable, canary=traffic.other_slot(stable))
+
+
+def slots_of(plan: Plan, rollout: Rollout) -> Slots:
+    """The slots a rollout was started with (the plan's, for rollouts older than slots)."""
+    stable = rollout.stable_slot or plan.traffic.stable_server
+    return Slots(stable=stable, canary=rollout.canary_slot or plan.traffic.other_slot(stable))
+
+
+def template_values(
+    plan: Plan,
+    *,
+    service: str,
+    canary_version: str,
+    stable_version: str,
+    slots: Slots,
+    overrides: dict[str, str] | None,
+    environment: str = "production",
+) -> dict[str, str]:
+    """Every template value of a rollout: the built-ins (with its slots) and the
+    plan's variables with the rollout's overrides."""
+    builtins = {
+        "service": service,
+        "canary_version": canary_version,
+        "stable_version": stable_version,
+        "environment": environment,
+        "stable_slot": slots.stable,
+        "canary_slot": slots.canary,
+    }
+    return plan.template_values(builtins, overrides)
+
+
+def slot_after_success(plan: Plan, slots: Slots) -> str:
+    """The slot that is stable once a rollout succeeded."""
+    return slots.canary if plan.traffic.mode == SlotMode.SWAP else slots.stable
+
+
+def router_state_problem(router: TrafficRouter, slots: Slots) -> str | None:
+    """Why the router is not in the state a new rollout needs (the stable slot carries
+    everything, the canary slot nothing); None when it is."""
+    try:
+        weight = router.get_canary_weight()
+    except RouterError as exc:
+        return f"cannot read the router: {exc}"
+    if weight != 0:
+        return (
+            f"the router gives {weight}% to {slots.canary}, the slot the new version goes "
+            f"into; the store expects {slots.stable} (stable) at 100% and {slots.canary} at 0%"
+        )
+    return None
+
+
+def served_version(base_url: str, check: VersionCheck) -> str:
+    """Ask one slot which version it serves.
+
+    Raises:
+        RouterError: the slot did not answer with a version.
+    """
+    url = base_url.rstrip("/") + check.path
+    try:
+        response = httpx.get(url, timeout=check.timeout.total_seconds(), trust_env=False)
+        response.raise_for_status()
+        value = response.json()[check.field]
+    except Exception as exc:  # unreachable, not JSON, no such field: no version known
+        raise RouterError(f"GET {url}: {type(exc).__name__}: {exc}") from None
+    return str(value)
+
+
+def version_mismatches(plan: Plan, values: dict[str, str], expected: dict[str, str]) -> list[str]:
+    """Each slot (by role: ``stable``/``canary``) that does not serve the version
+    expected of it; empty when the plan has no version check."""
+    check = plan.traffic.version_check
+    if check is None:
+        return []
+    problems = []
+    for role, version in expected.items():
+        url = values.get(f"{role}_url")
+        slot = values.get(f"{role}_slot")
+        if url is None:
+            continue
+        try:
+            serving = served_version(url, check)
+        except RouterError as exc:
+            problems.append(f"{role} slot {slot}: no version: {exc}")
+            continue
+        if serving != version:
+            problems.append(f"{role} slot {slot} serves {serving}, expected {version}")
+    return problems

@@ -1,0 +1,206 @@
+"""The router carries the right version, and every canary is watched, on the real
+stack: HAProxy with two slots (blue, green), Celery workers on real Redis, the store
+on real PostgreSQL, Prometheus scraping the real demo service.
+
+What users do that a single demo rollout does not: a second and a third release of
+one service, a pause in the middle, an HAProxy reload, a redeploy of the stable slot.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from controller.lab.stack import RolloutLab
+from controller.operations import abort_rollout, pause_rollout
+from controller.plan import Plan
+from controller.runtime import utcnow
+from controller.store import repository
+from controller.store.db import session_factory
+from tests.conftest import postgres_schema
+from tests.integration.rollout_helpers import (
+    PLAN,
+    STABLE,
+    at_canary,
+    begin,
+    deploy,
+    finished,
+    snapshot,
+    start_lab,
+    versions_served,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutLab]:
+    """A lab with a rollouts worker, a rollback worker and beat, shared by the module."""
+    with postgres_schema() as url:
+        lab = start_lab(tmp_path_factory.mktemp("slots"), url)
+        try:
+            lab.start_controller()
+            yield lab
+        finally:
+            lab.stop()
+
+
+class TrafficSampler:
+    """Production requests through HAProxy in the background: when, and which version
+    answered."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.samples: list[tuple[datetime, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(trust_env=False, timeout=2) as client:
+            while not self._stop.is_set():
+                try:
+                    version = client.get(f"{self.url}/checkout").json()["version"]
+                except (httpx.HTTPError, ValueError, KeyError):
+                    version = "?"
+                self.samples.append((datetime.now(UTC), version))
+                time.sleep(0.02)
+
+    def __enter__(self) -> TrafficSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def stable_slot_in_store(lab: RolloutLab) -> str | None:
+    with session_factory(lab.database_url)() as session:
+        release = repository.stable_release(session, lab.settings.service)
+        return release.stable_slot if release else None
+
+
+def test_three_releases_keep_production_on_the_newest_stable_version(lab: RolloutLab) -> None:
+    releases: list[tuple[str, str, datetime | None]] = []  # version, final state, stable at
+    slots = []
+    with TrafficSampler(lab.haproxy.url) as sampler:  # type: ignore[union-attr]
+        for fault in (None, None, {"error_rate": 0.4}):
+            version = deploy(lab)
+            rollout_id = begin(lab, version)
+            if fault:
+                wait_for(lab, rollout_id, at_canary)
+                lab.set_faults("canary", **fault)
+            rollout = wait_for(lab, rollout_id, finished)
+            _, events = snapshot(lab, rollout_id)
+            stable_at = next((e.at for e in events if e.kind == "release_stable"), None)
+            releases.append((version, rollout.state, stable_at))
+            slots.append(stable_slot_in_store(lab))
+            weights = lab.slot_weights()
+            # The slot called stable carries everything; the other one nothing.
+            assert weights == {slots[-1]: 100, ({"blue", "green"} - {slots[-1]}).pop(): 0}
+            assert versions_served(lab) == {releases[-1][0] if not fault else releases[1][0]}
+
+    assert [state for _, state, _ in releases] == ["succeeded", "succeeded", "rolled_back"]
+    assert slots == ["green", "blue", "blue"]
+    first, second, third = (version for version, _, _ in releases)
+    answered = {version for _, version in sampler.samples}
+    assert {STABLE, first, second} <= answered
+    slack = timedelta(seconds=1)  # a request in flight when the release was marked
+    for at, version in sampler.samples:
+        assert version != "?", f"a production request failed at {at}"
+        if at > releases[0][2] + slack:
+            assert version != STABLE, f"{at}: production on {STABLE}, older than {first}"
+        if at > releases[1][2] + slack:
+            assert version in (second, third), f"{at}: production on {version}, not {second}"
+
+
+def test_a_paused_canary_is_still_watched_and_rolled_back(lab: RolloutLab) -> None:
+    version = deploy(lab)
+    rollout_id = begin(lab, version)
+    wait_for(lab, rollout_id, at_canary)
+    with session_factory(lab.database_url)() as session:
+        outcome = pause_rollout(
+            session, rollout_id, reason="looking at a dashboard", actor="pytest", now=utcnow()
+        )
+    assert outcome.accepted, outcome.message
+    paused_at = utcnow()
+    lab.set_faults("canary", error_rate=0.9)
+    rollout = wait_for(lab, rollout_id, finished)
+    assert rollout.state == "rolled_back" and rollout.tripped_criterion == "http_5xx_vs_baseline"
+    _, events = snapshot(lab, rollout_id)
+    decision = next(e for e in events if e.kind == "decision" and e.at > paused_at)
+    assert decision.data["decision"] == "rollback"
+    assert lab.router().get_canary_weight() == 0
+    assert versions_served(lab) == {rollout.stable_version}
+
+
+def test_an_haproxy_reload_keeps_weights_and_a_careless_one_is_a_drift(lab: RolloutLab) -> None:
+    assert lab.haproxy is not None
+    version = deploy(lab)
+    rollout_id = begin(lab, version)
+    wait_for(lab, rollout_id, at_canary)
+    try:
+        weight = lab.router().get_canary_weight()
+        lab.haproxy.reload(keep_state=True)  # the documented way: state file saved first
+        assert lab.router().get_canary_weight() == weight
+
+        lab.haproxy.reload(keep_state=False)  # weights back to the config's
+        assert lab.router().get_canary_weight() == 0
+        drift = wait_for(lab, rollout_id, lambda r, ev: any(e.kind == "drift" for e in ev))
+        _, events = snapshot(lab, rollout_id)
+        event = next(e for e in events if e.kind == "drift")
+        assert event.data["actual"] == 0 and event.data["expected"] > 0
+        assert event.data["policy"] == "reassert"
+        wait_for(
+            lab,
+            rollout_id,
+            lambda r, ev: any(e.kind == "weight_set" and e.data.get("reasserted") for e in ev),
+        )
+        assert lab.router().get_canary_weight() in (event.data["expected"], 25, 50, 100)
+        assert drift.state in ("running", "blocked")
+    finally:
+        with session_factory(lab.database_url)() as session:
+            abort_rollout(session, rollout_id, reason="test done", actor="pytest", now=utcnow())
+        wait_for(lab, rollout_id, finished)
+    assert lab.router().get_canary_weight() == 0
+
+
+def redeploy_plan(deployer_url: str) -> Plan:
+    data = PLAN.model_dump(mode="json")
+    data["variables"]["deployer_url"] = deployer_url
+    data["traffic"].update(
+        mode="redeploy",
+        redeploy={
+            "http": {
+                "method": "POST",
+                "url": "{{ deployer_url }}/deploy"
+                "?slot={{ stable_slot }}&version={{ canary_version }}",
+            }
+        },
+        redeploy_timeout="60s",
+    )
+    return Plan.from_data(data)
+
+
+def test_redeploy_mode_ends_with_the_stable_slot_serving_the_new_version(lab: RolloutLab) -> None:
+    plan = redeploy_plan(lab.start_deployer())
+    stable_slot = lab.stable_slot
+    version = deploy(lab)
+    rollout_id = begin(lab, version, plan=plan)
+    rollout = wait_for(lab, rollout_id, finished)
+    assert rollout.state == "succeeded", rollout.reason
+    assert lab.deployer is not None and lab.deployer.deploys == [(stable_slot, version)]
+    assert lab.instances[stable_slot].version == version
+    assert stable_slot_in_store(lab) == stable_slot
+    assert lab.slot_weights()[stable_slot] == 100
+    assert versions_served(lab) == {version}
+    _, events = snapshot(lab, rollout_id)
+    shifts = [e.data["weight"] for e in events if e.kind == "weight_set"]
+    assert shifts[-2:] == [100, 0]  # canary to 100 %, then all back to the stable slot
+    assert any(e.kind == "redeploy" and e.data["ok"] for e in events)

@@ -1,0 +1,328 @@
+"""Slots, drift and watching, with a fake clock, fake metrics and a fake router.
+
+The store is a real SQLite file. What is checked is the logic: which slot is stable
+after a success, when a rollout may start, that a paused canary with traffic is still
+measured, that the router's weight is read at every step and what a drift does.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from textwrap import dedent
+
+import pytest
+
+from controller import engine
+from controller.engine import advance
+from controller.operations import OperationError, pause_rollout, start_rollout
+from controller.plan import Plan
+from controller.plan_loader import PlanError, parse_plan
+from controller.runtime import Runtime
+from controller.store import repository
+from tests.unit.test_state_machine import (  # noqa: F401 - the fixture is used by name
+    Clock,
+    make_plan,
+    run_until_settled,
+    start,
+    state,
+    world,
+)
+
+
+def with_traffic(extra: str, analysis: str = "") -> Plan:
+    """The unit plan with more ``traffic:`` settings (and analysis settings)."""
+    text = dedent(
+        """
+        name: unit
+        analysis: {interval: 5s, window: 30s, inconclusive_limit: 3, error_limit: 2%s}
+        traffic:
+          stable_server: blue
+          canary_server: green
+        %s
+        stages:
+          - {name: canary, kind: canary, weight: 10, hold: 20s}
+          - {name: ramp, kind: ramp, steps: [{weight: 100, hold: 10s}]}
+        stop_criteria:
+          - name: errors
+            judge: ratio_threshold
+            max_ratio: 0.05
+            min_requests: 10
+            errors: errors{v="{{ canary_version }}"}
+            total: total{v="{{ canary_version }}"}
+        """
+    ) % (analysis, "  " + extra.replace("\n", "\n  "))
+    return parse_plan(text)
+
+
+def start_as(runtime: Runtime, plan: Plan, version: str, force: str | None = None) -> str:
+    with runtime.sessions() as session:
+        return start_rollout(
+            session,
+            plan,
+            service="api",
+            version=version,
+            stable=None,
+            created_by="tester",
+            now=runtime.clock(),
+            router_for=runtime.router_for,
+            force_reason=force,
+        ).id
+
+
+def seen_slots(runtime: Runtime, rollout_id: str) -> tuple[str, str]:
+    rollout, _ = state(runtime, rollout_id)
+    return rollout.stable_slot, rollout.canary_slot
+
+
+def test_swap_mode_makes_the_slot_that_carries_everything_the_stable_one(world) -> None:
+    runtime, _, router, clock, _ = world
+    plan = with_traffic("mode: swap")
+    first = start(runtime, plan)
+    assert seen_slots(runtime, first) == ("blue", "green")
+    run_until_settled(runtime, clock, first)
+    rollout, events = state(runtime, first)
+    assert rollout.state == "succeeded"
+    stable = [e for e in events if e.kind == "release_stable"][-1]
+    assert stable.data["stable_slot"] == "green"
+    with runtime.sessions() as session:
+        assert repository.stable_release(session, "api").stable_slot == "green"
+
+    # The router now gives green (the new stable) everything; to the next rollout,
+    # whose canary slot is blue, that reads as canary weight 0.
+    router.weight = 0
+    second = start_as(runtime, plan, "3.0")
+    assert seen_slots(runtime, second) == ("green", "blue")
+    rollout, _ = state(runtime, second)
+    assert rollout.stable_version == "2.0"
+    run_until_settled(runtime, clock, second)
+    with runtime.sessions() as session:
+        assert repository.stable_release(session, "api").stable_slot == "blue"
+
+
+def test_a_rollout_starts_only_from_the_router_state_the_store_expects(world) -> None:
+    runtime, _, router, _, _ = world
+    plan = make_plan()
+    router.weight = 30  # someone left traffic on the canary slot
+    with runtime.sessions() as session:
+        with pytest.raises(OperationError, match="^router: the router gives 30% to canary"):
+            start_rollout(
+                session,
+                plan,
+                service="api",
+                version="2.0",
+                stable="1.0",
+                created_by="tester",
+                now=runtime.clock(),
+                router_for=runtime.router_for,
+            )
+        assert repository.list_rollouts(session) == []
+    forced = start_as_stable(runtime, plan, force="canary slot drained by hand, verified")
+    _, events = state(runtime, forced)
+    event = next(e for e in events if e.kind == "forced_start")
+    assert "gives 30% to canary" in event.data["problem"]
+    assert event.actor == "tester"
+
+
+def start_as_stable(runtime: Runtime, plan: Plan, force: str) -> str:
+    with runtime.sessions() as session:
+        return start_rollout(
+            session,
+            plan,
+            service="api",
+            version="2.0",
+            stable="1.0",
+            created_by="tester",
+            now=runtime.clock(),
+            router_for=runtime.router_for,
+            force_reason=force,
+        ).id
+
+
+def test_the_stable_version_must_be_the_recorded_one(world) -> None:
+    runtime, _, router, clock, _ = world
+    first = start(runtime, make_plan())
+    run_until_settled(runtime, clock, first)
+    router.weight = 0
+    with runtime.sessions() as session:
+        with pytest.raises(OperationError, match="^stable: the store records 2.0"):
+            start_rollout(
+                session,
+                make_plan(),
+                service="api",
+                version="3.0",
+                stable="1.0",
+                created_by="tester",
+                now=runtime.clock(),
+                router_for=runtime.router_for,
+            )
+
+
+def test_a_paused_canary_with_traffic_is_still_measured_and_rolled_back(world) -> None:
+    runtime, metrics, router, clock, enqueued = world
+    rollout_id = start(runtime, make_plan())
+    advance(runtime, rollout_id)
+    assert router.weight == 10
+    with runtime.sessions() as session:
+        assert pause_rollout(
+            session, rollout_id, reason="lunch", actor="alice", now=clock.now
+        ).accepted
+    clock.now += timedelta(seconds=5)
+    with runtime.sessions() as session:  # reconcile hands it out like a running one
+        assert rollout_id in repository.due_for_advance(session, clock.now)
+    result = advance(runtime, rollout_id)
+    assert result.acted and "still watched" in result.summary
+    rollout, _ = state(runtime, rollout_id)
+    assert rollout.state == "paused" and rollout.step_index == 0
+
+    metrics.errors = 900.0  # the canary breaks while nobody is looking
+    clock.now = state(runtime, rollout_id)[0].next_check_at
+    advance(runtime, rollout_id)
+    rollout, _ = state(runtime, rollout_id)
+    assert rollout.state == "rolling_back" and rollout.tripped_criterion == "errors"
+    assert enqueued == [rollout_id]
+
+
+def test_reconcile_picks_up_paused_rollouts_only_while_they_carry_traffic(world) -> None:
+    runtime, _, _, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    with runtime.sessions() as session:
+        pause_rollout(session, rollout_id, reason="before traffic", actor="a", now=clock.now)
+        assert rollout_id not in repository.due_for_advance(session, clock.now)
+    advance(runtime, rollout_id)  # a stray advance changes nothing
+    assert state(runtime, rollout_id)[0].weight is None
+
+
+def test_the_progress_deadline_rolls_back_a_canary_left_paused(world) -> None:
+    runtime, _, router, clock, enqueued = world
+    plan = with_traffic("", analysis=", progress_deadline: 30s, on_progress_deadline: rollback")
+    rollout_id = start(runtime, plan)
+    advance(runtime, rollout_id)
+    with runtime.sessions() as session:
+        pause_rollout(session, rollout_id, reason="investigating", actor="bob", now=clock.now)
+    for _ in range(8):
+        clock.now += timedelta(seconds=5)
+        advance(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert rollout.state == "rolling_back"
+    deadline = next(e for e in events if e.kind == "progress_deadline")
+    assert deadline.data["policy"] == "rollback" and deadline.data["waited_seconds"] >= 30
+
+
+def test_the_progress_deadline_only_notifies_by_default(world) -> None:
+    runtime, _, _, clock, _ = world
+    sent: list[str] = []
+    runtime.notify = lambda rollout_id, kind: sent.append(kind)
+    plan = with_traffic("", analysis=", progress_deadline: 10s")
+    rollout_id = start(runtime, plan)
+    advance(runtime, rollout_id)
+    with runtime.sessions() as session:
+        pause_rollout(session, rollout_id, reason="x", actor="bob", now=clock.now)
+    for _ in range(6):
+        clock.now += timedelta(seconds=5)
+        advance(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert rollout.state == "paused"
+    assert len([e for e in events if e.kind == "progress_deadline"]) == 1
+    assert sent.count("progress_deadline") == 1
+
+
+def test_a_weight_changed_behind_our_back_is_a_drift_and_is_reasserted(world) -> None:
+    runtime, _, router, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    advance(runtime, rollout_id)
+    router.weight = 0  # an HAProxy reload without the server-state file
+    clock.now += timedelta(seconds=5)
+    advance(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    drift = next(e for e in events if e.kind == "drift")
+    assert drift.data == {"expected": 10, "actual": 0, "policy": "reassert"}
+    assert router.weight == 10 and rollout.weight == 10 and rollout.state == "running"
+
+
+def test_drift_can_pause_the_rollout(world) -> None:
+    runtime, _, router, clock, _ = world
+    plan = with_traffic("", analysis=", on_drift: pause")
+    rollout_id = start(runtime, plan)
+    advance(runtime, rollout_id)
+    router.weight = 40
+    clock.now += timedelta(seconds=5)
+    advance(runtime, rollout_id)
+    rollout, _ = state(runtime, rollout_id)
+    assert rollout.state == "paused" and rollout.weight == 40  # the record shows the truth
+
+
+def test_a_step_that_loses_its_commit_records_what_the_router_carries(world) -> None:
+    runtime, _, router, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    original = router.set_canary_weight
+
+    def set_then_someone_pauses(weight: int) -> None:
+        original(weight)
+        with runtime.sessions() as session:  # a person's pause lands mid-step
+            pause_rollout(session, rollout_id, reason="hold on", actor="carol", now=clock.now)
+
+    router.set_canary_weight = set_then_someone_pauses  # type: ignore[method-assign]
+    result = advance(runtime, rollout_id)
+    assert not result.acted
+    rollout, events = state(runtime, rollout_id)
+    assert rollout.state == "paused" and router.weight == 10 and rollout.weight == 10
+    assert any(e.kind == "weight_recorded" for e in events)
+
+
+def test_redeploy_mode_waits_for_the_stable_slot_to_serve_the_new_version(
+    world, monkeypatch
+) -> None:
+    runtime, _, router, clock, _ = world
+    hooks: list[dict[str, str]] = []
+    serving = {"stable": "1.0"}
+    monkeypatch.setattr(
+        engine, "run_hook", lambda hook, values: (hooks.append(values), (True, "202"))[1]
+    )
+    monkeypatch.setattr(
+        engine,
+        "version_mismatches",
+        lambda plan, values, expected: [
+            f"{role} serves {serving.get(role)}"
+            for role, version in expected.items()
+            if serving.get(role, version) != version
+        ],
+    )
+    plan = with_traffic(
+        """mode: redeploy
+slot_urls: {blue: "http://blue", green: "http://green"}
+version_check: {path: /version}
+redeploy: {command: [deploy, "{{ stable_slot }}", "{{ canary_version }}"]}"""
+    )
+    rollout_id = start(runtime, plan)
+    for _ in range(12):
+        rollout, _ = state(runtime, rollout_id)
+        clock.now = max(clock.now, rollout.next_check_at)
+        advance(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert rollout.state == "running" and router.weight == 100
+    assert len(hooks) == 1 and hooks[0]["stable_slot"] == "blue"
+    assert "waiting for the redeploy" in advance_summary(runtime, clock, rollout_id)
+
+    serving["stable"] = "2.0"  # the deploy finished
+    run_until_settled(runtime, clock, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert rollout.state == "succeeded" and router.weight == 0 and rollout.weight == 0
+    with runtime.sessions() as session:
+        assert repository.stable_release(session, "api").stable_slot == "blue"
+
+
+def advance_summary(runtime: Runtime, clock: Clock, rollout_id: str) -> str:
+    clock.now = max(clock.now, state(runtime, rollout_id)[0].next_check_at)
+    return advance(runtime, rollout_id).summary
+
+
+def test_redeploy_mode_needs_a_hook_and_a_version_check() -> None:
+    with pytest.raises(PlanError, match="mode redeploy needs a redeploy hook"):
+        with_traffic("mode: redeploy")
+    with pytest.raises(PlanError, match="needs version_check"):
+        with_traffic(
+            'mode: redeploy\nslot_urls: {blue: "http://b", green: "http://g"}\n'
+            "redeploy: {command: [deploy]}"
+        )
+    with pytest.raises(PlanError, match="slot_urls: give the URL of exactly the servers"):
+        with_traffic('slot_urls: {blue: "http://b", canary: "http://c"}')
