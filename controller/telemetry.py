@@ -18,13 +18,14 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.runtime import utcnow
 from controller.store.models import (
     ACTIVE_STATES,
     ADVANCING_STATES,
+    ROLLBACK_STATES,
     Event,
     Rollout,
     RolloutState,
@@ -52,6 +53,7 @@ class StoreCollector(Collector):
             yield self._measurements(session)
             yield from self._rollbacks(session)
             yield self._reconcile_lag(session, now)
+            yield from self._held(session, now)
 
     @staticmethod
     def _by_state(session: Session) -> Metric:
@@ -165,12 +167,45 @@ class StoreCollector(Collector):
         yield latency
 
     @staticmethod
-    def _reconcile_lag(session: Session, now: datetime) -> Metric:
-        oldest = session.scalar(
-            select(func.min(Rollout.next_check_at)).where(
-                Rollout.state.in_([str(s) for s in ADVANCING_STATES])
-            )
+    def _held(session: Session, now: datetime) -> Iterator[Metric]:
+        """How long rollouts have been stuck where a human must act: held with traffic
+        (paused, blocked, awaiting approval) and rolling back."""
+        waiting = GaugeMetricFamily(
+            "canary_rollout_waiting_seconds",
+            "Seconds a rollout has sat paused or blocked while its canary carries traffic.",
+            labels=["rollout_id", "service", "state"],
         )
+        rolling_back = GaugeMetricFamily(
+            "canary_rollout_rolling_back_seconds",
+            "Seconds since a rollback that has not yet confirmed traffic on stable was asked.",
+            labels=["rollout_id", "service", "state"],
+        )
+        held = [RolloutState.PAUSED, RolloutState.BLOCKED, *ROLLBACK_STATES]
+        for rollout in session.scalars(
+            select(Rollout).where(Rollout.state.in_([str(s) for s in held]))
+        ):
+            analysis = rollout.analysis or {}
+            labels = [rollout.id, rollout.service, rollout.state]
+            if rollout.state in ROLLBACK_STATES:
+                since = (analysis.get("trigger") or {}).get("at")
+                family = rolling_back
+            elif rollout.weight and analysis.get("waiting_since"):
+                since, family = analysis["waiting_since"], waiting
+            else:
+                continue
+            if since:
+                seconds = (now - datetime.fromisoformat(since)).total_seconds()
+                family.add_metric(labels, max(0.0, seconds))
+        yield waiting
+        yield rolling_back
+
+    @staticmethod
+    def _reconcile_lag(session: Session, now: datetime) -> Metric:
+        watched = or_(
+            Rollout.state.in_([str(s) for s in ADVANCING_STATES]),
+            and_(Rollout.state == RolloutState.PAUSED, Rollout.weight > 0),
+        )
+        oldest = session.scalar(select(func.min(Rollout.next_check_at)).where(watched))
         lag = max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
         return GaugeMetricFamily(
             "canary_reconcile_lag_seconds",

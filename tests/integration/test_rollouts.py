@@ -14,7 +14,6 @@ import pytest
 from controller.lab.stack import RolloutLab
 from tests.conftest import postgres_schema
 from tests.integration.rollout_helpers import (
-    STABLE,
     assert_no_step_done_twice,
     at_canary,
     begin,
@@ -82,7 +81,7 @@ def test_each_stop_criterion_rolls_back_to_stable(
     assert rollout.state == "rolled_back", rollout.reason
     assert rollout.tripped_criterion == criterion
     assert rollout.weight == 0 and lab.router().get_canary_weight() == 0
-    assert versions_served(lab) == {STABLE}
+    assert versions_served(lab) == {rollout.stable_version}
     trip = next(e for e in events if e.kind == "decision" and e.data["decision"] == "rollback")
     assert trip.data["criterion"] == criterion and trip.data["value"] is not None
     failing = [e for e in events if e.kind == "measurement" and e.data["verdict"] == "fail"]

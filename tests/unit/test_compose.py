@@ -49,8 +49,8 @@ def test_compose_has_the_parts_of_the_design() -> None:
         "rollback-worker",
         "beat",
         "flower",
-        "demo-stable",
-        "demo-canary",
+        "demo-blue",
+        "demo-green",
         "migrate",
     } <= services
 

@@ -19,13 +19,12 @@ from controller.plan import Plan
 from controller.plan_loader import PlanError, parse_plan
 from controller.runtime import Runtime
 from controller.store import repository
-from tests.unit.test_state_machine import (  # noqa: F401 - the fixture is used by name
+from tests.unit.test_state_machine import (
     Clock,
     make_plan,
     run_until_settled,
     start,
     state,
-    world,
 )
 
 
@@ -143,18 +142,20 @@ def test_the_stable_version_must_be_the_recorded_one(world) -> None:
     first = start(runtime, make_plan())
     run_until_settled(runtime, clock, first)
     router.weight = 0
-    with runtime.sessions() as session:
-        with pytest.raises(OperationError, match="^stable: the store records 2.0"):
-            start_rollout(
-                session,
-                make_plan(),
-                service="api",
-                version="3.0",
-                stable="1.0",
-                created_by="tester",
-                now=runtime.clock(),
-                router_for=runtime.router_for,
-            )
+    with (
+        runtime.sessions() as session,
+        pytest.raises(OperationError, match="^stable: the store records 2.0"),
+    ):
+        start_rollout(
+            session,
+            make_plan(),
+            service="api",
+            version="3.0",
+            stable="1.0",
+            created_by="tester",
+            now=runtime.clock(),
+            router_for=runtime.router_for,
+        )
 
 
 def test_a_paused_canary_with_traffic_is_still_measured_and_rolled_back(world) -> None:
