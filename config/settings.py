@@ -15,8 +15,12 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config import PLANS_DIR
+from controller.timeouts import STEP_BUDGET_SECONDS
 
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")
+# A task's soft time limit comes this long before its hard one, so that a step that
+# ran out of time can still record that it did (controller.timeouts).
+SOFT_LIMIT_MARGIN_SECONDS = 5.0
 
 
 class Settings(BaseSettings):
@@ -46,7 +50,11 @@ class Settings(BaseSettings):
         45.0, gt=5, le=600, description="How long an advance or rollback owns a rollout."
     )
     task_time_limit_seconds: float = Field(
-        40.0, gt=1, le=600, description="Hard time limit of every task; below lease_seconds."
+        40.0,
+        gt=1,
+        le=600,
+        description="Hard time limit of every task; below lease_seconds, and its soft limit "
+        "(5 s earlier) above the time one advance of a plan may take (30 s).",
     )
     rollback_attempts: int = Field(5, ge=1, le=20)
     rollback_backoff_seconds: float = Field(0.2, ge=0, le=10)
@@ -77,6 +85,11 @@ class Settings(BaseSettings):
     log_json: bool | None = Field(
         None, description="JSON logs; by default JSON unless stderr is a terminal."
     )
+
+    @property
+    def task_soft_time_limit_seconds(self) -> float:
+        """When a task is told it ran out of time, before it is killed."""
+        return max(self.task_time_limit_seconds - SOFT_LIMIT_MARGIN_SECONDS, 1.0)
 
     @field_validator("database_url")
     @classmethod
@@ -145,6 +158,14 @@ def get_settings() -> Settings:
         raise SettingsError(
             "invalid settings: CANARY_TASK_TIME_LIMIT_SECONDS must be below CANARY_LEASE_SECONDS "
             "so that a task is killed before another worker may take its rollout"
+        )
+    if settings.task_soft_time_limit_seconds <= STEP_BUDGET_SECONDS:
+        hard, soft = settings.task_time_limit_seconds, settings.task_soft_time_limit_seconds
+        raise SettingsError(
+            f"invalid settings: CANARY_TASK_TIME_LIMIT_SECONDS={hard:g} gives a soft time "
+            f"limit of {soft:g}s, which must be above the {STEP_BUDGET_SECONDS:g}s one advance "
+            f"of a plan may take: set it above {STEP_BUDGET_SECONDS + SOFT_LIMIT_MARGIN_SECONDS:g}"
+            " (and CANARY_LEASE_SECONDS above that)"
         )
     if settings.api_tokens is not None:
         from controller.api.auth import parse_tokens

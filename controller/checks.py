@@ -1,5 +1,6 @@
 """Go/no-go checks: HTTP checks, commands, Prometheus targets and firing alerts, and
-approvals by named owners. Each returns a ``CheckResult`` that says why; none raises.
+approvals by named owners. Each returns a ``CheckResult`` that says why; none raises,
+except when the task runs out of time, which is no verdict (``controller.timeouts``).
 
 Used by the preflight gates, the staging soak's smoke suite and the post-deploy
 verification. A check that cannot be evaluated (Prometheus down, a command that
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from controller import timeouts
 from controller.analysis.runner import MetricsProvider
 from controller.commands import command_environment
 from controller.metrics.prometheus import MetricsError
@@ -41,14 +43,30 @@ class CheckResult:
         return asdict(self)
 
 
+def wait_seconds(check: HttpCheck) -> float:
+    """How long an HTTP check waits for its answer: its timeout, or its ``max_latency``
+    when smaller, since a later answer fails the check anyway. The plan's time budget
+    counts this (``controller.budget``)."""
+    limit = check.timeout
+    if check.max_latency is not None:
+        limit = min(limit, check.max_latency)
+    return limit.total_seconds()
+
+
 def run_http_check(
     check: HttpCheck, values: dict[str, str], client: httpx.Client
 ) -> tuple[bool, str]:
     """One HTTP check: status, optional body text, optional latency bound."""
     url = render_template(check.url, values)
+    wait = wait_seconds(check)
     started = time.monotonic()
     try:
-        response = client.request(check.method, url, timeout=check.timeout.total_seconds())
+        with timeouts.running(f"HTTP check {check.name}"):
+            response = client.request(check.method, url, timeout=wait)
+    except timeouts.out_of_time():
+        raise  # the task's time is up: no verdict on the check (controller.timeouts)
+    except httpx.TimeoutException as exc:
+        return False, f"{check.name}: no answer within {wait:g}s ({type(exc).__name__})"
     except Exception as exc:  # an unusable URL (InvalidURL) fails too
         return False, f"{check.name}: {type(exc).__name__}: {exc}"
     elapsed = time.monotonic() - started
@@ -72,15 +90,16 @@ def run_checks(checks: list[HttpCheck], values: dict[str, str]) -> tuple[bool, s
 def run_command(check: CommandCheck, values: dict[str, str]) -> CheckResult:
     argv = [render_template(arg, values) for arg in check.command]
     try:
-        done = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            errors="replace",  # a command's output need not be UTF-8
-            check=False,
-            timeout=check.timeout.total_seconds(),
-            env=command_environment(),
-        )
+        with timeouts.running(f"command {check.name}"):
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                errors="replace",  # a command's output need not be UTF-8
+                check=False,
+                timeout=check.timeout.total_seconds(),
+                env=command_environment(),
+            )
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         return CheckResult(check.name, "command", False, f"{argv[0]}: {type(exc).__name__}")
     tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
@@ -107,7 +126,8 @@ def run_smoke(suite: SmokeSuite, values: dict[str, str]) -> list[CheckResult]:
 def targets_up(gate: TargetsUp, metrics: MetricsProvider, values: dict[str, str]) -> CheckResult:
     query = render_template(gate.query, values)
     try:
-        samples = metrics.instant(query)
+        with timeouts.running(f"gate {gate.name}"):
+            samples = metrics.instant(query)
     except MetricsError as exc:
         return CheckResult(gate.name, "targets_up", False, f"Prometheus: {exc.reason}")
     down = [s.labels.get("instance", str(s.labels)) for s in samples if s.value != 1]
@@ -127,7 +147,8 @@ def no_firing_alerts(
     name: str, query: str, metrics: MetricsProvider, values: dict[str, str]
 ) -> CheckResult:
     try:
-        samples = metrics.instant(render_template(query, values))
+        with timeouts.running(f"check {name}"):
+            samples = metrics.instant(render_template(query, values))
     except MetricsError as exc:
         return CheckResult(name, "alerts", False, f"Prometheus: {exc.reason}")
     firing = sorted({s.labels.get("alertname", "?") for s in samples if s.value})
@@ -138,7 +159,8 @@ def no_firing_alerts(
 
 def backlog(check: Backlog, metrics: MetricsProvider, values: dict[str, str]) -> CheckResult:
     try:
-        samples = metrics.instant(render_template(check.query, values))
+        with timeouts.running("check backlog"):
+            samples = metrics.instant(render_template(check.query, values))
     except MetricsError as exc:
         return CheckResult("backlog", "backlog", False, f"Prometheus: {exc.reason}")
     if len(samples) != 1:

@@ -9,6 +9,7 @@ sleep, so a crashed worker loses nothing and the next one carries on.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,9 +18,10 @@ import structlog
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from controller import checks
+from controller import checks, timeouts
 from controller.analysis.runner import Measurement, measure
 from controller.analysis.verdict import Judgement, Verdict
+from controller.budget import gates_work
 from controller.checks import CheckResult
 from controller.durations import format_duration
 from controller.hooks import run_hook
@@ -37,9 +39,9 @@ from controller.plan import (
 from controller.runtime import Runtime
 from controller.slots import (
     Slots,
+    rollout_values,
     slot_after_success,
     slots_of,
-    template_values,
     version_mismatches,
 )
 from controller.soak import MAX_BURST_SECONDS, send_burst
@@ -83,19 +85,12 @@ class AdvanceResult:
 def rollout_variables(plan: Plan, rollout: Rollout, step: Step | None = None) -> dict[str, str]:
     """Template values for queries, checks and router settings: the built-ins and the
     plan's own variables with this rollout's overrides."""
-    return template_values(
-        plan,
-        service=rollout.service,
-        canary_version=rollout.canary_version,
-        stable_version=rollout.stable_version,
-        slots=slots_of(plan, rollout),
-        overrides=rollout.variables,
-        environment=step.environment if step else "production",
-    )
+    return rollout_values(plan, rollout, step.environment if step else "production")
 
 
 def advance(runtime: Runtime, rollout_id: str) -> AdvanceResult:
     """Do the next thing for a rollout that is due; a no-op if it is not ours to do."""
+    started = time.monotonic()
     with runtime.sessions() as session:
         now = runtime.clock()
         rollout = repository.claim(
@@ -107,7 +102,7 @@ def advance(runtime: Runtime, rollout_id: str) -> AdvanceResult:
             )
         step = _Advance(runtime, session, rollout)
         try:
-            result = step.run()
+            result = _gates_alone(step) or step.run()
             for kind in step.lifecycle:
                 runtime.notify(rollout_id, kind)
             return result
@@ -122,9 +117,68 @@ def advance(runtime: Runtime, rollout_id: str) -> AdvanceResult:
             return AdvanceResult(
                 rollout_id, acted=False, summary="rollout changed underneath; nothing written"
             )
+        except timeouts.out_of_time() as exc:
+            # The task's time limit struck: what was running is no verdict. A rollback
+            # decided before it, on a real measurement, still stands.
+            session.rollback()
+            if step.pending_rollback is not None:
+                return step.request_rollback_again()
+            return _out_of_time(step, exc, time.monotonic() - started)
         finally:
             session.rollback()
             repository.release(session, rollout_id, runtime.owner)
+
+
+OUT_OF_TIME_RETRY = timedelta(seconds=10)  # at the latest; sooner if the plan's interval is
+
+
+def _gates_alone(step: _Advance) -> AdvanceResult | None:
+    """The preflight gates in an advance of their own when they take time: together
+    with the first step's smoke suite and soak they would not fit in one task
+    (``controller.budget``). None when this advance is not about the gates."""
+    rollout = step.rollout
+    if rollout.state not in (RolloutState.PENDING, RolloutState.BLOCKED):
+        return None
+    if (rollout.analysis or {}).get("preflight") == "passed" or not gates_work(step.plan):
+        return None
+    blocked = step.preflight()
+    if blocked is not None:
+        return blocked
+    rollout.next_check_at = step.now
+    step.commit()
+    return step.result("preflight gates passed; the first step begins at the next advance")
+
+
+def _out_of_time(step: _Advance, exc: BaseException, seconds: float) -> AdvanceResult:
+    """Record that the advance ran out of time, and decide nothing.
+
+    The session is already rolled back, so no half of the step is written: the rollout
+    keeps its state and step, and the next advance does the step's work again. An
+    interrupted check is neither a pass nor a failure, so there is no rollback either.
+    """
+    rollout = step.rollout
+    step.now = step.runtime.clock()
+    running = timeouts.what_was_running(exc) or "what was running is not known"
+    retry = min(step.plan.analysis.interval, OUT_OF_TIME_RETRY)
+    try:
+        rollout.next_check_at = step.now + retry
+        step.event(
+            "error",
+            f"step ran out of time after {seconds:.0f}s: {running}; nothing decided, "
+            f"checked again in {format_duration(retry)}",
+            {"error": "out_of_time", "seconds": round(seconds, 1), "running": running},
+        )
+        step.commit()
+        result = step.result(f"ran out of time after {seconds:.0f}s ({running}); nothing decided")
+    except StaleDataError:
+        step.session.rollback()
+        result = AdvanceResult(
+            rollout.id, acted=False, summary="ran out of time; rollout changed underneath"
+        )
+    step.log.error("step_out_of_time", seconds=round(seconds, 1), running=running)
+    if step.router_moved_to is not None:
+        step.record_router_truth()  # the router moved; the record must say what it carries
+    return result
 
 
 class _Advance:

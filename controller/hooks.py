@@ -8,6 +8,7 @@ import subprocess
 
 import httpx
 
+from controller import timeouts
 from controller.commands import command_environment
 from controller.plan import CanaryDisable, render_template
 
@@ -40,6 +41,8 @@ def run_hook(hook: CanaryDisable, values: dict[str, str]) -> tuple[bool, str]:
             timeout=hook.http.timeout.total_seconds(),
             trust_env=False,
         )
+    except timeouts.out_of_time():
+        raise  # the task's time is up: not a failed hook (controller.timeouts)
     except Exception as exc:  # an unusable URL (InvalidURL) fails the hook too
         return False, f"{hook.http.method} {url}: {type(exc).__name__}: {exc}"
     return response.is_success, f"{hook.http.method} {url}: {response.status_code}"

@@ -3,7 +3,8 @@
 Pydantic says *what* is wrong and *where* in the data; the YAML node tree says on
 which line that place is. Checks that span fields (weights rise and end at 100,
 stages in a sensible order, criteria naming real stages) run after the per-field
-validation so that one pass reports everything.
+validation so that one pass reports everything; so does the time budget of one
+advance (``controller.budget``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from controller.budget import budget_problems
 from controller.durations import format_duration
 from controller.plan import (
     TEMPLATE_VARIABLES,
@@ -201,6 +203,8 @@ def semantic_problems(plan: Plan) -> list[tuple[tuple[str | int, ...], str]]:
         problems.append((("stages",), "a plan needs a canary or ramp stage that moves traffic"))
     elif previous != 100:
         problems.append((("stages",), f"weights must end at 100, the last one is {previous}"))
+    # A step whose checks cannot finish within one task would be retried forever.
+    problems += budget_problems(plan)
     return problems
 
 

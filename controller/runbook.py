@@ -28,6 +28,7 @@ from controller.checks import run_checks
 from controller.hooks import run_hook
 from controller.plan import CanaryDisable, Plan
 from controller.runtime import Runtime
+from controller.slots import rollout_values
 from controller.store import repository
 from controller.store.models import Incident, Rollout
 from controller.views import event_view
@@ -162,13 +163,7 @@ def run_runbook(
         rollout = repository.get_rollout(session, rollout_id)
         assert rollout is not None
         plan = Plan.from_data(rollout.plan)
-        builtins = {
-            "service": rollout.service,
-            "canary_version": rollout.canary_version,
-            "stable_version": rollout.stable_version,
-            "environment": "production",
-        }
-        values = plan.template_values(builtins, rollout.variables)
+        values = rollout_values(plan, rollout)
 
         def record(
             number: int,

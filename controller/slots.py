@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from controller import timeouts
 from controller.plan import Plan, SlotMode, VersionCheck
 from controller.store.models import Release, Rollout
 from controller.traffic.base import RouterError, TrafficRouter
@@ -68,6 +69,19 @@ def template_values(
     return plan.template_values(builtins, overrides)
 
 
+def rollout_values(plan: Plan, rollout: Rollout, environment: str = "production") -> dict[str, str]:
+    """Every template value of a stored rollout (see ``template_values``)."""
+    return template_values(
+        plan,
+        service=rollout.service,
+        canary_version=rollout.canary_version,
+        stable_version=rollout.stable_version,
+        slots=slots_of(plan, rollout),
+        overrides=rollout.variables,
+        environment=environment,
+    )
+
+
 def slot_after_success(plan: Plan, slots: Slots) -> str:
     """The slot that is stable once a rollout succeeded."""
     return slots.canary if plan.traffic.mode == SlotMode.SWAP else slots.stable
@@ -99,6 +113,8 @@ def served_version(base_url: str, check: VersionCheck) -> str:
         response = httpx.get(url, timeout=check.timeout.total_seconds(), trust_env=False)
         response.raise_for_status()
         value = response.json()[check.field]
+    except timeouts.out_of_time():
+        raise  # the task's time is up: no answer about the slot (controller.timeouts)
     except Exception as exc:  # unreachable, not JSON, no such field: no version known
         raise RouterError(f"GET {url}: {type(exc).__name__}: {exc}") from None
     return str(value)

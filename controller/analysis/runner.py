@@ -14,6 +14,7 @@ from typing import Protocol
 
 import structlog
 
+from controller import timeouts
 from controller.analysis import judges
 from controller.analysis.verdict import Judgement, Verdict
 from controller.durations import format_duration
@@ -90,27 +91,32 @@ def measure(
     now: datetime,
     previous_baseline: float | None = None,
 ) -> Measurement:
-    """Measure ``criterion`` at ``now``; never raises for provider or data problems."""
+    """Measure ``criterion`` at ``now``; never raises for provider or data problems
+    (only when the task runs out of time, which is no verdict)."""
     window = criterion.window or default_window
     values = {**variables, "window": format_duration(window)}
     queries = {role: render_template(t, values) for role, t in criterion.queries().items()}
     inputs: dict[str, float | None] = {}
     try:
-        if isinstance(criterion, RisingTrend):
-            series = provider.range(
-                queries["series"], now - window, now, criterion.step.total_seconds()
-            )
-            if len(series) > 1:
-                raise _SeriesShapeError(
-                    f"query returned {len(series)} series, expected one: aggregate it (max, sum)"
+        with timeouts.running(f"stop criterion {criterion.name}"):
+            if isinstance(criterion, RisingTrend):
+                series = provider.range(
+                    queries["series"], now - window, now, criterion.step.total_seconds()
                 )
-            points = series[0].points if series else []
-            inputs = {"points": float(len(points))}
-            judgement = judges.rising_trend(criterion, points)
-        else:
-            for role, query in queries.items():
-                inputs[role] = _scalar(provider.instant(query, at=now))
-            judgement = _judge_scalars(criterion, inputs, previous_baseline)
+                if len(series) > 1:
+                    raise _SeriesShapeError(
+                        f"query returned {len(series)} series, expected one: aggregate it "
+                        "(max, sum)"
+                    )
+                points = series[0].points if series else []
+                inputs = {"points": float(len(points))}
+                judgement = judges.rising_trend(criterion, points)
+            else:
+                for role, query in queries.items():
+                    inputs[role] = _scalar(provider.instant(query, at=now))
+                judgement = _judge_scalars(criterion, inputs, previous_baseline)
+    except timeouts.out_of_time():
+        raise  # the task's time is up: not a verdict of any kind (controller.timeouts)
     except MetricsError as exc:
         judgement = Judgement(Verdict.ERROR, f"Prometheus: {exc}")
     except _SeriesShapeError as exc:

@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from config import PLANS_DIR
+from controller.lab import HAProxyServer, start_haproxy
+from tests.integration.conftest import DemoPair
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +52,23 @@ def test_plan_validate_reports_every_error_with_its_line(tmp_path: Path) -> None
     assert "stop_criteria" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_start_status_abort_on_postgres(postgres_url: str) -> None:
-    env = {"CANARY_DATABASE_URL": postgres_url}
+@pytest.fixture
+def slots(demo_pair: DemoPair, tmp_path: Path) -> Iterator[HAProxyServer]:
+    """HAProxy with the demo plan's two slots: blue (stable, 100) and green (0)."""
+    server = start_haproxy(
+        tmp_path,
+        "checkout",
+        servers={"blue": demo_pair.stable.address, "green": demo_pair.canary.address},
+        weights={"blue": 100, "green": 0},
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_start_status_abort_on_postgres(postgres_url: str, slots: HAProxyServer) -> None:
+    env = {"CANARY_DATABASE_URL": postgres_url, "CANARY_HAPROXY_SOCKET": slots.socket_path}
     plan = str(PLANS_DIR / "demo.yaml")
     started = canary(
         "start",
@@ -94,6 +112,28 @@ def test_start_status_abort_on_postgres(postgres_url: str) -> None:
     assert unwatchable.returncode == 2 and "--watch follows one rollout" in unwatchable.stderr
 
 
+def test_start_refuses_a_router_that_is_not_as_the_store_expects(
+    sqlite_url: str, slots: HAProxyServer
+) -> None:
+    env = {"CANARY_DATABASE_URL": sqlite_url, "CANARY_HAPROXY_SOCKET": slots.socket_path}
+    slots.command("set server checkout/green weight 30")  # traffic left on the canary slot
+    args = ["start", str(PLANS_DIR / "demo.yaml"), "--service", "checkout", "--version", "2.0.0"]
+    refused = canary(*args, "--stable", "1.0.0", env=env)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "router: the router gives 23% to green" in refused.stderr
+    assert json.loads(canary("status", "--json", env=env).stdout) == []
+
+    forced = canary(*args, "--stable", "1.0.0", "--force", "green drained by hand", env=env)
+    assert forced.returncode == 0, forced.stderr
+    detail = json.loads(canary("status", forced.stdout.strip(), "--json", env=env).stdout)
+    assert [e["kind"] for e in detail["events"]] == ["created", "forced_start"]
+
+    unreachable = canary(
+        *args, "--stable", "1.0.0", env={**env, "CANARY_HAPROXY_SOCKET": "/nonexistent.sock"}
+    )
+    assert unreachable.returncode == 2 and "cannot read the router" in unreachable.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -134,12 +174,15 @@ def test_bad_settings_name_the_variable(sqlite_url: str) -> None:
     assert result.returncode == 2 and "below CANARY_LEASE_SECONDS" in result.stderr
 
 
-def test_demo_json_reports_one_success_and_one_rollback(tmp_path: Path) -> None:
-    result = canary("demo", "--json", "--workdir", str(tmp_path / "lab"), timeout=240)
+def test_demo_json_reports_two_releases_and_one_rollback(tmp_path: Path) -> None:
+    result = canary("demo", "--json", "--workdir", str(tmp_path / "lab"), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    healthy, faulty = summary["rollouts"]
-    assert healthy["state"] == "succeeded" and healthy["weights"][-1] == 100
-    assert healthy["tripped"] is None
+    first, second, faulty = summary["rollouts"]
+    for healthy in (first, second):
+        assert healthy["state"] == "succeeded" and healthy["weights"][-1] == 100
+        assert healthy["tripped"] is None
+    assert (first["stable_slot"], second["stable_slot"]) == ("green", "blue")
     assert faulty["state"] == "rolled_back" and faulty["weights"][-1] == 0
     assert faulty["tripped"] == "http_5xx_vs_baseline"
+    assert faulty["stable_slot"] == "blue"  # production stays on 1.2.0

@@ -48,7 +48,10 @@ def test_prometheus_stopped_mid_canary_never_promotes(tmp_path: Path, postgres_u
 
 
 def test_worker_killed_mid_rollout_another_finishes(tmp_path: Path, postgres_url: str) -> None:
-    lab = start_lab(tmp_path, postgres_url, lease_seconds=8.0, task_time_limit_seconds=6.0)
+    # The shortest time limit whose soft limit still leaves room for the checks of one
+    # advance (config.settings), and a lease just above it: the killed worker's lease
+    # expires as soon as the settings allow.
+    lab = start_lab(tmp_path, postgres_url, lease_seconds=37.0, task_time_limit_seconds=36.0)
     try:
         first = lab.start_worker("first", "rollouts", concurrency=1)
         lab.start_worker("rollback", "rollback", concurrency=1)
@@ -65,7 +68,7 @@ def test_worker_killed_mid_rollout_another_finishes(tmp_path: Path, postgres_url
         first.kill()
         assert held, "the first worker never held the rollout's lease"
         lab.start_worker("second", "rollouts", concurrency=1)
-        rollout = wait_for(lab, rollout_id, finished)
+        rollout = wait_for(lab, rollout_id, finished, timeout=150)
         _, events = snapshot(lab, rollout_id)
         assert rollout.state == "succeeded", rollout.reason
         assert [e.data["weight"] for e in events if e.kind == "weight_set"] == [0, 10, 25, 50, 100]
