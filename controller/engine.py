@@ -996,6 +996,9 @@ class _Advance:
         if problem:
             return self.hold_for_router(f"re-asserting {expected}% after a drift: {problem}")
         rollout.weight = expected
+        if rollout.step_started_at is not None and rollout.state == RolloutState.RUNNING:
+            # The step's evidence was gathered at the wrong weight: its hold starts again.
+            rollout.step_started_at = self.now
         self.event(
             "weight_set",
             f"drift: canary weight {actual}% -> {expected}% re-asserted (read back from the "

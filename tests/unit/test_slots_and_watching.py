@@ -238,6 +238,7 @@ def test_a_weight_changed_behind_our_back_is_a_drift_and_is_reasserted(world) ->
     drift = next(e for e in events if e.kind == "drift")
     assert drift.data == {"expected": 10, "actual": 0, "policy": "reassert"}
     assert router.weight == 10 and rollout.weight == 10 and rollout.state == "running"
+    assert rollout.step_started_at == clock.now  # the hold starts again
 
 
 def test_drift_can_pause_the_rollout(world) -> None:
