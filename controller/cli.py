@@ -292,9 +292,6 @@ def pause(
             ),
             enqueue=False,
         )
-    from tasks.dispatch import enqueue_notify
-
-    enqueue_notify(rollout_id, "paused")  # never raises; the pause is already recorded
 
 
 @app.command()
@@ -388,12 +385,12 @@ def api(
     import uvicorn
 
     from controller.api.app import create_app
-    from tasks.dispatch import enqueue_notify, enqueue_rollback, enqueue_start
+    from tasks.dispatch import enqueue_rollback, enqueue_start
 
     settings = get_settings()
     migrate(settings.database_url)
     uvicorn.run(
-        create_app(settings, enqueue_rollback, enqueue_start, enqueue_notify),
+        create_app(settings, enqueue_rollback, enqueue_start),
         host=host,
         port=port,
         log_level="warning",
@@ -424,7 +421,13 @@ def _report(outcome: OperationOutcome, enqueue: bool = True) -> None:
 @app.command()
 @friendly_errors
 def worker(
-    queues: Annotated[str, typer.Option(help="all, rollouts or rollback")] = "all",
+    queues: Annotated[
+        str,
+        typer.Option(
+            help="all, or a comma-separated list of rollback, rollouts (reconcile and "
+            "advances), runbook, notify"
+        ),
+    ] = "all",
     concurrency: Annotated[int, typer.Option(min=1, max=64)] = 2,
     loglevel: Annotated[str, typer.Option()] = "INFO",
     hostname: Annotated[str | None, typer.Option(help="Celery node name")] = None,
@@ -432,24 +435,25 @@ def worker(
         int, typer.Option(help="Serve the worker's /metrics here (0: off)", min=0, max=65535)
     ] = 0,
 ) -> None:
-    """Run a Celery worker (task events on). Run one on the rollback queue of its own."""
+    """Run a Celery worker (task events on). In production run one worker per queue:
+    rollback (its own, always), rollouts, runbook and notify."""
     metrics_dir = None
     if metrics_port:
         # Before any task module creates a metric: the prefork children share counters.
         from tasks.metrics import enable_multiprocess
 
         metrics_dir = enable_multiprocess()
+    from tasks.app import QUEUES, queue_name
     from tasks.app import app as celery_app
-    from tasks.app import queue_names
 
-    work_queue, rollback_queue = queue_names()
-    chosen = {
-        "all": [work_queue, rollback_queue],
-        "rollouts": [work_queue],
-        "rollback": [rollback_queue],
-    }.get(queues)
-    if chosen is None:
-        raise OperationError(f"queues: {queues!r} is not one of all, rollouts, rollback")
+    kinds = list(QUEUES) if queues == "all" else [q.strip() for q in queues.split(",")]
+    unknown = [kind for kind in kinds if kind not in QUEUES]
+    if unknown or not kinds:
+        raise OperationError(
+            f"queues: {', '.join(unknown) or repr(queues)} is not a queue; use all or a "
+            f"comma-separated list of {', '.join(QUEUES)}"
+        )
+    chosen = [queue_name(kind) for kind in kinds]
     argv = [
         "worker",
         "-E",
@@ -484,6 +488,10 @@ def beat(
 ) -> None:
     """Run Celery beat: fires rollout.reconcile every CANARY_RECONCILE_INTERVAL_SECONDS."""
     from tasks.app import app as celery_app
+
+    # Beat sends nothing but the reconcile tick, which must not fill Flower's task list
+    # (the task itself sends no events either); its health is canary_reconcile_lag_seconds.
+    celery_app.conf.task_send_sent_event = False
 
     celery_app.start(["beat", f"--schedule={schedule}", f"--loglevel={loglevel}"])
 

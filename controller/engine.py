@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from controller import checks, timeouts
+from controller import checks, outbox, timeouts
 from controller.analysis.runner import Measurement, measure
 from controller.analysis.verdict import Judgement, Verdict
 from controller.budget import gates_work
@@ -103,8 +103,7 @@ def advance(runtime: Runtime, rollout_id: str) -> AdvanceResult:
         step = _Advance(runtime, session, rollout)
         try:
             result = _gates_alone(step) or step.run()
-            for kind in step.lifecycle:
-                runtime.notify(rollout_id, kind)
+            outbox.dispatch_now(runtime, step.promised)
             return result
         except StaleDataError:
             # Someone changed the rollout while we worked (a pause, an approval, a
@@ -192,7 +191,8 @@ class _Advance:
         self.steps = self.plan.steps()
         self.now = runtime.clock()
         self.log = log.bind(rollout_id=rollout.id, service=rollout.service)
-        self.lifecycle: list[str] = []  # notifications to send once this advance commits
+        self.lifecycle: list[str] = []  # notifications promised with the next commit
+        self.promised: list[tuple[int, str, str]] = []  # outbox rows committed
         self.pending_rollback: tuple[str, dict[str, Any], str | None] | None = None
         self.router_gave_up: str | None = None
         self.router_moved_to: int | None = None  # set once this advance moved traffic
@@ -224,8 +224,18 @@ class _Advance:
         )
 
     def commit(self) -> None:
+        """Commit the step, with its lifecycle notifications as outbox rows: they are
+        sent after the commit, and again by reconcile if a send is lost."""
         self.rollout.updated_at = self.now
+        rows = []
+        if self.plan.notifications:
+            rows = [
+                (outbox.promise_notification(self.session, self.rollout.id, kind, self.now), kind)
+                for kind in self.lifecycle
+            ]
+        self.lifecycle = []
         self.session.commit()
+        self.promised += [(row_id, "notify", self.rollout.id) for row_id, _ in rows]
 
     def run(self) -> AdvanceResult:
         rollout = self.rollout

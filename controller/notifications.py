@@ -32,7 +32,14 @@ from controller.commands import command_environment
 log = structlog.get_logger(__name__)
 
 LifecycleKind = Literal[
-    "started", "stage_changed", "paused", "blocked", "rolled_back", "rollback_failed", "succeeded"
+    "started",
+    "stage_changed",
+    "paused",
+    "blocked",
+    "progress_deadline",
+    "rolled_back",
+    "rollback_failed",
+    "succeeded",
 ]
 LIFECYCLE_KINDS: tuple[str, ...] = get_args(LifecycleKind)
 
@@ -44,6 +51,7 @@ _VERBS = {
     "stage_changed": "moved on",
     "paused": "paused",
     "blocked": "blocked",
+    "progress_deadline": "held with canary traffic past its progress deadline: decide",
     "rolled_back": "rolled back",
     "rollback_failed": "ROLLBACK FAILED: traffic is NOT confirmed on stable; retrying",
     "succeeded": "succeeded",

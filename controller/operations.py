@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from controller import outbox
 from controller.plan import Plan
 from controller.runtime import RouterFactory
 from controller.slots import router_state_problem, slots_for_new_rollout, template_values
@@ -292,6 +293,9 @@ def _set_state(
         session.rollback()
     else:
         return OperationOutcome(rollout_id, False, _STILL_CHANGING)
+    if kind == "paused" and Plan.from_data(rollout.plan).notifications:
+        # Sent by the next reconcile, with the pause in the same transaction.
+        outbox.promise_notification(session, rollout_id, "paused", now)
     repository.append_event(
         session,
         rollout_id,

@@ -11,12 +11,14 @@ never reported as rolled back.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from controller import outbox
 from controller.engine import rollout_variables
 from controller.plan import Plan
 from controller.runtime import Runtime
@@ -92,47 +94,68 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
         )
         session.rollback()
 
-        claimed = _wait_for_lease(runtime, session, rollout_id)
+        claimed = _take_lease(runtime, session, rollout_id)
         if claimed is None:
+            _come_back_soon(runtime, session, rollout_id)
             return RollbackResult(
                 rollout_id,
                 False,
                 RolloutState.ROLLING_BACK,
                 ("traffic on stable" if shift.confirmed else f"traffic NOT shifted: {shift.error}")
-                + "; another actor still holds the rollout, reconcile will settle it",
+                + "; an advance in flight still holds the rollout: settled at the next "
+                "dispatch, in about a second",
             )
+        aftercare = _Aftercare(first_attempt, shift_started, shifted_at)
         try:
-            result, shift = _settle(runtime, session, claimed, router, shift, shifted_at, bound)
+            result, shift = _settle(runtime, session, claimed, router, shift, aftercare, bound)
         finally:
             session.rollback()
             repository.release(session, rollout_id, runtime.owner)
-    if result.acted and shift.confirmed:
-        runtime.notify(rollout_id, "rolled_back")  # queued; never waited for
-    elif result.acted and first_attempt:
-        runtime.notify(rollout_id, "rollback_failed")  # once, not at every retry
-    if result.acted and (shift.confirmed or first_attempt):
-        # Steps 2-5 run elsewhere (a task on the work queue): they never touch traffic
-        # and must not hold the rollback queue.
+    outbox.dispatch_now(runtime, aftercare.promised)
+    return result
+
+
+@dataclass
+class _Aftercare:
+    """What a settled rollback promises, in the same transaction: the runbook (steps
+    2-5, on their own queue: they never touch traffic and must not hold the rollback
+    queue) and the lifecycle notification."""
+
+    first_attempt: bool
+    shift_started: datetime
+    shifted_at: datetime
+    promised: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def promise(self, session: Session, rollout: Rollout, shift: ShiftOutcome) -> None:
+        if not (shift.confirmed or self.first_attempt):
+            return  # a retry of a failed rollback: the runbook and the alert went out once
+        now = self.shifted_at
         detail = (
             f"canary weight 0% read back after {shift.attempts} attempt(s)"
             if shift.confirmed
             else f"not confirmed: {shift.error}"
         )
-        runtime.run_runbook(
-            rollout_id,
-            {
-                "shift_started": shift_started.isoformat(),
-                "shifted_at": shifted_at.isoformat(),
-                "shift_detail": detail,
-                "traffic_on_stable": shift.confirmed,
-            },
-        )
-    return result
+        payload = {
+            "shift_started": self.shift_started.isoformat(),
+            "shifted_at": self.shifted_at.isoformat(),
+            "shift_detail": detail,
+            "traffic_on_stable": shift.confirmed,
+        }
+        runbook = outbox.promise_runbook(session, rollout, payload, now)
+        self.promised.append((runbook, "runbook", rollout.id))
+        if Plan.from_data(rollout.plan).notifications:
+            kind = "rolled_back" if shift.confirmed else "rollback_failed"
+            notify = outbox.promise_notification(session, rollout.id, kind, now)
+            self.promised.append((notify, "notify", rollout.id))
 
 
-def _wait_for_lease(runtime: Runtime, session: Session, rollout_id: str) -> Rollout | None:
-    """Take the lease, waiting for an advance in flight to let go (bounded)."""
-    deadline = time.monotonic() + min(runtime.lease.total_seconds(), 30)
+LEASE_WAIT_SECONDS = 1.0  # then give the rollback queue to the next rollback
+
+
+def _take_lease(runtime: Runtime, session: Session, rollout_id: str) -> Rollout | None:
+    """Take the lease, waiting a moment for an advance in flight to let go. Never
+    long: other services' rollbacks queue behind this one."""
+    deadline = time.monotonic() + LEASE_WAIT_SECONDS
     while True:
         claimed = repository.claim(
             session, rollout_id, runtime.owner, runtime.clock(), runtime.lease, ROLLBACK_STATES
@@ -146,16 +169,30 @@ def _wait_for_lease(runtime: Runtime, session: Session, rollout_id: str) -> Roll
         time.sleep(0.05)
 
 
+def _come_back_soon(runtime: Runtime, session: Session, rollout_id: str) -> None:
+    """Make reconcile dispatch this rollback again shortly: the traffic is shifted
+    already (the shift is repeated, idempotent), only the record waits for the lease."""
+    session.rollback()
+    session.execute(
+        update(Rollout)
+        .where(Rollout.id == rollout_id, Rollout.state.in_([str(s) for s in ROLLBACK_STATES]))
+        .values(next_check_at=runtime.clock() + timedelta(seconds=1))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
 def _settle(
     runtime: Runtime,
     session: Session,
     rollout: Rollout,
     router: TrafficRouter | None,
     shift: ShiftOutcome,
-    shifted_at: datetime,
+    aftercare: _Aftercare,
     bound: structlog.typing.FilteringBoundLogger,
 ) -> tuple[RollbackResult, ShiftOutcome]:
-    """Confirm traffic under the lease and record the outcome."""
+    """Confirm traffic under the lease and record the outcome, with what it promises."""
+    shifted_at = aftercare.shifted_at
     if shift.confirmed and router is not None:
         # An advance that held the lease may have moved traffic after our shift.
         try:
@@ -185,6 +222,7 @@ def _settle(
             data={"attempts": shift.attempts, "error": shift.error},
             step_index=rollout.step_index,
         )
+        aftercare.promise(session, rollout, shift)
         session.commit()
         bound.error("rollback_failed", attempts=shift.attempts, error=shift.error)
         failed = RollbackResult(rollout.id, True, rollout.state, f"rollback failed: {shift.error}")
@@ -225,6 +263,7 @@ def _settle(
         },
         step_index=rollout.step_index,
     )
+    aftercare.promise(session, rollout, shift)
     session.commit()
     bound.warning("rolled_back", state=str(final), reason=rollout.reason)
     return RollbackResult(rollout.id, True, str(final), f"traffic on stable; {final}"), shift

@@ -8,6 +8,7 @@ real thing everywhere else.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,8 +34,10 @@ def utcnow() -> datetime:
 
 
 def worker_identity() -> str:
-    """Who holds a lease: enough to find the process on a host."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Who holds a lease: the host and process, and a token unique to this start (a
+    restarted process may get the pid of the dead one, and must not inherit its
+    leases)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 RouterFactory = Callable[[Plan, dict[str, str]], TrafficRouter]
@@ -52,15 +55,14 @@ class Runtime:
     owner: str = field(default_factory=worker_identity)
     enqueue_rollback: Callable[[str], None] = lambda rollout_id: None
     post_incident: Callable[[dict[str, Any]], str] = lambda document: "no incident webhook"
-    # Lifecycle notifications go out of band (a task on the work queue): a slow or
-    # dead endpoint never delays a step, let alone a rollback.
-    notify: Callable[[str, str], None] = lambda rollout_id, kind: None
-    # Runbook steps 2-5 after a rollback; in-process by default, a task in workers.
-    run_runbook: Callable[[str, dict[str, Any]], object] = field(default=None)  # type: ignore[assignment]
+    # Outbox rows (runbooks, lifecycle notifications) go out of band: in workers a
+    # task on the runbook or notify queue, so that a slow runbook or a dead endpoint
+    # never delays a step, let alone a rollback. In-process by default.
+    send_outbox: Callable[[int, str, str], object] = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        if self.run_runbook is None:
-            self.run_runbook = lambda rollout_id, shift: run_runbook_now(self, rollout_id, shift)
+        if self.send_outbox is None:
+            self.send_outbox = lambda row_id, kind, rollout_id: _run_outbox_row(self, row_id)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -106,6 +108,12 @@ def haproxy_router_factory(socket_path: str, timeout: float = 2.0) -> RouterFact
 
 def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
+
+
+def _run_outbox_row(runtime: Runtime, row_id: int) -> str:
+    from controller.outbox import run_outbox_row
+
+    return run_outbox_row(runtime, row_id)
 
 
 def run_runbook_now(runtime: Runtime, rollout_id: str, shift: dict[str, Any]) -> str:

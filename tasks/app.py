@@ -23,15 +23,27 @@ from controller.logging import configure_logging
 timeouts.register(SoftTimeLimitExceeded)
 
 
-def queue_names() -> tuple[str, str]:
-    """(work queue, rollback queue) for this installation."""
-    prefix = get_settings().queue_prefix
-    return f"{prefix}.rollouts", f"{prefix}.rollback"
+# Queues by urgency, each served by workers of its own so that nothing slow stands
+# in front of something urgent: a rollback never waits behind analysis, and a slow
+# runbook or a dead notification endpoint never delays the checks of other rollouts.
+QUEUES = ("rollback", "rollouts", "runbook", "notify")
+ROUTES = {
+    "rollout.rollback": "rollback",
+    "rollout.reconcile": "rollouts",
+    "rollout.start": "rollouts",
+    "rollout.advance": "rollouts",
+    "rollout.runbook": "runbook",
+    "rollout.notify": "notify",
+}
+
+
+def queue_name(kind: str) -> str:
+    """The queue of ``kind`` (one of QUEUES) for this installation."""
+    return f"{get_settings().queue_prefix}.{kind}"
 
 
 def create_app() -> Celery:
     settings = get_settings()
-    work_queue, rollback_queue = queue_names()
     app = Celery(
         "canary",
         broker=settings.broker_url,
@@ -44,9 +56,9 @@ def create_app() -> Celery:
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit_seconds,
         task_soft_time_limit=settings.task_soft_time_limit_seconds,
-        task_queues=(Queue(work_queue), Queue(rollback_queue)),
-        task_default_queue=work_queue,
-        task_routes={"rollout.rollback": {"queue": rollback_queue}},
+        task_queues=tuple(Queue(queue_name(kind)) for kind in QUEUES),
+        task_default_queue=queue_name("rollouts"),
+        task_routes={task: {"queue": queue_name(kind)} for task, kind in ROUTES.items()},
         task_send_sent_event=True,
         worker_send_task_events=True,
         result_expires=24 * 3600,

@@ -11,15 +11,20 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from config.settings import get_settings
+from controller import outbox
 from controller.engine import advance
-from controller.lifecycle import send_notifications
 from controller.rollback import rollback
-from controller.runtime import Runtime, run_runbook_now
+from controller.runtime import Runtime
 from controller.store import repository
 from controller.views import rollout_summary
 from tasks.app import app
 
 log = structlog.get_logger(__name__)
+
+# A queued advance not picked up by then is presumed lost (a broker restart) and
+# queued again; the message itself expires then, so a late duplicate is dropped.
+ADVANCE_REDISPATCH = timedelta(seconds=20)
+ROLLBACK_HOLD = timedelta(seconds=30)  # a dispatched rollback is not dispatched again before
 
 
 @lru_cache(maxsize=1)
@@ -27,8 +32,7 @@ def runtime() -> Runtime:
     """One runtime per worker process: pooled DB connections, one Prometheus client."""
     rt = Runtime.from_settings(get_settings())
     rt.enqueue_rollback = lambda rollout_id: enqueue_rollback(rollout_id)
-    rt.notify = enqueue_notify
-    rt.run_runbook = enqueue_runbook
+    rt.send_outbox = enqueue_outbox
     return rt
 
 
@@ -46,37 +50,37 @@ def enqueue_rollback(rollout_id: str, reason: str = "") -> None:
     rollback_task.apply_async(kwargs={**describe(rollout_id), "reason": reason})
 
 
-def enqueue_notify(rollout_id: str, kind: str) -> None:
-    """Queue a lifecycle notification on the work queue; never raises."""
-    try:
-        notify_task.apply_async(kwargs={**describe(rollout_id), "kind": kind}, expires=300)
-    except Exception as exc:  # a notification must never break a step
-        log.warning(
-            "notify_enqueue_failed", rollout_id=rollout_id, kind=kind, error=type(exc).__name__
-        )
-
-
-def enqueue_runbook(rollout_id: str, shift: dict) -> None:
-    runbook_task.apply_async(kwargs={**describe(rollout_id), "shift": shift})
+def enqueue_outbox(row_id: int, kind: str, rollout_id: str) -> None:
+    """Send an outbox row to its queue (runbook or notify); the row is the promise."""
+    task = runbook_task if kind == "runbook" else notify_task
+    task.apply_async(kwargs={**describe(rollout_id), "outbox_id": row_id})
 
 
 def enqueue_start(rollout_id: str) -> None:
     start_task.apply_async(kwargs=describe(rollout_id))
 
 
-@app.task(name="rollout.reconcile", ignore_result=True)
+@app.task(name="rollout.reconcile", ignore_result=True, send_events=False)
 def reconcile_task() -> str:
-    """Hand out due work: one advance per due rollout, one rollback per pending rollback."""
+    """Hand out due work, each piece once: an advance per due rollout not already
+    queued, a rollback per pending rollback, and outbox rows not yet done. Sends no
+    task events: Flower lists the work it hands out, not a tick every 2 s."""
     rt = runtime()
     with rt.sessions() as session:
         now = rt.clock()
-        advances = repository.due_for_advance(session, now)
-        rollbacks = repository.take_due_rollbacks(session, now, hold=timedelta(seconds=30))
+        advances = repository.take_due_advances(session, now, ADVANCE_REDISPATCH)
+        rollbacks = repository.take_due_rollbacks(session, now, hold=ROLLBACK_HOLD)
     for rollout_id in rollbacks:
         enqueue_rollback(rollout_id, "pending rollback")
     for rollout_id in advances:
-        advance_task.apply_async(kwargs=describe(rollout_id), expires=60)
-    return f"dispatched {len(advances)} advance(s) and {len(rollbacks)} rollback(s)"
+        advance_task.apply_async(
+            kwargs=describe(rollout_id), expires=ADVANCE_REDISPATCH.total_seconds()
+        )
+    rows = outbox.dispatch_due(rt)
+    return (
+        f"dispatched {len(advances)} advance(s), {len(rollbacks)} rollback(s), "
+        f"{len(rows)} outbox row(s)"
+    )
 
 
 @app.task(name="rollout.start")
@@ -97,7 +101,8 @@ def advance_task(rollout_id: str, service: str = "", stage: str = "") -> str:
 
 @app.task(name="rollout.rollback")
 def rollback_task(rollout_id: str, service: str = "", stage: str = "", reason: str = "") -> str:
-    """Put all traffic back on stable and run the runbook; runs on the rollback queue."""
+    """Put all traffic back on stable; runs on the rollback queue. The runbook and the
+    notification it promises go to their own queues."""
     with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
         result = rollback(runtime(), rollout_id)
         log.info("rollback", result=result.sentence(), reason=reason)
@@ -105,16 +110,17 @@ def rollback_task(rollout_id: str, service: str = "", stage: str = "", reason: s
 
 
 @app.task(name="rollout.notify")
-def notify_task(rollout_id: str, kind: str, service: str = "", stage: str = "") -> str:
+def notify_task(outbox_id: int, rollout_id: str, service: str = "", stage: str = "") -> str:
     """Tell people about a lifecycle change (webhooks, Slack, commands); off the
     rollback path, failures only logged and recorded."""
     with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
-        return send_notifications(runtime(), rollout_id, kind)
+        return f"{rollout_id} {outbox.run_outbox_row(runtime(), outbox_id)}"
 
 
 @app.task(name="rollout.runbook", time_limit=300, soft_time_limit=290)
-def runbook_task(rollout_id: str, shift: dict, service: str = "", stage: str = "") -> str:
+def runbook_task(outbox_id: int, rollout_id: str, service: str = "", stage: str = "") -> str:
     """Rollback runbook steps 2-5 (healthchecks, journeys, disable canary, incident),
-    on the work queue so that the rollback queue stays free for the next rollback."""
+    on a queue of their own so that the rollback queue stays free for the next
+    rollback and the checks of other rollouts never wait behind a runbook."""
     with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
-        return f"{rollout_id} {run_runbook_now(runtime(), rollout_id, shift)}"
+        return f"{rollout_id} {outbox.run_outbox_row(runtime(), outbox_id)}"

@@ -48,7 +48,6 @@ def create_app(
     settings: Settings,
     enqueue_rollback: Callable[[str], None],
     enqueue_start: Callable[[str], None] = lambda rollout_id: None,
-    enqueue_notify: Callable[[str, str], None] = lambda rollout_id, kind: None,
 ) -> FastAPI:
     sessions = session_factory(settings.database_url)
     router_for = router_factory(settings)
@@ -261,8 +260,6 @@ def create_app(
         paused = operations.pause_rollout(
             session, rollout_id, reason=body.reason, actor=who.name, now=utcnow()
         )
-        if paused.accepted:
-            enqueue_notify(rollout_id, "paused")  # never raises
         return outcome(paused, 200)
 
     @app.post("/api/v1/rollouts/{rollout_id}/resume", tags=["rollouts"])

@@ -264,9 +264,11 @@ class RolloutLab:
         return process
 
     def start_controller(self) -> None:
-        """One worker for rollouts, one of its own for the rollback queue, and beat."""
+        """Workers by urgency as in production (rollouts; the rollback queue on its own;
+        runbooks and notifications), and beat."""
         self.start_worker("rollouts", "rollouts", concurrency=2)
         self.start_worker("rollback", "rollback", concurrency=1)
+        self.start_worker("aftercare", "runbook,notify", concurrency=2)
         self.start_beat()
 
     def start_api(self) -> str:

@@ -85,6 +85,9 @@ class Rollout(Base):
     # in swap mode they alternate between rollouts of a service).
     stable_slot: Mapped[str | None] = mapped_column(String(64), default=None)
     canary_slot: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Set when reconcile puts an advance on the queue, cleared when one claims the
+    # rollout: a queued advance is never queued again (until it is presumed lost).
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
     lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -126,6 +129,28 @@ class Incident(Base):
     timeline: Mapped[list[Any]] = mapped_column(JSON)
     snapshot: Mapped[list[Any]] = mapped_column(JSON)
     webhook_status: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class Outbox(Base):
+    """Work promised to happen after a state change (a runbook, a notification),
+    written in the same transaction as the change and dispatched to the broker after
+    it. Reconcile dispatches again what is not done, so a lost message or a killed
+    worker loses nothing; a row past ``expires_at`` is given up, and says so."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    done_at: Mapped[datetime | None] = mapped_column(default=None)
+    outcome: Mapped[str | None] = mapped_column(Text, default=None)
+
+    __table_args__ = (Index("ix_outbox_pending", "done_at", "dispatched_at"),)
 
 
 class Release(Base):

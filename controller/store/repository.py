@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from controller.store.models import (
@@ -19,6 +19,7 @@ from controller.store.models import (
     ADVANCING_STATES,
     ROLLBACK_STATES,
     Event,
+    Outbox,
     Release,
     Rollout,
     RolloutState,
@@ -107,6 +108,24 @@ def append_event(
     return event
 
 
+def database_now(session: Session, fallback: datetime) -> datetime:
+    """The clock leases are measured by: the database server's on PostgreSQL, so that
+    workers on hosts whose clocks disagree still agree on when a lease expires. A
+    SQLite store lives on one host, whose clock is ``fallback``."""
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        value = session.scalar(text("SELECT clock_timestamp()"))
+        if isinstance(value, datetime):
+            return value.astimezone(UTC)
+    return fallback
+
+
+def _lease_free(lease_now: datetime, owner: str | None = None) -> ColumnElement[bool]:
+    """Nobody holds the lease, it expired (by the database's clock), or it is ours."""
+    held_by = [Rollout.lease_owner == owner] if owner else []
+    return or_(Rollout.lease_owner.is_(None), Rollout.lease_expires_at < lease_now, *held_by)
+
+
 def claim(
     session: Session,
     rollout_id: str,
@@ -119,23 +138,26 @@ def claim(
     """Take the rollout's lease if it is free (or ours, or expired); None if someone has it.
 
     The UPDATE's WHERE clause is the whole lock: two workers racing for one rollout
-    cannot both see a row count of one.
+    cannot both see a row count of one. Taking the lease also clears ``dispatched_at``:
+    the advance that was queued is the one running now.
     """
+    lease_now = database_now(session, now)
     conditions = [
         Rollout.id == rollout_id,
         Rollout.state.in_([str(s) for s in states]),
-        or_(
-            Rollout.lease_owner.is_(None),
-            Rollout.lease_owner == owner,
-            Rollout.lease_expires_at < now,
-        ),
+        _lease_free(lease_now, owner),
     ]
     if due_only:
         conditions.append(Rollout.next_check_at <= now)
     result = session.execute(
         update(Rollout)
         .where(*conditions)
-        .values(lease_owner=owner, lease_expires_at=now + lease, version=Rollout.version + 1)
+        .values(
+            lease_owner=owner,
+            lease_expires_at=lease_now + lease,
+            dispatched_at=None,
+            version=Rollout.version + 1,
+        )
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -254,35 +276,64 @@ def stable_release(session: Session, service: str) -> Release | None:
     return session.get(Release, service)
 
 
-def due_for_advance(session: Session, now: datetime, limit: int = 500) -> Sequence[str]:
-    """Rollouts whose next check is due and whose lease is free: advancing ones, and
-    paused ones whose canary carries traffic (they are still measured)."""
+# Advancing rollouts, and paused ones whose canary carries traffic (still measured).
+_WATCHED = or_(
+    Rollout.state.in_([str(s) for s in ADVANCING_STATES]),
+    and_(Rollout.state == RolloutState.PAUSED, Rollout.weight > 0),
+)
+_ROLLING_BACK = Rollout.state.in_([str(s) for s in ROLLBACK_STATES])
+
+
+def _due(session: Session, which: ColumnElement[bool], now: datetime, limit: int) -> Sequence[str]:
+    """Rollouts of ``which`` kind whose next check is due and whose lease is free."""
     return session.scalars(
         select(Rollout.id)
-        .where(
-            or_(
-                Rollout.state.in_([str(s) for s in ADVANCING_STATES]),
-                and_(Rollout.state == RolloutState.PAUSED, Rollout.weight > 0),
-            ),
-            Rollout.next_check_at <= now,
-            or_(Rollout.lease_owner.is_(None), Rollout.lease_expires_at < now),
-        )
+        .where(which, Rollout.next_check_at <= now, _lease_free(database_now(session, now)))
         .order_by(Rollout.next_check_at)
         .limit(limit)
     ).all()
 
 
+def due_for_advance(session: Session, now: datetime, limit: int = 500) -> Sequence[str]:
+    """Rollouts to advance (or watch) now, queued or not."""
+    return _due(session, _WATCHED, now, limit)
+
+
 def due_for_rollback(session: Session, now: datetime, limit: int = 500) -> Sequence[str]:
     """Rollbacks not yet finished (or failed and due for another try) with a free lease."""
-    return session.scalars(
-        select(Rollout.id)
+    return _due(session, _ROLLING_BACK, now, limit)
+
+
+def take_due_advances(
+    session: Session, now: datetime, redispatch_after: timedelta, limit: int = 500
+) -> list[str]:
+    """Due rollouts not already queued, each marked ``dispatched_at`` as it is taken.
+
+    A queued advance is queued once: the next ticks skip it until an advance claims
+    the rollout (which clears the mark) or ``redispatch_after`` passes, when the
+    message is presumed lost (a broker restart) and it is queued again.
+    """
+    stale = now - redispatch_after
+    not_queued = or_(Rollout.dispatched_at.is_(None), Rollout.dispatched_at < stale)
+    candidates = [
+        rollout_id for rollout_id in _due(session, and_(_WATCHED, not_queued), now, limit)
+    ]
+    if not candidates:
+        session.commit()
+        return []
+    taken = session.scalars(
+        update(Rollout)
         .where(
-            Rollout.state.in_([str(s) for s in ROLLBACK_STATES]),
-            Rollout.next_check_at <= now,
-            or_(Rollout.lease_owner.is_(None), Rollout.lease_expires_at < now),
+            Rollout.id.in_(candidates),
+            not_queued,
+            _lease_free(database_now(session, now)),
         )
-        .limit(limit)
+        .values(dispatched_at=now)
+        .returning(Rollout.id)
+        .execution_options(synchronize_session=False)
     ).all()
+    session.commit()
+    return list(taken)
 
 
 def record_router_weight(
@@ -314,7 +365,7 @@ def take_due_rollbacks(session: Session, now: datetime, hold: timedelta) -> list
     """Due rollbacks, each pushed ``hold`` into the future as it is taken, so that
     concurrent reconciles (and the next ticks) do not dispatch it again meanwhile."""
     taken = []
-    for rollout_id in due_for_rollback(session, now):
+    for rollout_id in _due(session, _ROLLING_BACK, now, 500):
         result = session.execute(
             update(Rollout)
             .where(
@@ -353,3 +404,90 @@ def events_for(
     if kinds is not None:
         query = query.where(Event.kind.in_(list(kinds)))
     return session.scalars(query).all()
+
+
+def add_outbox(
+    session: Session,
+    rollout_id: str,
+    kind: str,
+    payload: dict[str, Any],
+    now: datetime,
+    ttl: timedelta,
+) -> Outbox:
+    """Promise work in the caller's transaction; dispatch it after the commit."""
+    row = Outbox(
+        rollout_id=rollout_id,
+        kind=kind,
+        payload=payload,
+        created_at=now,
+        expires_at=now + ttl,
+        attempts=0,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def take_due_outbox(
+    session: Session, now: datetime, redispatch_after: timedelta, limit: int = 200
+) -> list[tuple[int, str, str]]:
+    """Outbox rows to (re)dispatch as ``(id, kind, rollout_id)``: never dispatched, or
+    dispatched ``redispatch_after`` ago and still not done. Rows past their expiry are
+    closed as ``expired`` instead, with an event on their rollout."""
+    expired = session.scalars(
+        select(Outbox).where(Outbox.done_at.is_(None), Outbox.expires_at < now).limit(limit)
+    ).all()
+    for row in expired:
+        row.done_at, row.outcome = now, "expired: never acknowledged done"
+        append_event(
+            session,
+            row.rollout_id,
+            "outbox_expired",
+            actor="controller",
+            at=now,
+            message=" ".join(filter(None, [row.kind, row.payload.get("kind")]))
+            + f" given up after {row.attempts} dispatch(es): never acknowledged done "
+            "before it expired",
+            data={"outbox_id": row.id, "kind": row.kind, "attempts": row.attempts},
+        )
+    stale = now - redispatch_after
+    taken = session.execute(
+        update(Outbox)
+        .where(
+            Outbox.done_at.is_(None),
+            Outbox.expires_at >= now,
+            or_(Outbox.dispatched_at.is_(None), Outbox.dispatched_at < stale),
+        )
+        .values(dispatched_at=now, attempts=Outbox.attempts + 1)
+        .returning(Outbox.id, Outbox.kind, Outbox.rollout_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    session.commit()
+    return [(row_id, kind, rollout_id) for row_id, kind, rollout_id in taken[:limit]]
+
+
+def mark_outbox_dispatched(session: Session, row_id: int, now: datetime) -> None:
+    """Record a dispatch made right after the commit that created the row."""
+    session.execute(
+        update(Outbox)
+        .where(Outbox.id == row_id, Outbox.done_at.is_(None))
+        .values(dispatched_at=now, attempts=Outbox.attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def get_outbox(session: Session, row_id: int) -> Outbox | None:
+    return session.get(Outbox, row_id)
+
+
+def finish_outbox(session: Session, row_id: int, outcome: str, now: datetime) -> bool:
+    """Acknowledge a row done; False if it was done already (a duplicate delivery)."""
+    result = session.execute(
+        update(Outbox)
+        .where(Outbox.id == row_id, Outbox.done_at.is_(None))
+        .values(done_at=now, outcome=outcome[:2000])
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1

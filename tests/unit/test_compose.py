@@ -11,6 +11,7 @@ import typer.main
 import yaml
 
 from controller.cli import app
+from tasks.app import QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -69,13 +70,20 @@ def test_every_controller_command_exists_with_its_options() -> None:
         assert ctx is not None
 
 
-def test_rollback_has_a_worker_of_its_own() -> None:
+def test_every_queue_has_a_worker_of_its_own() -> None:
     queues = {
         name: cmd[cmd.index("--queues") + 1]
         for name, cmd in our_containers().items()
         if cmd[0] == "worker"
     }
-    assert sorted(queues.values()) == ["rollback", "rollouts"]
+    assert sorted(queues.values()) == sorted(QUEUES)
+
+
+def test_redis_keeps_messages_across_a_restart() -> None:
+    redis = COMPOSE["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
 
 
 def test_mounted_config_files_exist() -> None:

@@ -22,9 +22,11 @@ from controller.store import repository
 from tests.unit.test_state_machine import (
     Clock,
     make_plan,
+    notified,
     run_until_settled,
     start,
     state,
+    with_notifications,
 )
 
 
@@ -211,9 +213,8 @@ def test_the_progress_deadline_rolls_back_a_canary_left_paused(world) -> None:
 
 def test_the_progress_deadline_only_notifies_by_default(world) -> None:
     runtime, _, _, clock, _ = world
-    sent: list[str] = []
-    runtime.notify = lambda rollout_id, kind: sent.append(kind)
-    plan = with_traffic("", analysis=", progress_deadline: 10s")
+    sent = notified(runtime)
+    plan = with_notifications(with_traffic("", analysis=", progress_deadline: 10s"))
     rollout_id = start(runtime, plan)
     advance(runtime, rollout_id)
     with runtime.sessions() as session:

@@ -44,6 +44,32 @@ def make_plan(on_limit: str = "pause", sustained: str = "0s") -> Plan:
     return parse_plan(dedent(PLAN.format(on_limit=on_limit, sustained=sustained)))
 
 
+def with_notifications(plan: Plan) -> Plan:
+    """The plan with a webhook for every lifecycle kind (never called: see ``notified``)."""
+    data = plan.model_dump(mode="json")
+    data["notifications"] = [{"name": "hook", "kind": "webhook", "url": "http://127.0.0.1:9/"}]
+    return Plan.from_data(data)
+
+
+def notified(runtime: Runtime) -> list[str]:
+    """Capture the lifecycle notifications sent through the outbox (their kinds); other
+    outbox rows (runbooks) still run in-process."""
+    sent: list[str] = []
+    run = runtime.send_outbox
+
+    def send(row_id: int, kind: str, rollout_id: str) -> None:
+        if kind != "notify":
+            run(row_id, kind, rollout_id)
+            return
+        with runtime.sessions() as session:
+            row = repository.get_outbox(session, row_id)
+            sent.append(row.payload["kind"])
+            repository.finish_outbox(session, row_id, "captured", runtime.clock())
+
+    runtime.send_outbox = send
+    return sent
+
+
 @dataclass
 class FakeMetrics:
     errors: float | None = 0.0
@@ -261,13 +287,13 @@ def test_lease_keeps_a_second_worker_out(world) -> None:
 
 def test_rollback_retries_then_fails_loudly_and_recovers(world) -> None:
     runtime, metrics, router, clock, _ = world
-    rollout_id = start(runtime, make_plan())
+    sent = notified(runtime)
+    rollout_id = start(runtime, with_notifications(make_plan()))
     advance(runtime, rollout_id)
+    sent.clear()
     with runtime.sessions() as session:
         abort_rollout(session, rollout_id, reason="bad smell", actor="alice", now=clock())
     router.fail_sets = 100
-    sent: list[str] = []
-    runtime.notify = lambda _rollout_id, kind: sent.append(kind)
     result = rollback(runtime, rollout_id)
     rollout, events = state(runtime, rollout_id)
     assert result.state == "rollback_failed" and rollout.state == "rollback_failed"
@@ -375,9 +401,8 @@ def test_a_rollout_blocked_by_its_gates_still_starts_once(world) -> None:
     data = make_plan().model_dump(mode="json")
     data["owners"] = {"release_manager": ["alice"]}
     data["gates"] = {"approvals": [{"role": "release_manager"}], "recheck_interval": "10s"}
-    sent: list[str] = []
-    runtime.notify = lambda _rollout_id, kind: sent.append(kind)
-    rollout_id = start(runtime, Plan.from_data(data))
+    sent = notified(runtime)
+    rollout_id = start(runtime, with_notifications(Plan.from_data(data)))
     advance(runtime, rollout_id)
     clock.now += timedelta(seconds=11)
     advance(runtime, rollout_id)

@@ -1,0 +1,124 @@
+"""Work promised by a state change, done at least once: runbooks and notifications.
+
+A rollback that settled, or a rollout that changed stage, writes an outbox row in
+the same transaction as the change. The row is dispatched to the broker after the
+commit, and reconcile dispatches again any row not acknowledged done, so a broker
+restart or a killed worker delays the work but never loses it. Before acting, a
+runbook checks that its rollout is still the one it was written for: rolled back,
+and not superseded by a newer rollout of the same service (whose canary slot the
+old runbook's disable hook could otherwise switch off).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.runtime import Runtime
+from controller.store import repository
+from controller.store.models import ROLLBACK_STATES, Rollout, RolloutState
+
+RUNBOOK_TTL = timedelta(minutes=15)
+NOTIFY_TTL = timedelta(minutes=10)
+REDISPATCH_AFTER = timedelta(seconds=60)  # a dispatched row not done by then is sent again
+_RUNBOOK_STATES = (RolloutState.ROLLED_BACK, RolloutState.ABORTED, *ROLLBACK_STATES)
+
+
+def promise_runbook(session: Session, rollout: Rollout, shift: dict[str, Any], now: Any) -> int:
+    """The runbook after a rollback's traffic shift, as an outbox row; its id."""
+    return repository.add_outbox(session, rollout.id, "runbook", shift, now, RUNBOOK_TTL).id
+
+
+def promise_notification(session: Session, rollout_id: str, kind: str, now: Any) -> int:
+    """A lifecycle notification as an outbox row; its id."""
+    return repository.add_outbox(session, rollout_id, "notify", {"kind": kind}, now, NOTIFY_TTL).id
+
+
+def run_outbox_row(runtime: Runtime, row_id: int) -> str:
+    """Do the work of one row (in whatever process delivers it) and acknowledge it; a
+    row already done is a duplicate delivery and does nothing."""
+    with runtime.sessions() as session:
+        row = repository.get_outbox(session, row_id)
+        if row is None:
+            return f"outbox {row_id}: no such row"
+        if row.done_at is not None:
+            return f"outbox {row_id}: already done ({row.outcome})"
+        kind, rollout_id, payload = row.kind, row.rollout_id, dict(row.payload)
+        stale = _stale_runbook(session, rollout_id) if kind == "runbook" else None
+        if row.expires_at < runtime.clock():
+            stale = "expired before it ran"
+    if stale:
+        outcome = f"not run: {stale}"
+        _record_skip(runtime, rollout_id, kind, outcome)
+    elif kind == "runbook":
+        from controller.runtime import run_runbook_now
+
+        outcome = run_runbook_now(runtime, rollout_id, payload)
+    else:
+        from controller.lifecycle import send_notifications
+
+        outcome = send_notifications(runtime, rollout_id, payload["kind"])
+    with runtime.sessions() as session:
+        repository.finish_outbox(session, row_id, outcome, runtime.clock())
+    return outcome
+
+
+def _stale_runbook(session: Session, rollout_id: str) -> str | None:
+    """Why this runbook must not act any more, or None."""
+    rollout = repository.get_rollout(session, rollout_id)
+    if rollout is None:
+        return "the rollout is gone"
+    if rollout.state not in _RUNBOOK_STATES:
+        return f"the rollout is {rollout.state}, not rolled back"
+    newer = session.scalars(
+        select(Rollout.id)
+        .where(
+            Rollout.service == rollout.service,
+            Rollout.created_at > rollout.created_at,
+            Rollout.id != rollout.id,
+        )
+        .limit(1)
+    ).first()
+    if newer:
+        return f"a newer rollout of {rollout.service} ({newer}) started since"
+    return None
+
+
+def _record_skip(runtime: Runtime, rollout_id: str, kind: str, outcome: str) -> None:
+    with runtime.sessions() as session:
+        if repository.get_rollout(session, rollout_id) is None:
+            return
+        repository.append_event(
+            session,
+            rollout_id,
+            f"{kind}_skipped",
+            actor="controller",
+            at=runtime.clock(),
+            message=f"{kind} {outcome}",
+            data={"kind": kind, "outcome": outcome},
+        )
+        session.commit()
+
+
+def dispatch_due(runtime: Runtime) -> list[int]:
+    """Send again every outbox row that is not done (reconcile calls this)."""
+    with runtime.sessions() as session:
+        due = repository.take_due_outbox(session, runtime.clock(), REDISPATCH_AFTER)
+    for row_id, kind, rollout_id in due:
+        runtime.send_outbox(row_id, kind, rollout_id)
+    return [row_id for row_id, _, _ in due]
+
+
+def dispatch_now(runtime: Runtime, rows: list[tuple[int, str, str]]) -> None:
+    """Right after the commit that wrote them: mark and send each row. A failure to
+    send leaves the row for reconcile, never raises into the caller."""
+    for row_id, kind, rollout_id in rows:
+        with runtime.sessions() as session:
+            repository.mark_outbox_dispatched(session, row_id, runtime.clock())
+        try:
+            runtime.send_outbox(row_id, kind, rollout_id)
+        except Exception:  # the row stays; reconcile sends it again
+            continue

@@ -1,0 +1,102 @@
+"""Dispatch once and the outbox, on a real SQLite store with a fake clock and router.
+
+What is checked is the bookkeeping that makes a lost message harmless: a queued
+advance is not queued again until presumed lost, outbox rows are sent until done,
+a duplicate delivery does nothing, and a stale runbook never acts.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from controller import outbox
+from controller.engine import advance
+from controller.operations import abort_rollout
+from controller.rollback import rollback
+from controller.store import repository
+from controller.store.models import Outbox
+from tests.unit.test_state_machine import make_plan, start, state, with_notifications
+
+LOST = timedelta(seconds=20)
+
+
+def test_a_queued_advance_is_queued_once_until_presumed_lost(world) -> None:
+    runtime, _, _, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    with runtime.sessions() as session:
+        assert repository.take_due_advances(session, clock.now, LOST) == [rollout_id]
+        clock.now += timedelta(seconds=2)
+        assert repository.take_due_advances(session, clock.now, LOST) == []
+        clock.now += LOST  # the message never arrived (a broker restart)
+        assert repository.take_due_advances(session, clock.now, LOST) == [rollout_id]
+    advance(runtime, rollout_id)  # claiming it clears the mark
+    rollout, _ = state(runtime, rollout_id)
+    assert rollout.dispatched_at is None
+    clock.now = rollout.next_check_at
+    with runtime.sessions() as session:
+        assert repository.take_due_advances(session, clock.now, LOST) == [rollout_id]
+
+
+def test_a_rollback_promises_its_runbook_and_sends_it_until_done(world) -> None:
+    runtime, _, router, clock, _ = world
+    sent: list[tuple[int, str]] = []
+    runtime.send_outbox = lambda row_id, kind, rollout_id: sent.append((row_id, kind))
+    rollout_id = start(runtime, with_notifications(make_plan()))
+    advance(runtime, rollout_id)
+    with runtime.sessions() as session:
+        abort_rollout(session, rollout_id, reason="x", actor="a", now=clock.now)
+    sent.clear()
+    rollback(runtime, rollout_id)
+    assert router.weight == 0
+    kinds = sorted(kind for _, kind in sent)
+    assert kinds == ["notify", "runbook"]
+    runbook_row = next(row_id for row_id, kind in sent if kind == "runbook")
+
+    # The worker that got it died: nothing acknowledged. Reconcile sends it again,
+    # not before the redispatch delay.
+    sent.clear()
+    assert outbox.dispatch_due(runtime) == []
+    clock.now += outbox.REDISPATCH_AFTER + timedelta(seconds=1)
+    assert runbook_row in outbox.dispatch_due(runtime)
+
+    first = outbox.run_outbox_row(runtime, runbook_row)
+    assert first.startswith("runbook: 5 step(s)")
+    assert outbox.run_outbox_row(runtime, runbook_row).startswith("outbox")  # duplicate
+    _, events = state(runtime, rollout_id)
+    assert len([e for e in events if e.kind == "runbook" and e.data["step"] == 5]) == 1
+    clock.now += outbox.REDISPATCH_AFTER * 2
+    assert runbook_row not in outbox.dispatch_due(runtime)
+
+
+def test_a_runbook_of_a_superseded_rollout_never_acts(world) -> None:
+    runtime, _, router, clock, _ = world
+    runtime.send_outbox = lambda row_id, kind, rollout_id: None  # lost in the broker
+    rollout_id = start(runtime, make_plan())
+    advance(runtime, rollout_id)
+    with runtime.sessions() as session:
+        abort_rollout(session, rollout_id, reason="x", actor="a", now=clock.now)
+    rollback(runtime, rollout_id)
+    clock.now += timedelta(seconds=5)
+    newer = start(runtime, make_plan())  # the next release of the service
+    with runtime.sessions() as session:
+        row = session.query(Outbox).filter_by(rollout_id=rollout_id, kind="runbook").one()
+    outcome = outbox.run_outbox_row(runtime, row.id)
+    assert outcome == f"not run: a newer rollout of api ({newer}) started since"
+    _, events = state(runtime, rollout_id)
+    assert not [e for e in events if e.kind == "runbook"]
+    assert any(e.kind == "runbook_skipped" for e in events)
+
+
+def test_an_outbox_row_past_its_expiry_is_given_up_loudly(world) -> None:
+    runtime, _, _, clock, _ = world
+    runtime.send_outbox = lambda row_id, kind, rollout_id: None
+    rollout_id = start(runtime, make_plan())
+    advance(runtime, rollout_id)
+    with runtime.sessions() as session:
+        abort_rollout(session, rollout_id, reason="x", actor="a", now=clock.now)
+    rollback(runtime, rollout_id)
+    clock.now += outbox.RUNBOOK_TTL + timedelta(seconds=1)
+    assert outbox.dispatch_due(runtime) == []
+    _, events = state(runtime, rollout_id)
+    expired = next(e for e in events if e.kind == "outbox_expired")
+    assert "runbook given up after 1 dispatch(es)" in expired.message
