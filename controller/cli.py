@@ -385,12 +385,12 @@ def api(
     import uvicorn
 
     from controller.api.app import create_app
-    from tasks.dispatch import enqueue_rollback, enqueue_start
+    from tasks.dispatch import enqueue_outbox, enqueue_rollback, enqueue_start
 
     settings = get_settings()
     migrate(settings.database_url)
     uvicorn.run(
-        create_app(settings, enqueue_rollback, enqueue_start),
+        create_app(settings, enqueue_rollback, enqueue_start, enqueue_outbox),
         host=host,
         port=port,
         log_level="warning",

@@ -1,5 +1,5 @@
 """Enqueue work from outside the workers (the API, the CLI) without waiting for beat."""
 
-from tasks.rollout import enqueue_rollback, enqueue_start
+from tasks.rollout import enqueue_outbox, enqueue_rollback, enqueue_start
 
-__all__ = ["enqueue_rollback", "enqueue_start"]
+__all__ = ["enqueue_outbox", "enqueue_rollback", "enqueue_start"]

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
@@ -30,8 +31,9 @@ from controller.api.limits import BodySizeLimit
 from controller.api.schemas import Approval, Reason, StartRollout
 from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
 from controller.plan_loader import PlanError, load_plan, parse_plan
+from controller.rollback import rollback as run_rollback
 from controller.runbook import incident_document
-from controller.runtime import router_factory, utcnow
+from controller.runtime import Runtime, router_factory, utcnow
 from controller.store import repository
 from controller.store.db import session_factory
 from controller.store.models import ACTIVE_STATES, FINAL_STATES, Incident, Rollout
@@ -48,9 +50,28 @@ def create_app(
     settings: Settings,
     enqueue_rollback: Callable[[str], None],
     enqueue_start: Callable[[str], None] = lambda rollout_id: None,
+    send_outbox: Callable[[int, str, str], object] | None = None,
 ) -> FastAPI:
     sessions = session_factory(settings.database_url)
     router_for = router_factory(settings)
+    # For the one thing the API does itself when the broker is down: a rollback's
+    # traffic shift. What the rollback promises (runbook, notification) stays in the
+    # outbox for the workers when the broker is back.
+    rollback_runtime = Runtime.from_settings(settings)
+    rollback_runtime.send_outbox = send_outbox or _leave_for_reconcile
+
+    def hand_over_rollback(rollout_id: str) -> str:
+        """The rollback queue's worker does it; if the broker cannot take the message,
+        the API shifts the traffic itself (the router is reachable from here) and
+        records it, so that a Redis outage never delays a rollback."""
+        try:
+            enqueue_rollback(rollout_id)
+            return "rollback queue"
+        except Exception as exc:  # broker down or refusing: do not wait for it
+            log.error("enqueue_failed_rolling_back_here", rollout_id=rollout_id, error=str(exc))
+        result = run_rollback(rollback_runtime, rollout_id)
+        return f"the API itself (broker unavailable): {result.sentence()}"
+
     tokens = TokenBook.from_setting(
         settings.api_tokens.get_secret_value() if settings.api_tokens else None
     )
@@ -118,6 +139,17 @@ def create_app(
 
     Viewer = Annotated[Principal, Depends(role(Role.VIEWER))]
     Operator = Annotated[Principal, Depends(role(Role.OPERATOR))]
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _store_unavailable(_request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        """The store is the state of record: without it nothing is accepted, and the
+        caller is told to retry (Alertmanager does on a 5xx, never on a 202)."""
+        log.error("store_unavailable", error=type(exc).__name__)
+        return JSONResponse(
+            {"detail": "the store is unavailable; nothing was recorded, retry"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(operations.OperationError)
     async def _operation_error(_request: Request, exc: operations.OperationError) -> JSONResponse:
@@ -274,7 +306,7 @@ def create_app(
             session, rollout_id, reason=body.reason or "abort", actor=who.name, now=utcnow()
         )
         if result.accepted:
-            _best_effort(enqueue_rollback, rollout_id)
+            hand_over_rollback(rollout_id)
         return outcome(result)
 
     @app.post("/api/v1/rollouts/{rollout_id}/rollback", tags=["rollouts"])
@@ -283,7 +315,7 @@ def create_app(
             session, rollout_id, reason=body.reason, actor=who.name, now=utcnow()
         )
         if result.accepted:
-            _best_effort(enqueue_rollback, rollout_id)
+            hand_over_rollback(rollout_id)
         return outcome(result)
 
     @app.post("/api/v1/rollouts/{rollout_id}/approve", tags=["rollouts"])
@@ -380,7 +412,7 @@ def create_app(
                         },
                     )
                     if accepted:
-                        _best_effort(enqueue_rollback, match.rollout_id)
+                        entry["handed_to"] = hand_over_rollback(match.rollout_id)
                         entry["enqueued_ms"] = round((time.monotonic() - received) * 1000, 2)
                         hit = next((r for r in active if r.id == match.rollout_id), None)
                         log.warning(
@@ -400,6 +432,11 @@ def create_app(
         )
 
     return app
+
+
+def _leave_for_reconcile(row_id: int, kind: str, rollout_id: str) -> None:
+    """Without a broker an outbox row waits in the store; reconcile sends it later."""
+    raise ConnectionError("no broker: left for reconcile")
 
 
 def _best_effort(enqueue: Callable[[str], None], rollout_id: str) -> None:

@@ -271,16 +271,17 @@ class RolloutLab:
         self.start_worker("aftercare", "runbook,notify", concurrency=2)
         self.start_beat()
 
-    def start_api(self) -> str:
-        """The HTTP API (``canary api``) on a free port; returns its base URL."""
+    def start_api(self, name: str = "api", overrides: dict[str, str] | None = None) -> str:
+        """The HTTP API (``canary api``) on a free port; returns its base URL.
+        ``overrides`` replace settings of this one process (a broker that is down)."""
         port = free_port()
         process = ManagedProcess(
-            "api",
+            name,
             [sys.executable, "-m", "controller", "api", "--port", str(port)],
             self.workdir / "workers",
-            env=self.env(),
+            env={**self.env(), **(overrides or {})},
         )
-        self.workers["api"] = self.group.add(process)
+        self.workers[name] = self.group.add(process)
         url = f"http://127.0.0.1:{port}"
         process.wait_ready(lambda: http_ready(f"{url}/healthz"), timeout=30)
         return url

@@ -16,7 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
+from controller.lab.ports import free_port
 from controller.lab.stack import RolloutLab
 from controller.plan import Plan
 from controller.store.models import Event, Rollout
@@ -33,6 +35,7 @@ from tests.integration.rollout_helpers import (
     versions_served,
     wait_for,
 )
+from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -385,3 +388,45 @@ def test_failed_runbook_steps_are_recorded_and_never_undo_the_shift(
     }
     incident = call("GET", f"{api}/api/v1/rollouts/{rollout_id}/incident", VIEWER).json()
     assert incident["webhook_status"] == "posted: HTTP 201"
+
+
+def test_with_the_broker_down_the_api_shifts_traffic_itself(stack) -> None:
+    """Redis unreachable from the API: the webhook still answers 202 only once the
+    rollback is recorded, and traffic is on stable when it answers; the runbook the
+    rollback promised is left in the outbox and run by the workers."""
+    lab, _ = stack
+    dead_port = free_port()
+    api = lab.start_api("api-no-broker", {"CANARY_BROKER_URL": f"redis://127.0.0.1:{dead_port}/0"})
+    version = deploy(lab)
+    rollout_id = begin(lab, version, plan=slow_criteria_plan())
+    wait_for(lab, rollout_id, at_canary)
+    response = webhook(api, ALERTS, service="checkout")
+    assert response.status_code == 202, response.text
+    [matched] = response.json()["matched"]
+    assert matched["rollout_id"] == rollout_id
+    assert matched["handed_to"].startswith("the API itself (broker unavailable)")
+    assert lab.router().get_canary_weight() == 0  # before the answer, not eventually
+    rollout, events = snapshot(lab, rollout_id)
+    assert rollout.state == "rolled_back"
+    assert any(e.kind == "weight_set" and e.data.get("rollback") for e in events)
+    # The runbook went to the outbox; the workers (on the real broker) pick it up.
+    rollout = wait_for(
+        lab,
+        rollout_id,
+        lambda _r, ev: any(e.kind == "runbook" and e.data["step"] == 5 for e in ev),
+        timeout=60,
+    )
+
+
+def test_with_the_store_down_the_webhook_asks_alertmanager_to_retry(stack) -> None:
+    lab, _ = stack
+    url = make_url(lab.database_url)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    through_proxy = url.set(port=proxy.port).render_as_string(hide_password=False)
+    api = lab.start_api("api-store-cut", {"CANARY_DATABASE_URL": through_proxy})
+    assert webhook(api, ALERTS, service="nothing-rolling-out").status_code == 202
+    proxy.cut()  # the database goes away under the running API
+    response = webhook(api, ALERTS, service="checkout")
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == "5"
+    assert "nothing was recorded" in response.json()["detail"]
