@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -260,39 +261,24 @@ def _set_state(
     new_state: RolloutState,
     reason: str | None,
 ) -> OperationOutcome:
-    for rollout in _fresh_reads(session, rollout_id):
-        if rollout.state not in allowed:
-            return OperationOutcome(
-                rollout_id, False, f"rollout {rollout_id} is {rollout.state}; cannot be {kind}"
-            )
+    def changes(rollout: Rollout) -> dict[str, Any]:
         analysis = dict(rollout.analysis or {})
         # Missing-data counts and breaches start again: a breach must be measured
         # anew after a pause, and the progress deadline counts from the next wait.
         analysis.update(error_streak=0, inconclusive_streak=0, breach_since={})
         analysis.pop("waiting_since", None)
         analysis.pop("deadline_passed", None)
-        changed = session.execute(
-            update(Rollout)
-            .where(
-                Rollout.id == rollout_id,
-                Rollout.version == rollout.version,
-                Rollout.state.in_([str(s) for s in allowed]),
-            )
-            .values(
-                state=new_state,
-                reason=reason,
-                analysis=analysis,
-                next_check_at=now,
-                updated_at=now,
-                version=Rollout.version + 1,
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if changed == 1:
-            break
-        session.rollback()
-    else:
-        return OperationOutcome(rollout_id, False, _STILL_CHANGING)
+        return {
+            "state": new_state,
+            "reason": reason,
+            "analysis": analysis,
+            "next_check_at": now,
+            "updated_at": now,
+        }
+
+    rollout = _apply_to_fresh(session, rollout_id, allowed, changes)
+    if isinstance(rollout, str):
+        return OperationOutcome(rollout_id, False, f"{rollout}; cannot be {kind}")
     if kind == "paused" and Plan.from_data(rollout.plan).notifications:
         # Sent by the next reconcile, with the pause in the same transaction.
         outbox.promise_notification(session, rollout_id, "paused", now)
@@ -395,26 +381,14 @@ def promote_rollout(
     a human may cut waiting short, never the evidence."""
     if not reason.strip():
         raise OperationError("reason: say why the hold is cut short")
-    for rollout in _fresh_reads(session, rollout_id):
-        if rollout.state != RolloutState.RUNNING:
-            return OperationOutcome(rollout_id, False, f"rollout {rollout_id} is {rollout.state}")
-        analysis = dict(rollout.analysis or {})
-        analysis["promote"] = {"step": rollout.step_index, "by": actor, "reason": reason}
-        changed = session.execute(
-            update(Rollout)
-            .where(
-                Rollout.id == rollout_id,
-                Rollout.version == rollout.version,
-                Rollout.state == RolloutState.RUNNING,
-            )
-            .values(analysis=analysis, next_check_at=now, version=Rollout.version + 1)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if changed == 1:
-            break
-        session.rollback()
-    else:
-        return OperationOutcome(rollout_id, False, _STILL_CHANGING)
+
+    def changes(rollout: Rollout) -> dict[str, Any]:
+        promote = {"step": rollout.step_index, "by": actor, "reason": reason}
+        return {"analysis": {**(rollout.analysis or {}), "promote": promote}, "next_check_at": now}
+
+    rollout = _apply_to_fresh(session, rollout_id, (RolloutState.RUNNING,), changes)
+    if isinstance(rollout, str):
+        return OperationOutcome(rollout_id, False, rollout)
     repository.append_event(
         session,
         rollout_id,
@@ -438,6 +412,33 @@ _CONTENDED_PAUSE_SECONDS = 0.1
 _STILL_CHANGING = (
     "the rollout kept changing for 5 s (an advance in flight); nothing was changed, ask again"
 )
+
+
+def _apply_to_fresh(
+    session: Session,
+    rollout_id: str,
+    allowed: tuple[RolloutState, ...],
+    changes: Callable[[Rollout], dict[str, Any]],
+) -> Rollout | str:
+    """Write ``changes(rollout)`` with a version check, to a fresh read and again while
+    an advance races it; the rollout as it was read, or why nothing was written."""
+    for rollout in _fresh_reads(session, rollout_id):
+        if rollout.state not in allowed:
+            return f"rollout {rollout_id} is {rollout.state}"
+        changed = session.execute(
+            update(Rollout)
+            .where(
+                Rollout.id == rollout_id,
+                Rollout.version == rollout.version,
+                Rollout.state.in_([str(s) for s in allowed]),
+            )
+            .values(**changes(rollout), version=Rollout.version + 1)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if changed == 1:
+            return rollout
+        session.rollback()
+    return _STILL_CHANGING
 
 
 def _fresh_reads(session: Session, rollout_id: str) -> Iterator[Rollout]:

@@ -14,7 +14,7 @@ import pytest
 
 from controller import engine
 from controller.engine import advance
-from controller.operations import OperationError, pause_rollout, start_rollout
+from controller.operations import OperationError, pause_rollout
 from controller.plan import Plan
 from controller.plan_loader import PlanError, parse_plan
 from controller.runtime import Runtime
@@ -55,21 +55,6 @@ def with_traffic(extra: str, analysis: str = "") -> Plan:
     return parse_plan(text)
 
 
-def start_as(runtime: Runtime, plan: Plan, version: str, force: str | None = None) -> str:
-    with runtime.sessions() as session:
-        return start_rollout(
-            session,
-            plan,
-            service="api",
-            version=version,
-            stable=None,
-            created_by="tester",
-            now=runtime.clock(),
-            router_for=runtime.router_for,
-            force_reason=force,
-        ).id
-
-
 def seen_slots(runtime: Runtime, rollout_id: str) -> tuple[str, str]:
     rollout, _ = state(runtime, rollout_id)
     return rollout.stable_slot, rollout.canary_slot
@@ -91,7 +76,7 @@ def test_swap_mode_makes_the_slot_that_carries_everything_the_stable_one(world) 
     # The router now gives green (the new stable) everything; to the next rollout,
     # whose canary slot is blue, that reads as canary weight 0.
     router.weight = 0
-    second = start_as(runtime, plan, "3.0")
+    second = start(runtime, plan, "3.0", stable=None)
     assert seen_slots(runtime, second) == ("green", "blue")
     rollout, _ = state(runtime, second)
     assert rollout.stable_version == "2.0"
@@ -104,39 +89,15 @@ def test_a_rollout_starts_only_from_the_router_state_the_store_expects(world) ->
     runtime, _, router, _, _ = world
     plan = make_plan()
     router.weight = 30  # someone left traffic on the canary slot
+    with pytest.raises(OperationError, match="^router: the router gives 30% to canary"):
+        start(runtime, plan)
     with runtime.sessions() as session:
-        with pytest.raises(OperationError, match="^router: the router gives 30% to canary"):
-            start_rollout(
-                session,
-                plan,
-                service="api",
-                version="2.0",
-                stable="1.0",
-                created_by="tester",
-                now=runtime.clock(),
-                router_for=runtime.router_for,
-            )
         assert repository.list_rollouts(session) == []
-    forced = start_as_stable(runtime, plan, force="canary slot drained by hand, verified")
+    forced = start(runtime, plan, force="canary slot drained by hand, verified")
     _, events = state(runtime, forced)
     event = next(e for e in events if e.kind == "forced_start")
     assert "gives 30% to canary" in event.data["problem"]
     assert event.actor == "tester"
-
-
-def start_as_stable(runtime: Runtime, plan: Plan, force: str) -> str:
-    with runtime.sessions() as session:
-        return start_rollout(
-            session,
-            plan,
-            service="api",
-            version="2.0",
-            stable="1.0",
-            created_by="tester",
-            now=runtime.clock(),
-            router_for=runtime.router_for,
-            force_reason=force,
-        ).id
 
 
 def test_the_stable_version_must_be_the_recorded_one(world) -> None:
@@ -144,20 +105,8 @@ def test_the_stable_version_must_be_the_recorded_one(world) -> None:
     first = start(runtime, make_plan())
     run_until_settled(runtime, clock, first)
     router.weight = 0
-    with (
-        runtime.sessions() as session,
-        pytest.raises(OperationError, match="^stable: the store records 2.0"),
-    ):
-        start_rollout(
-            session,
-            make_plan(),
-            service="api",
-            version="3.0",
-            stable="1.0",
-            created_by="tester",
-            now=runtime.clock(),
-            router_for=runtime.router_for,
-        )
+    with pytest.raises(OperationError, match="^stable: the store records 2.0"):
+        start(runtime, make_plan(), "3.0", stable="1.0")
 
 
 def test_a_paused_canary_with_traffic_is_still_measured_and_rolled_back(world) -> None:

@@ -134,17 +134,25 @@ def world(tmp_path):
     return runtime, metrics, router, clock, enqueued
 
 
-def start(runtime: Runtime, plan: Plan) -> str:
+def start(
+    runtime: Runtime,
+    plan: Plan,
+    version: str = "2.0",
+    stable: str | None = "1.0",
+    force: str | None = None,
+) -> str:
+    """Start a rollout of the service ``api``; its id."""
     with runtime.sessions() as session:
         return start_rollout(
             session,
             plan,
             service="api",
-            version="2.0",
-            stable="1.0",
+            version=version,
+            stable=stable,
             created_by="tester",
             now=runtime.clock(),
             router_for=runtime.router_for,
+            force_reason=force,
         ).id
 
 
