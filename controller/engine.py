@@ -689,7 +689,10 @@ class _Advance:
             tripped=tripped,
             trigger=trigger,
         ):
-            self.runtime.enqueue_rollback(self.rollout.id)
+            try:
+                self.runtime.enqueue_rollback(self.rollout.id)
+            except Exception as exc:  # recorded already: reconcile dispatches it in seconds
+                self.log.error("rollback_enqueue_failed", error=str(exc))
         else:
             self.session.commit()
 

@@ -61,7 +61,11 @@ def create_app() -> Celery:
         task_routes={task: {"queue": queue_name(kind)} for task, kind in ROUTES.items()},
         task_send_sent_event=True,
         worker_send_task_events=True,
-        result_expires=24 * 3600,
+        # Nothing waits on a task's result: each returns a sentence for Flower, which
+        # reads it from the task events. Keeping results would leave a Redis key per
+        # advance for a day.
+        task_ignore_result=True,
+        result_expires=3600,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         broker_transport_options={"visibility_timeout": 3600},

@@ -47,7 +47,12 @@ def describe(rollout_id: str) -> dict[str, str]:
 
 
 def enqueue_rollback(rollout_id: str, reason: str = "") -> None:
-    rollback_task.apply_async(kwargs={**describe(rollout_id), "reason": reason})
+    """Put a rollback on its queue, or raise at once: the caller (the API) shifts the
+    traffic itself rather than wait for a broker that does not answer."""
+    kwargs = {**describe(rollout_id), "reason": reason}
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+        rollback_task.apply_async(kwargs=kwargs, connection=connection, retry=False)
 
 
 def enqueue_outbox(row_id: int, kind: str, rollout_id: str) -> None:
