@@ -4,6 +4,7 @@ and optimistic versions. Concurrency is checked on PostgreSQL, which really lock
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -69,7 +70,7 @@ def test_rollout_round_trips_with_utc_times_and_ordered_events(database_url: str
         assert [e.data.get("value") for e in events[1:]] == [0, 1, 2]
 
 
-def test_claim_is_exclusive_until_released_or_expired(database_url: str) -> None:
+def test_claim_is_exclusive_until_released(database_url: str) -> None:
     migrate(database_url)
     rollout_id = new_rollout(database_url)
     sessions = session_factory(database_url)
@@ -79,14 +80,37 @@ def test_claim_is_exclusive_until_released_or_expired(database_url: str) -> None
         assert (
             repository.claim(b, rollout_id, "b", NOW + timedelta(seconds=5), LEASE, states) is None
         )
-        assert (
-            repository.claim(b, rollout_id, "b", NOW + LEASE + timedelta(seconds=1), LEASE, states)
-            is not None
-        )
-        repository.release(a, rollout_id, "a")  # not the owner any more: no effect
-        assert repository.get_rollout(b, rollout_id).lease_owner == "b"
-        repository.release(b, rollout_id, "b")
-        assert repository.claim(a, rollout_id, "a", NOW, LEASE, states) is not None
+        repository.release(b, rollout_id, "b")  # not the owner: no effect
+        assert repository.get_rollout(b, rollout_id).lease_owner == "a"
+        repository.release(a, rollout_id, "a")
+        assert repository.claim(b, rollout_id, "b", NOW, LEASE, states) is not None
+
+
+def test_on_sqlite_a_lease_expires_by_the_hosts_clock(sqlite_url: str) -> None:
+    migrate(sqlite_url)
+    rollout_id = new_rollout(sqlite_url)
+    states = [RolloutState.PENDING]
+    with session_factory(sqlite_url)() as session:
+        assert repository.claim(session, rollout_id, "a", NOW, LEASE, states) is not None
+        later = NOW + LEASE + timedelta(seconds=1)
+        assert repository.claim(session, rollout_id, "b", later, LEASE, states) is not None
+
+
+def test_on_postgresql_leases_go_by_the_database_clock(postgres_url: str) -> None:
+    """A worker whose clock runs an hour ahead cannot take a lease another holds; the
+    lease expires when the database's clock says so."""
+    migrate(postgres_url)
+    rollout_id = new_rollout(postgres_url)
+    sessions = session_factory(postgres_url)
+    states = [RolloutState.PENDING]
+    short = timedelta(seconds=1)
+    with sessions() as a, sessions() as b:
+        assert repository.claim(a, rollout_id, "a", datetime.now(UTC), short, states)
+        ahead = datetime.now(UTC) + timedelta(hours=1)
+        assert repository.claim(b, rollout_id, "b", ahead, LEASE, states) is None
+        behind = datetime.now(UTC) - timedelta(hours=1)
+        time.sleep(1.2)
+        assert repository.claim(b, rollout_id, "b", behind, LEASE, states) is not None
 
 
 def test_only_one_of_many_racing_workers_gets_the_lease(postgres_url: str) -> None:
