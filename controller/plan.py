@@ -162,7 +162,18 @@ class _Criterion(_Strict):
         raise NotImplementedError
 
 
-class RatioToBaseline(_Criterion):
+class _CountsErrors(_Criterion):
+    """A criterion that counts errors (or failures) against a total."""
+
+    absent_errors_are_zero: bool = Field(
+        default=True,
+        description="An error query with no series while its total shows traffic counts "
+        "as 0 errors (services that create error series on the first error); off: no "
+        "data, inconclusive.",
+    )
+
+
+class RatioToBaseline(_CountsErrors):
     """Canary error proportion against the stable version's, over the same window."""
 
     judge: Literal["ratio_to_baseline"]
@@ -190,7 +201,7 @@ class RatioToBaseline(_Criterion):
         }
 
 
-class RatioThreshold(_Criterion):
+class RatioThreshold(_CountsErrors):
     """A proportion of the canary's requests (auth failures, say) above a fixed limit."""
 
     judge: Literal["ratio_threshold"]
@@ -226,7 +237,7 @@ class RisingTrend(_Criterion):
         return {"series": self.series}
 
 
-class ZeroTolerance(_Criterion):
+class ZeroTolerance(_CountsErrors):
     """Failed writes or corruption indicators: any count above ``max`` trips at once."""
 
     judge: Literal["zero_tolerance"]

@@ -8,7 +8,7 @@ passes it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -114,7 +114,10 @@ def measure(
             else:
                 for role, query in queries.items():
                     inputs[role] = _scalar(provider.instant(query, at=now))
-                judgement = _judge_scalars(criterion, inputs, previous_baseline)
+                counted = _absent_errors_as_zero(criterion, inputs)
+                judgement = _with_notes(
+                    _judge_scalars(criterion, inputs, previous_baseline), counted
+                )
     except timeouts.out_of_time():
         raise  # the task's time is up: not a verdict of any kind (controller.timeouts)
     except MetricsError as exc:
@@ -125,6 +128,44 @@ def measure(
         log.exception("measurement failed", criterion=criterion.name)
         judgement = Judgement(Verdict.ERROR, f"measurement failed: {type(exc).__name__}: {exc}")
     return Measurement(criterion.name, criterion.judge, queries, inputs, judgement)
+
+
+# Each error or failure query and the total that says whether there was traffic.
+_ERRORS_AND_TOTALS = {
+    "canary_errors": "canary_total",
+    "baseline_errors": "baseline_total",
+    "errors": "total",
+    "failures": "total",
+}
+
+
+def _absent_errors_as_zero(criterion: Criterion, inputs: dict[str, float | None]) -> list[str]:
+    """A service whose error series appear only with the first error (labelled
+    prometheus_client counters) returns no series for its error query while its total
+    shows traffic: that is 0 errors, not missing data. Changes ``inputs`` in place and
+    says what it counted; only where the plan allows it and the total is a real count
+    above 0 (an absent or NaN total stays inconclusive)."""
+    if not getattr(criterion, "absent_errors_are_zero", False):
+        return []
+    notes = []
+    for errors, total in _ERRORS_AND_TOTALS.items():
+        requests = inputs.get(total)
+        if errors not in inputs or inputs[errors] is not None or requests is None:
+            continue
+        if math.isfinite(requests) and requests > 0:
+            inputs[errors] = 0.0
+            notes.append(f"no {errors} series while {total} shows {requests:g}: counted as 0")
+    return notes
+
+
+def _with_notes(judgement: Judgement, notes: list[str]) -> Judgement:
+    if not notes:
+        return judgement
+    return replace(
+        judgement,
+        reason=f"{judgement.reason} ({'; '.join(notes)})",
+        details={**judgement.details, "absent_counted_as_zero": float(len(notes))},
+    )
 
 
 def _judge_scalars(

@@ -151,7 +151,11 @@ class DemoMetrics:
 
     STATUS_CODES = ("200", "401", "500")
 
-    def __init__(self, service: str, version: str, environment: str, lag: QueueLag) -> None:
+    def __init__(
+        self, service: str, version: str, environment: str, lag: QueueLag, lazy: bool = False
+    ) -> None:
+        """``lazy``: like most services using labelled prometheus_client counters, do
+        not create the error series up front; they appear with the first error."""
         self.registry = CollectorRegistry()
         identity = ["service", "version", "environment"]
         self._identity = {"service": service, "version": version, "environment": environment}
@@ -179,12 +183,13 @@ class DemoMetrics:
             identity,
             registry=self.registry,
         )
-        for code in self.STATUS_CODES:
+        for code in self.STATUS_CODES[:1] if lazy else self.STATUS_CODES:
             self.requests.labels(**self._identity, code=code)
-        for result in ("success", "failure"):
+        for result in ("success",) if lazy else ("success", "failure"):
             self.auth_attempts.labels(**self._identity, result=result)
         self._writes = self.writes.labels(**self._identity)
-        self._write_failures = self.write_failures.labels(**self._identity)
+        if not lazy:
+            self.write_failures.labels(**self._identity)
         self.queue_lag.labels(**self._identity).set_function(lag.value)
 
     def record(self, outcome: Outcome) -> None:
@@ -193,7 +198,7 @@ class DemoMetrics:
         self.auth_attempts.labels(**self._identity, result=result).inc()
         self._writes.inc()
         if not outcome.write_ok:
-            self._write_failures.inc()
+            self.write_failures.labels(**self._identity).inc()
 
 
 class DemoState:
@@ -206,13 +211,14 @@ class DemoState:
         environment: str,
         knobs: FaultKnobs | None = None,
         seed: int | None = None,
+        lazy_series: bool = False,
     ) -> None:
         self.service = service
         self.version = version
         self.environment = environment
         self.rng = random.Random(seed)
         self.lag = QueueLag(random.Random(None if seed is None else seed + 1))
-        self.metrics = DemoMetrics(service, version, environment, self.lag)
+        self.metrics = DemoMetrics(service, version, environment, self.lag, lazy_series)
         self._lock = threading.Lock()
         self._knobs = FaultKnobs()
         self.set_knobs(knobs or FaultKnobs())
@@ -352,9 +358,10 @@ def make_server(
     host: str = "127.0.0.1",
     knobs: FaultKnobs | None = None,
     seed: int | None = None,
+    lazy_series: bool = False,
 ) -> DemoServer:
     """Bind the service (port 0 picks a free port) without starting to serve."""
-    state = DemoState(service, version, environment, knobs, seed)
+    state = DemoState(service, version, environment, knobs, seed, lazy_series)
     server = DemoServer((host, port), _make_handler(state))
     server.state = state
     return server
@@ -368,9 +375,10 @@ def serve(
     host: str = "127.0.0.1",
     knobs: FaultKnobs | None = None,
     seed: int | None = None,
+    lazy_series: bool = False,
 ) -> None:
     """Serve until interrupted (blocking)."""
-    server = make_server(port, service, version, environment, host, knobs, seed)
+    server = make_server(port, service, version, environment, host, knobs, seed, lazy_series)
     bound_host, bound_port = server.server_address[:2]
     print(
         f"demo {service} {version} ({environment}) listening on http://{bound_host}:{bound_port}",
@@ -392,6 +400,11 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, FaultKn
     parser.add_argument("--version", required=True)
     parser.add_argument("--environment", default="production")
     parser.add_argument("--seed", type=int, default=None, help="make outcomes reproducible")
+    parser.add_argument(
+        "--lazy-series",
+        action="store_true",
+        help="create error series only on the first error, as labelled counters do",
+    )
     for knob in KNOB_RANGES:
         parser.add_argument(f"--{knob.replace('_', '-')}", type=float, default=0.0)
     args = parser.parse_args(argv)
@@ -410,7 +423,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, knobs = _parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with contextlib.suppress(KeyboardInterrupt):
-        serve(args.port, args.service, args.version, args.environment, args.host, knobs, args.seed)
+        serve(
+            args.port,
+            args.service,
+            args.version,
+            args.environment,
+            args.host,
+            knobs,
+            args.seed,
+            args.lazy_series,
+        )
     return 0
 
 

@@ -170,6 +170,15 @@ def test_follow_a_rollout_in_flower_prometheus_and_logs(oncall: dict[str, Any]) 
     )
     everything = flower_tasks()
     assert {t["name"] for t in everything} >= {"rollout.advance"}
+    # Work, not ticks: no reconcile in the list, and almost no advance that did nothing.
+    listed = httpx.get(
+        f"{oncall['flower']}/api/tasks", auth=auth, trust_env=False, params={"limit": 5000}
+    ).json()
+    names = [t.get("name") for t in listed.values()]
+    assert "rollout.reconcile" not in names
+    advances = [t for t in listed.values() if t.get("name") == "rollout.advance"]
+    idle = [t for t in advances if "nothing done" in str(t.get("result"))]
+    assert len(idle) <= max(1, len(advances) // 10), (len(idle), len(advances))
     stages = {t["kwargs"] for t in everything}
     assert any("canary 10%" in k for k in stages) and any("ramp 100%" in k for k in stages)
     assert all(lab.settings.service in t["kwargs"] for t in everything)

@@ -14,7 +14,7 @@ import pytest
 
 from controller import engine
 from controller.engine import advance
-from controller.operations import OperationError, pause_rollout
+from controller.operations import OperationError, pause_rollout, resume_rollout
 from controller.plan import Plan
 from controller.plan_loader import PlanError, parse_plan
 from controller.runtime import Runtime
@@ -278,3 +278,40 @@ def test_redeploy_mode_needs_a_hook_and_a_version_check() -> None:
         )
     with pytest.raises(PlanError, match="slot_urls: give the URL of exactly the servers"):
         with_traffic('slot_urls: {blue: "http://b", canary: "http://c"}')
+
+
+def test_an_inconclusive_check_between_two_failures_neither_ends_nor_hides_a_breach(
+    world,
+) -> None:
+    """Like Prometheus `for:`, a breach trips once it has lasted `sustained_for` and
+    only a pass ends it; unlike `for:`, a check without data in the middle does not
+    reset it, so flaky data cannot hide a breach that goes on."""
+    runtime, metrics, _, clock, _ = world
+    rollout_id = start(runtime, make_plan(sustained="10s"))
+    advance(runtime, rollout_id)
+    for total, errors in ((1000.0, 200.0), (None, 200.0), (1000.0, 200.0)):
+        metrics.total, metrics.errors = total, errors
+        clock.now += timedelta(seconds=5)
+        advance(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    verdicts = [e.data["verdict"] for e in events if e.kind == "measurement"]
+    assert verdicts[-3:] == ["fail", "inconclusive", "fail"]
+    assert rollout.state == "rolling_back" and rollout.tripped_criterion == "errors"
+
+
+def test_a_breach_does_not_survive_a_pause_and_resume(world) -> None:
+    runtime, metrics, _, clock, _ = world
+    rollout_id = start(runtime, make_plan(sustained="10s"))
+    advance(runtime, rollout_id)
+    metrics.errors = 200.0
+    clock.now += timedelta(seconds=5)
+    advance(runtime, rollout_id)  # the breach begins
+    with runtime.sessions() as session:
+        pause_rollout(session, rollout_id, reason="look", actor="a", now=clock.now)
+        clock.now += timedelta(seconds=20)
+        resume_rollout(session, rollout_id, actor="a", now=clock.now)
+    advance(runtime, rollout_id)  # failing again, but measured anew since the resume
+    assert state(runtime, rollout_id)[0].state == "running"
+    clock.now += timedelta(seconds=10)
+    advance(runtime, rollout_id)
+    assert state(runtime, rollout_id)[0].state == "rolling_back"
