@@ -33,6 +33,7 @@ from controller.operations import (
     pause_rollout,
     promote_rollout,
     recheck_rollout,
+    record_reconciliation,
     resume_rollout,
     rollback_rollout,
     start_rollout,
@@ -337,6 +338,24 @@ def recheck(
     with _sessions()() as session:
         _report(
             recheck_rollout(session, rollout_id, actor=by or getpass.getuser(), now=utcnow()),
+            enqueue=False,
+        )
+
+
+@app.command("reconcile-done")
+@friendly_errors
+def reconcile_done(
+    service: Annotated[str, typer.Argument(help="The service whose data was reconciled")],
+    note: Annotated[str, typer.Option(help="What was reconciled and how (the audit trail)")],
+    by: Annotated[str | None, typer.Option(help="Who (default: login name)")] = None,
+) -> None:
+    """Record that a failed-writes rollback's data was reconciled; the service's next
+    rollout waits for this."""
+    with _sessions()() as session:
+        _report(
+            record_reconciliation(
+                session, service, note=note, actor=by or getpass.getuser(), now=utcnow()
+            ),
             enqueue=False,
         )
 

@@ -355,6 +355,9 @@ class _Advance:
             )
             for role in missing
         ]
+        unreconciled = self.writes_reconciled()
+        if unreconciled is not None:
+            results.append(unreconciled)
         failed = [r for r in results if not r.ok]
         if failed:
             return self.block(
@@ -373,6 +376,21 @@ class _Advance:
             {"gate": "preflight", "checks": [r.as_dict() for r in results]},
         )
         return None
+
+    def writes_reconciled(self) -> CheckResult | None:
+        """After a rollback for failed writes, the service's data must be reconciled
+        (release checklist §3.3) before another rollout moves traffic."""
+        release = repository.reconciliation_pending(self.session, self.rollout.service)
+        if release is None:
+            return None
+        return CheckResult(
+            "writes-reconciled",
+            "reconciliation",
+            False,
+            f"data reconciliation after rollback {release.reconcile_required_by} "
+            f"({release.reconcile_required_reason}) not recorded: run `canary reconcile-done "
+            f"{self.rollout.service} --note ...` once it is done",
+        )
 
     def missing_stage_approvals(self, step: Step) -> list[str]:
         """Roles that must still approve before this step's stage begins."""

@@ -14,12 +14,18 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from controller import outbox
 from controller.plan import Plan
 from controller.runtime import RouterFactory
-from controller.slots import router_state_problem, slots_for_new_rollout, template_values
+from controller.slots import (
+    Slots,
+    router_state_problem,
+    slots_for_new_rollout,
+    template_values,
+)
 from controller.store import repository
 from controller.store.models import ACTIVE_STATES, Rollout, RolloutState
 from controller.traffic.base import RouterError
@@ -136,6 +142,44 @@ def start_rollout(
             f"service: {service} already has an active rollout ({active}); "
             "abort it or wait for it to finish"
         )
+    try:
+        rollout = _record_start(
+            session,
+            plan,
+            service=service,
+            version=version,
+            stable=stable,
+            slots=slots,
+            created_by=created_by,
+            now=now,
+            variables=variables or {},
+            forced=(force_reason, problem, recorded) if force_reason is not None else None,
+        )
+    except IntegrityError:
+        # Another start of the same service won the race between our check and our
+        # insert: the database's one-active-rollout index refused this one.
+        session.rollback()
+        raise OperationError(
+            f"service: {service} already has an active rollout (started concurrently); "
+            "abort it or wait for it to finish"
+        ) from None
+    return rollout
+
+
+def _record_start(
+    session: Session,
+    plan: Plan,
+    *,
+    service: str,
+    version: str,
+    stable: str,
+    slots: Slots,
+    created_by: str,
+    now: datetime,
+    variables: dict[str, str],
+    forced: tuple[str, str | None, str | None] | None,
+) -> Rollout:
+    """Insert the rollout (and why it was forced, if it was) and commit."""
     rollout = repository.create_rollout(
         session,
         service=service,
@@ -145,20 +189,21 @@ def start_rollout(
         plan=plan.model_dump(mode="json"),
         created_by=created_by,
         now=now,
-        variables=variables or {},
+        variables=variables,
         stable_slot=slots.stable,
         canary_slot=slots.canary,
     )
-    if force_reason is not None:
+    if forced is not None:
+        reason, problem, recorded = forced
         repository.append_event(
             session,
             rollout.id,
             "forced_start",
             actor=created_by,
             at=now,
-            message=f"started by {created_by} despite the expected state: {force_reason}"
+            message=f"started by {created_by} despite the expected state: {reason}"
             + (f" (router: {problem})" if problem else ""),
-            data={"reason": force_reason, "problem": problem, "stable_recorded": recorded},
+            data={"reason": reason, "problem": problem, "stable_recorded": recorded},
         )
     session.commit()
     return rollout
@@ -451,6 +496,46 @@ def _fresh_reads(session: Session, rollout_id: str) -> Iterator[Rollout]:
         if rollout is None:
             raise OperationError(f"id: no rollout {rollout_id!r}")
         yield rollout
+
+
+def record_reconciliation(
+    session: Session, service: str, *, note: str, actor: str, now: datetime
+) -> OperationOutcome:
+    """Record that the data a failed-writes rollback left was reconciled: the audit
+    trail on the rollout that required it, and the service's blocked rollouts are
+    checked again at once."""
+    check_identifier("service", service)
+    if not note.strip():
+        raise OperationError("note: say what was reconciled and how (it is the audit trail)")
+    release = repository.reconciliation_pending(session, service)
+    if release is None:
+        raise OperationError(
+            f"service: {service} has no reconciliation pending (none required, or already recorded)"
+        )
+    required_by = release.reconcile_required_by
+    assert required_by is not None
+    release.reconcile_required_by = None
+    release.reconcile_required_reason = None
+    release.reconcile_required_at = None
+    repository.append_event(
+        session,
+        required_by,
+        "reconciliation_done",
+        actor=actor,
+        at=now,
+        message=f"{actor} recorded the data reconciliation of {service}: {note}",
+        data={"service": service, "note": note, "by": actor},
+    )
+    session.execute(
+        update(Rollout)
+        .where(Rollout.service == service, Rollout.state == RolloutState.BLOCKED)
+        .values(next_check_at=now, version=Rollout.version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return OperationOutcome(
+        required_by, True, f"reconciliation of {service} recorded; its next rollout may go"
+    )
 
 
 def _touch(session: Session, rollout: Rollout, now: datetime) -> None:

@@ -149,6 +149,33 @@ class _Aftercare:
             self.promised.append((notify, "notify", rollout.id))
 
 
+def _require_reconciliation_after_failed_writes(
+    session: Session, rollout: Rollout, now: datetime
+) -> None:
+    """A rollback tripped by a failed-writes criterion (judge ``zero_tolerance``) leaves
+    data to reconcile (release checklist §3.3): the next rollout of the service blocks
+    until someone records that it was done."""
+    if not rollout.tripped_criterion:
+        return
+    plan = Plan.from_data(rollout.plan)
+    criterion = next((c for c in plan.stop_criteria if c.name == rollout.tripped_criterion), None)
+    if criterion is None or criterion.judge != "zero_tolerance":
+        return
+    reason = f"{criterion.name} tripped"
+    repository.require_reconciliation(session, rollout, reason, now)
+    repository.append_event(
+        session,
+        rollout.id,
+        "reconciliation_required",
+        actor=ACTOR,
+        at=now,
+        message=f"{criterion.name} tripped: reconcile {rollout.service}'s data, then record "
+        f"it with `canary reconcile-done {rollout.service} --note ...`; the next rollout "
+        "of the service waits for it",
+        data={"service": rollout.service, "criterion": criterion.name},
+    )
+
+
 LEASE_WAIT_SECONDS = 1.0  # then give the rollback queue to the next rollback
 
 
@@ -233,6 +260,7 @@ def _settle(
     rollout.weight = 0
     rollout.finished_at = now
     rollout.updated_at = now
+    _require_reconciliation_after_failed_writes(session, rollout, now)
     repository.append_event(
         session,
         rollout.id,

@@ -28,7 +28,7 @@ from controller import operations
 from controller.alerts import AlertmanagerPayload, match_alert
 from controller.api.auth import Principal, Role, TokenBook, bearer
 from controller.api.limits import BodySizeLimit
-from controller.api.schemas import Approval, Reason, StartRollout
+from controller.api.schemas import Approval, Note, Reason, StartRollout
 from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
 from controller.plan_loader import PlanError, load_plan, parse_plan
 from controller.rollback import rollback as run_rollback
@@ -332,6 +332,17 @@ def create_app(
     def recheck(rollout_id: str, session: Db, who: Operator) -> JSONResponse:
         return outcome(
             operations.recheck_rollout(session, rollout_id, actor=who.name, now=utcnow()), 200
+        )
+
+    @app.post("/api/v1/services/{service}/reconcile-done", tags=["services"])
+    def reconcile_done(service: str, body: Note, session: Db, who: Operator) -> JSONResponse:
+        """Record that a failed-writes rollback's data was reconciled (release checklist
+        §3.3); the service's next rollout waits for this."""
+        return outcome(
+            operations.record_reconciliation(
+                session, service, note=body.note, actor=who.name, now=utcnow()
+            ),
+            200,
         )
 
     @app.post("/api/v1/rollouts/{rollout_id}/promote", tags=["rollouts"])

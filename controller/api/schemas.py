@@ -29,6 +29,12 @@ class StartRollout(BaseModel):
         return self
 
 
+class Note(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = Field(min_length=1, max_length=4000, description="What was done, for the audit")
+
+
 class Reason(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

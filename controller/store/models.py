@@ -11,7 +11,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -55,6 +65,9 @@ ACTIVE_STATES = (*ADVANCING_STATES, RolloutState.PAUSED, *ROLLBACK_STATES)
 FINAL_STATES = (RolloutState.SUCCEEDED, RolloutState.ROLLED_BACK, RolloutState.ABORTED)
 
 
+_ACTIVE_SQL = "state IN (" + ", ".join(f"'{s}'" for s in ACTIVE_STATES) + ")"
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
 
@@ -93,6 +106,17 @@ class Rollout(Base):
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 
     __mapper_args__ = {"version_id_col": version}
+    # One active rollout per service, whichever door a start comes in by: two racing
+    # starts cannot both commit (migration 0006 keeps the state list in step).
+    __table_args__ = (
+        Index(
+            "uq_rollouts_one_active_per_service",
+            "service",
+            unique=True,
+            postgresql_where=text(_ACTIVE_SQL),
+            sqlite_where=text(_ACTIVE_SQL),
+        ),
+    )
 
 
 class Event(Base):
@@ -164,3 +188,8 @@ class Release(Base):
     marked_at: Mapped[datetime]
     # The server that carries the stable version (None: the plan's stable_server).
     stable_slot: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Set by a rollback for failed writes (release checklist §3.3): the data must be
+    # reconciled, and someone must say so, before the service's next rollout starts.
+    reconcile_required_by: Mapped[str | None] = mapped_column(String(32), default=None)
+    reconcile_required_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    reconcile_required_at: Mapped[datetime | None] = mapped_column(default=None)

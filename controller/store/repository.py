@@ -272,6 +272,27 @@ def mark_stable(
         release.stable_slot = stable_slot
 
 
+def require_reconciliation(session: Session, rollout: Rollout, reason: str, now: datetime) -> None:
+    """Record, in the caller's transaction, that ``rollout``'s service needs its data
+    reconciled before the next rollout (a service with no release yet gets one for its
+    stable version)."""
+    release = session.get(Release, rollout.service)
+    if release is None:
+        release = Release(
+            service=rollout.service, stable_version=rollout.stable_version, marked_at=now
+        )
+        session.add(release)
+    release.reconcile_required_by = rollout.id
+    release.reconcile_required_reason = reason
+    release.reconcile_required_at = now
+
+
+def reconciliation_pending(session: Session, service: str) -> Release | None:
+    """The service's release row if a reconciliation is still to be recorded."""
+    release = session.get(Release, service)
+    return release if release is not None and release.reconcile_required_by else None
+
+
 def stable_release(session: Session, service: str) -> Release | None:
     return session.get(Release, service)
 

@@ -186,3 +186,12 @@ def test_demo_json_reports_two_releases_and_one_rollback(tmp_path: Path) -> None
     assert faulty["state"] == "rolled_back" and faulty["weights"][-1] == 0
     assert faulty["tripped"] == "http_5xx_vs_baseline"
     assert faulty["stable_slot"] == "blue"  # production stays on 1.2.0
+
+
+def test_reconcile_done_says_when_there_is_nothing_to_record(sqlite_url: str) -> None:
+    env = {"CANARY_DATABASE_URL": sqlite_url}
+    nothing = canary("reconcile-done", "checkout", "--note", "replayed the queue", env=env)
+    assert nothing.returncode == 2 and "Traceback" not in nothing.stderr
+    assert "checkout has no reconciliation pending" in nothing.stderr
+    bad = canary("reconcile-done", "check out", "--note", "x", env=env)
+    assert bad.returncode == 2 and "service: 'check out' is not allowed" in bad.stderr

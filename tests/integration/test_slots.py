@@ -41,9 +41,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutLab]:
-    """A lab with a rollouts worker, a rollback worker and beat, shared by the module."""
+    """A lab with the controller's workers and beat, shared by the module. Its service
+    creates error series only on the first error, like most real services."""
     with postgres_schema() as url:
-        lab = start_lab(tmp_path_factory.mktemp("slots"), url)
+        lab = start_lab(tmp_path_factory.mktemp("slots"), url, lazy_error_series=True)
         try:
             lab.start_controller()
             yield lab
@@ -86,6 +87,26 @@ def stable_slot_in_store(lab: RolloutLab) -> str | None:
         return release.stable_slot if release else None
 
 
+def query(lab: RolloutLab, promql: str) -> list[dict]:
+    assert lab.prometheus is not None
+    answer = httpx.get(
+        f"{lab.prometheus.url}/api/v1/query", params={"query": promql}, trust_env=False
+    )
+    return answer.json()["data"]["result"]
+
+
+def test_the_service_has_no_error_series_before_its_first_error(lab: RolloutLab) -> None:
+    """The lab reproduces what users run: traffic, but no 5xx series at all."""
+    labels = f'service="checkout", version="{STABLE}", environment="production"'
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not query(lab, f"demo_http_requests_total{{{labels}}}"):
+        time.sleep(0.5)
+    assert query(lab, f"demo_http_requests_total{{{labels}}}")
+    assert query(lab, f'demo_http_requests_total{{{labels}, code=~"5.."}}') == []
+    assert query(lab, f'demo_auth_attempts_total{{{labels}, result="failure"}}') == []
+    assert query(lab, f"demo_write_failures_total{{{labels}}}") == []
+
+
 def test_three_releases_keep_production_on_the_newest_stable_version(lab: RolloutLab) -> None:
     releases: list[tuple[str, str, datetime | None]] = []  # version, final state, stable at
     slots = []
@@ -107,6 +128,9 @@ def test_three_releases_keep_production_on_the_newest_stable_version(lab: Rollou
             assert versions_served(lab) == {releases[-1][0] if not fault else releases[1][0]}
 
     assert [state for _, state, _ in releases] == ["succeeded", "succeeded", "rolled_back"]
+    _, events = snapshot(lab, rollout_id)
+    zero = [e for e in events if e.kind == "measurement" and "counted as 0" in e.message]
+    assert zero, "the absent error series were never counted as 0 errors"
     assert slots == ["green", "blue", "blue"]
     first, second, third = (version for version, _, _ in releases)
     answered = {version for _, version in sampler.samples}

@@ -12,7 +12,11 @@ from sqlalchemy import inspect
 from sqlalchemy.orm.exc import StaleDataError
 
 from config import PLANS_DIR as PLANS
+from controller.lab import HAProxyServer
+from controller.operations import OperationError, start_rollout
+from controller.plan import Plan
 from controller.plan_loader import load_plan
+from controller.runtime import haproxy_router_factory
 from controller.store import repository
 from controller.store.db import make_engine, migrate, session_factory
 from controller.store.models import RolloutState
@@ -153,3 +157,51 @@ def test_a_stale_write_fails_instead_of_overwriting(database_url: str) -> None:
     with sessions() as session:
         rollout = repository.get_rollout(session, rollout_id)
         assert rollout.state == "rolling_back" and rollout.weight is None
+
+
+def test_two_racing_starts_of_one_service_leave_exactly_one_rollout(
+    postgres_url: str, haproxy: HAProxyServer
+) -> None:
+    """The database, not a check before the insert, keeps one active rollout per
+    service: eight starts at the same moment, one wins, the others are told why."""
+    migrate(postgres_url)
+    data = load_plan(PLANS / "demo.yaml").model_dump(mode="json")
+    data["traffic"] = {"backend": haproxy.backend}  # servers stable and canary, no slot URLs
+    urls = {"stable_url": "http://127.0.0.1:9", "canary_url": "http://127.0.0.1:9"}
+    kept = {k: v for k, v in data["variables"].items() if k not in ("blue_url", "green_url")}
+    data["variables"] = {**kept, **urls}
+    plan = Plan.from_data(data)
+    sessions = session_factory(postgres_url)
+    router_for = haproxy_router_factory(haproxy.socket_path)
+    barrier = threading.Barrier(8)
+    won: list[str] = []
+    refused: list[str] = []
+
+    def race(version: str) -> None:
+        with sessions() as session:
+            barrier.wait()
+            try:
+                rollout = start_rollout(
+                    session,
+                    plan,
+                    service="checkout",
+                    version=version,
+                    stable="1.0.0",
+                    created_by="t",
+                    now=datetime.now(UTC),
+                    router_for=router_for,
+                )
+                won.append(rollout.id)
+            except OperationError as exc:
+                refused.append(str(exc))
+
+    threads = [threading.Thread(target=race, args=(f"2.0.{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1, (won, refused)
+    assert len(refused) == 7
+    assert all("already has an active rollout" in message for message in refused)
+    with sessions() as session:
+        assert [r.id for r in repository.list_rollouts(session, service="checkout")] == won

@@ -1,13 +1,13 @@
 """Which server (slot) is stable: per service, and per rollout as it started.
 
-Revision ID: 0005
+Revision ID: 0004
 Revises: 0003
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
+revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
