@@ -169,7 +169,7 @@ def main() -> None:
     with RolloutLab(workdir, settings) as lab:
         migrate(lab.database_url)
         lab.start_worker("rollback", "rollback", concurrency=1)
-        lab.start_worker("rollouts", "rollouts", concurrency=1)  # runs the runbooks
+        lab.start_worker("aftercare", "runbook,notify", concurrency=1)  # runs the runbooks
         api = lab.start_api()
         lab.start_alerting(api, token)
         router = lab.router()

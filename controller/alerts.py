@@ -7,13 +7,13 @@ only validates, authenticates and enqueues.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from controller.plan import Plan
+from controller.plan_checks import MatcherError, parse_matcher
 from controller.store.models import ADVANCING_STATES, Rollout, RolloutState
 
 MAX_ALERTS = 1000
@@ -65,17 +65,18 @@ class AlertMatch:
 
 
 def matchers_hold(plan: Plan, labels: dict[str, str]) -> tuple[bool, str]:
-    """Whether an alert's labels satisfy the plan's alert matchers, and if not, which not."""
-    for name, op, value in plan.alerts.parsed():
-        actual = labels.get(name, "")
-        ok = {
-            "=": actual == value,
-            "!=": actual != value,
-            "=~": re.fullmatch(value, actual) is not None,
-            "!~": re.fullmatch(value, actual) is None,
-        }[op]
-        if not ok:
-            return False, f'matcher {name}{op}"{value}" does not hold ({name}="{actual}")'
+    """Whether an alert's labels satisfy the plan's alert matchers, and if not, which not.
+
+    Matchers are parsed by the same code that validated them at plan load
+    (``controller.plan_checks``), so what validates is what matches."""
+    for text in plan.alerts.matchers:
+        try:
+            matcher = parse_matcher(text)
+        except MatcherError as exc:  # only a plan stored before matchers were checked
+            return False, f"matcher {text!r} is not valid: {exc}"
+        if not matcher.matches(labels):
+            actual = labels.get(matcher.name, "")
+            return False, f'matcher {matcher.text} does not hold ({matcher.name}="{actual}")'
     return True, ""
 
 

@@ -23,13 +23,23 @@ from rich.live import Live
 from sqlalchemy.exc import OperationalError
 
 from config.settings import SettingsError, get_settings
+from controller.backtest import (
+    BacktestError,
+    backtest_values,
+    check_prometheus,
+    replay,
+    report_lines,
+    time_range,
+)
 from controller.durations import format_duration
 from controller.lab.errors import LabError
+from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
 from controller.operations import (
     OperationError,
     OperationOutcome,
     abort_rollout,
     approve_rollout,
+    check_identifier,
     pause_rollout,
     promote_rollout,
     recheck_rollout,
@@ -37,6 +47,15 @@ from controller.operations import (
     resume_rollout,
     rollback_rollout,
     start_rollout,
+)
+from controller.plan_checks import (
+    SAMPLE_CANARY_VERSION,
+    SAMPLE_SERVICE,
+    SAMPLE_STABLE_VERSION,
+    PlanQuery,
+    check_queries,
+    plan_queries,
+    sample_values,
 )
 from controller.plan_loader import PlanError, load_plan
 from controller.render import detail_view, history_table, incident_view, rollout_table
@@ -94,8 +113,36 @@ def _sessions():
 
 @plan_app.command("validate")
 @friendly_errors
-def plan_validate(plan: Annotated[Path, typer.Argument(help="Plan YAML file")]) -> None:
-    """Check a plan file; report every problem with its field path and line."""
+def plan_validate(
+    plan: Annotated[Path, typer.Argument(help="Plan YAML file")],
+    check_against: Annotated[
+        str | None,
+        typer.Option(
+            "--check-against",
+            metavar="URL",
+            help="Then run each PromQL query of the plan once, as an instant query, against "
+            "the Prometheus at URL and report it ok, empty or failing. Empty (no series) is "
+            "a warning, the exit code stays 0; any failing query exits 1.",
+        ),
+    ] = None,
+    service: Annotated[
+        str, typer.Option(help="With --check-against: the service to render queries for")
+    ] = SAMPLE_SERVICE,
+    version: Annotated[
+        str, typer.Option(help="With --check-against: the canary version")
+    ] = SAMPLE_CANARY_VERSION,
+    stable: Annotated[
+        str, typer.Option(help="With --check-against: the stable version")
+    ] = SAMPLE_STABLE_VERSION,
+    var: Annotated[
+        list[str] | None,
+        typer.Option(help="With --check-against: a plan variable, name=value (repeatable)"),
+    ] = None,
+) -> None:
+    """Check a plan file; report every problem with its field path and line.
+
+    Every PromQL query is parsed (rendered with sample values) and every alert
+    matcher is parsed with Alertmanager's grammar, as when a rollout starts."""
     loaded = load_plan(plan)
     steps = loaded.steps()
     out.print(
@@ -107,6 +154,58 @@ def plan_validate(plan: Annotated[Path, typer.Argument(help="Plan YAML file")]) 
         out.print(
             f"  {step.index + 1}. {step.label:<24} hold {format_duration(step.hold)}", markup=False
         )
+    if check_against is not None:
+        overrides = _variables(var)
+        undeclared = sorted(set(overrides) - set(loaded.variables))
+        if undeclared:
+            raise OperationError(
+                f"var: the plan does not declare {', '.join(undeclared)} "
+                f"(declared: {', '.join(loaded.variables) or 'none'})"
+            )
+        for name, value in (("service", service), ("version", version), ("stable", stable)):
+            check_identifier(name, value)
+        values = sample_values(
+            loaded,
+            service=service,
+            canary_version=version,
+            stable_version=stable,
+            overrides=overrides,
+        )
+        if not _check_queries(check_against, plan_queries(loaded, values)):
+            raise typer.Exit(1)
+
+
+def _check_queries(url: str, queries: list[PlanQuery]) -> bool:
+    """Print what Prometheus answers to each query; True when none failed."""
+    try:
+        prometheus = PrometheusProvider(url, timeout_seconds=5.0, retry=RetryPolicy(attempts=1))
+    except ValueError as exc:
+        raise OperationError(f"check-against: {exc}") from None
+    with prometheus:
+        out.print(
+            f"checking {len(queries)} queries against {prometheus.url}:",
+            markup=False,
+            highlight=False,
+        )
+        results = check_queries(queries, prometheus)
+    for result in results:
+        owner = f" ({result.query.owner})" if result.query.owner else ""
+        note = " (warning)" if result.status == "empty" else ""
+        out.print(
+            f"  {result.status:<8} {result.query.path}{owner}: {result.detail}{note}",
+            markup=False,
+            highlight=False,
+        )
+        if result.status == "failing":
+            out.print(f"           query: {result.query.text}", markup=False, highlight=False)
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "empty", "failing")}
+    out.print(
+        f"{len(results)} queries: {counts['ok']} ok, {counts['empty']} empty (warning), "
+        f"{counts['failing']} failing",
+        markup=False,
+        highlight=False,
+    )
+    return counts["failing"] == 0
 
 
 @db_app.command("upgrade")
@@ -143,12 +242,7 @@ def start(
     It starts only when the router gives the stable slot all traffic and the other
     slot none, and the stable version is the one the store records."""
     loaded = load_plan(plan)
-    variables = {}
-    for item in var or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise OperationError(f"var: {item!r} is not name=value")
-        variables[name] = value
+    variables = _variables(var)
     with _sessions()() as session:
         rollout = start_rollout(
             session,
@@ -163,6 +257,65 @@ def start(
             force_reason=force,
         )
         print(rollout.id)
+
+
+def _variables(var: list[str] | None) -> dict[str, str]:
+    """``--var name=value`` options as a dict (the plan checks the names)."""
+    variables = {}
+    for item in var or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise OperationError(f"var: {item!r} is not name=value")
+        variables[name] = value
+    return variables
+
+
+@app.command()
+@friendly_errors
+def backtest(
+    plan: Annotated[Path, typer.Argument(help="Plan YAML file")],
+    service: Annotated[str, typer.Option(help="Service whose history to replay")],
+    canary: Annotated[str, typer.Option(help="Canary version")],
+    stable: Annotated[str, typer.Option(help="Stable version (the baseline)")],
+    from_: Annotated[str, typer.Option("--from", help="Start: RFC 3339 with a zone, now, or -30m")],
+    to: Annotated[str, typer.Option("--to", help="End: RFC 3339 with a zone, now, or -5m")] = "now",
+    var: Annotated[
+        list[str] | None, typer.Option(help="A plan variable, name=value (repeatable)")
+    ] = None,
+    prometheus: Annotated[
+        str | None, typer.Option(help="Prometheus base URL; default: CANARY_PROMETHEUS_URL")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document")] = False,
+) -> None:
+    """Replay the plan's stop criteria over past Prometheus data: each check's verdicts
+    and the decision the controller would have taken, then when it would have rolled
+    back, paused, or let the canary continue. Changes nothing."""
+    loaded = load_plan(plan)
+    values = backtest_values(
+        loaded,
+        service=service,
+        canary_version=canary,
+        stable_version=stable,
+        overrides=_variables(var),
+    )
+    start_at, end_at = time_range(from_, to, utcnow().replace(microsecond=0))
+    settings = get_settings()
+    try:
+        provider = PrometheusProvider(
+            prometheus or settings.prometheus_url,
+            timeout_seconds=settings.prometheus_timeout_seconds,
+            retry=RetryPolicy(attempts=settings.prometheus_attempts),
+        )
+    except ValueError as exc:
+        raise BacktestError(f"--prometheus: {exc}") from None
+    with provider:
+        check_prometheus(provider, end_at)
+        result = replay(loaded, provider, values, start_at, end_at)
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        for line in report_lines(result):
+            out.print(line, markup=False, highlight=False)
 
 
 @app.command()

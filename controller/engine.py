@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from controller import checks, outbox, timeouts
+from controller.analysis.decisions import Streaks, missing_data_streaks, update_breaches
 from controller.analysis.runner import Measurement, measure
 from controller.analysis.verdict import Judgement, Verdict
 from controller.budget import gates_work
@@ -628,25 +629,12 @@ class _Advance:
         so a gap in the data cannot hide a breach that is still going on.
         """
         state = dict(self.rollout.analysis or {})
-        breaches: dict[str, str | None] = dict(state.get("breach_since", {}))
         by_name = {c.name: c for c in self.plan.stop_criteria}
-        tripped = []
-        for m in measurements:
-            criterion = by_name.get(m.criterion)
-            if criterion is None:
-                continue  # the slot version check: an error or a pass, never a trip
-            if m.verdict == Verdict.PASS:
-                breaches[m.criterion] = None
-            elif m.verdict == Verdict.FAIL:
-                since = breaches.get(m.criterion)
-                started = datetime.fromisoformat(since) if since else self.now
-                breaches[m.criterion] = started.isoformat()
-                lasted = self.now - started
-                if lasted >= criterion.sustained_for:
-                    tripped.append((criterion, m, format_duration(lasted)))
-        state["breach_since"] = breaches
+        state["breach_since"], trips = update_breaches(
+            state.get("breach_since", {}), measurements, by_name, self.now
+        )
         self.rollout.analysis = state
-        return tripped
+        return [(t.criterion, t.measurement, format_duration(t.lasted)) for t in trips]
 
     def trip(
         self,
@@ -735,19 +723,12 @@ class _Advance:
 
     def over_missing_data_limit(self, measurements: list[Measurement]) -> AdvanceResult | None:
         """Count checks that told us nothing; past the plan's limit, apply its policy."""
-        policy = self.plan.analysis
         state = dict(self.rollout.analysis or {})
-        verdicts = {m.verdict for m in measurements}
-        state["error_streak"] = state.get("error_streak", 0) + 1 if Verdict.ERROR in verdicts else 0
-        state["inconclusive_streak"] = (
-            state.get("inconclusive_streak", 0) + 1 if Verdict.INCONCLUSIVE in verdicts else 0
-        )
+        before = Streaks(state.get("error_streak", 0), state.get("inconclusive_streak", 0))
+        after, why = missing_data_streaks(before, measurements, self.plan.analysis)
+        state["error_streak"], state["inconclusive_streak"] = after.error, after.inconclusive
         self.rollout.analysis = state
-        if state["error_streak"] >= policy.error_limit:
-            why = f"{state['error_streak']} checks in a row could not reach Prometheus"
-        elif state["inconclusive_streak"] >= policy.inconclusive_limit:
-            why = f"{state['inconclusive_streak']} checks in a row were inconclusive (no data)"
-        else:
+        if why is None:
             return None
         return self.apply_limit_policy(why)
 

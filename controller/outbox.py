@@ -24,6 +24,11 @@ from controller.store.models import ROLLBACK_STATES, Rollout, RolloutState
 RUNBOOK_TTL = timedelta(minutes=15)
 NOTIFY_TTL = timedelta(minutes=10)
 REDISPATCH_AFTER = timedelta(seconds=60)  # a dispatched row not done by then is sent again
+# How long one delivery may run a row before another may. A notification's task is
+# killed 10 s before its claim lapses; a runbook renews its claim after each step,
+# so a delivery killed mid-runbook frees the row within one claim, not after the
+# task's 300 s limit.
+CLAIMS = {"runbook": timedelta(seconds=120), "notify": timedelta(seconds=130)}
 _RUNBOOK_STATES = (RolloutState.ROLLED_BACK, RolloutState.ABORTED, *ROLLBACK_STATES)
 
 
@@ -38,8 +43,9 @@ def promise_notification(session: Session, rollout_id: str, kind: str, now: Any)
 
 
 def run_outbox_row(runtime: Runtime, row_id: int) -> str:
-    """Do the work of one row (in whatever process delivers it) and acknowledge it; a
-    row already done is a duplicate delivery and does nothing."""
+    """Do the work of one row (in whatever process delivers it) and acknowledge it. A
+    row already done, or being run by another delivery, is a duplicate and does
+    nothing: a runbook runs once even when its row was dispatched twice."""
     with runtime.sessions() as session:
         row = repository.get_outbox(session, row_id)
         if row is None:
@@ -47,6 +53,8 @@ def run_outbox_row(runtime: Runtime, row_id: int) -> str:
         if row.done_at is not None:
             return f"outbox {row_id}: already done ({row.outcome})"
         kind, rollout_id, payload = row.kind, row.rollout_id, dict(row.payload)
+        if not repository.claim_outbox(session, row_id, runtime.clock(), CLAIMS[kind]):
+            return f"outbox {row_id}: another delivery is running it"
         stale = _stale_runbook(session, rollout_id) if kind == "runbook" else None
         if row.expires_at < runtime.clock():
             stale = "expired before it ran"
@@ -56,7 +64,11 @@ def run_outbox_row(runtime: Runtime, row_id: int) -> str:
     elif kind == "runbook":
         from controller.runtime import run_runbook_now
 
-        outcome = run_runbook_now(runtime, rollout_id, payload)
+        def renew() -> None:
+            with runtime.sessions() as session:
+                repository.renew_outbox_claim(session, row_id, runtime.clock(), CLAIMS[kind])
+
+        outcome = run_runbook_now(runtime, rollout_id, payload, still_running=renew)
     else:
         from controller.lifecycle import send_notifications
 
@@ -117,7 +129,8 @@ def dispatch_now(runtime: Runtime, rows: list[tuple[int, str, str]]) -> None:
     send leaves the row for reconcile, never raises into the caller."""
     for row_id, kind, rollout_id in rows:
         with runtime.sessions() as session:
-            repository.mark_outbox_dispatched(session, row_id, runtime.clock())
+            if not repository.mark_outbox_dispatched(session, row_id, runtime.clock()):
+                continue  # reconcile dispatched it first
         try:
             runtime.send_outbox(row_id, kind, rollout_id)
         except Exception:  # the row stays; reconcile sends it again

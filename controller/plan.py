@@ -162,6 +162,18 @@ class _Criterion(_Strict):
         raise NotImplementedError
 
 
+def _confidence_field() -> Any:
+    return Field(
+        default=0.99,
+        gt=0.5,
+        lt=1.0,
+        description="How sure the evidence must make us that the canary is over the limit "
+        "before it fails: a one-sided exact binomial test of its errors against the limit "
+        "fails only when p < 1 - confidence. Over the limit but not that sure: inconclusive "
+        "(the rollout holds and keeps measuring; it neither promotes nor rolls back).",
+    )
+
+
 class _CountsErrors(_Criterion):
     """A criterion that counts errors (or failures) against a total."""
 
@@ -190,6 +202,7 @@ class RatioToBaseline(_CountsErrors):
         "does not roll back on one error.",
     )
     min_requests: int = Field(default=100, ge=1)
+    confidence: float = _confidence_field()
     sustained_for: Duration = Field(default=timedelta(0))
 
     def queries(self) -> dict[str, str]:
@@ -209,6 +222,7 @@ class RatioThreshold(_CountsErrors):
     total: QueryTemplate
     max_ratio: float = Field(ge=0.0, le=1.0)
     min_requests: int = Field(default=100, ge=1)
+    confidence: float = _confidence_field()
     sustained_for: Duration = Field(default=timedelta(0))
 
     def queries(self) -> dict[str, str]:
@@ -216,25 +230,77 @@ class RatioThreshold(_CountsErrors):
 
 
 class RisingTrend(_Criterion):
-    """A series that keeps rising over the window (queue lag): a trend, not one high value."""
+    """A series that keeps rising over the window (queue lag): a Mann-Kendall trend test
+    with Sen's slope, not one high value; and, optionally, a ceiling that trips even a
+    flat series (a lag stuck high is as bad as one climbing)."""
 
     judge: Literal["rising_trend"]
     series: QueryTemplate
     step: Annotated[Duration, AfterValidator(_at_least_one_second)] = Field(
         default=timedelta(seconds=15)
     )
-    min_points: int = Field(default=5, ge=3, le=11000)
-    rising_fraction: float = Field(
-        default=0.9,
+    min_points: int = Field(default=5, ge=4, le=11000)
+    confidence: float = Field(
+        default=0.99,
         gt=0.5,
-        le=1.0,
-        description="Share of consecutive steps that must go up for the trend to count.",
+        lt=1.0,
+        description="Mann-Kendall: the series rises when the test's one-sided p-value is "
+        "below 1 - confidence.",
     )
-    min_rise: float = Field(default=0.0, ge=0.0, description="Net rise over the window.")
+    min_slope: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Smallest rise per second (Sen's slope) that counts: a significant but "
+        "negligible drift passes.",
+    )
+    min_rise: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Smallest rise over the window (Sen's slope x the window's span).",
+    )
+    ceiling: float | None = Field(
+        default=None,
+        description="A median over the window above this fails whatever the trend.",
+    )
     sustained_for: Duration = Field(default=timedelta(0))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_vote(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "rising_fraction" in data:
+            raise ValueError(
+                "rising_fraction is gone: a vote on steps let a lag with a dip every few "
+                "steps pass; rising_trend now uses a Mann-Kendall test (confidence, "
+                "min_slope, min_rise, ceiling): remove rising_fraction"
+            )
+        return data
 
     def queries(self) -> dict[str, str]:
         return {"series": self.series}
+
+
+class LatencyToBaseline(_Criterion):
+    """A latency quantile of the canary against the stable version's over the same
+    window (p95/p99 from histograms): above ``factor`` x the baseline's and above
+    ``floor_ms`` fails."""
+
+    judge: Literal["latency_to_baseline"]
+    canary_latency: QueryTemplate = Field(
+        description="Seconds, e.g. histogram_quantile(0.99, sum by (le) (rate(..._bucket"
+        "{version=canary}[window])))"
+    )
+    baseline_latency: QueryTemplate
+    quantile: str = Field(default="p99", max_length=16, description="How sentences name it.")
+    factor: float = Field(default=1.5, ge=1.0, le=1000)
+    floor_ms: float = Field(
+        default=50.0,
+        ge=0.0,
+        description="Latency below which the canary never fails, however it compares.",
+    )
+    sustained_for: Duration = Field(default=timedelta(0))
+
+    def queries(self) -> dict[str, str]:
+        return {"canary_latency": self.canary_latency, "baseline_latency": self.baseline_latency}
 
 
 class ZeroTolerance(_CountsErrors):
@@ -256,7 +322,7 @@ class ZeroTolerance(_CountsErrors):
         return found
 
 
-Criterion = RatioToBaseline | RatioThreshold | RisingTrend | ZeroTolerance
+Criterion = RatioToBaseline | RatioThreshold | RisingTrend | LatencyToBaseline | ZeroTolerance
 StopCriterion = Annotated[Criterion, Field(discriminator="judge")]
 
 
@@ -303,38 +369,14 @@ class Runbook(_Strict):
     disable_canary: CanaryDisable | None = None
 
 
-_MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"?(.*?)"?\s*$')
-
-
 class AlertRule(_Strict):
     """Which Alertmanager alerts roll a rollout back, in Alertmanager's matcher syntax
     (``severity="critical"``, ``team=~"pay.*"``). The alert must also carry the
-    rollout's service in ``service_label``."""
+    rollout's service in ``service_label``. The plan loader parses the matchers and
+    the alert webhook matches with the same parser (``controller.plan_checks``)."""
 
     matchers: list[str] = Field(default_factory=lambda: ['severity="critical"'])
     service_label: str = Field(default="service", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-    @field_validator("matchers")
-    @classmethod
-    def _parse(cls, value: list[str]) -> list[str]:
-        for matcher in value:
-            parsed = _MATCHER.match(matcher)
-            if not parsed:
-                raise ValueError(f'{matcher!r} is not a matcher like severity="critical"')
-            if parsed.group(2) in ("=~", "!~"):
-                try:
-                    re.compile(parsed.group(3))
-                except re.error as exc:
-                    raise ValueError(f"{matcher!r}: bad regular expression: {exc}") from None
-        return value
-
-    def parsed(self) -> list[tuple[str, str, str]]:
-        out = []
-        for matcher in self.matchers:
-            found = _MATCHER.match(matcher)
-            assert found is not None
-            out.append((found.group(1), found.group(2), found.group(3)))
-        return out
 
 
 class CommandCheck(_Strict):

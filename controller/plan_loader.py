@@ -3,8 +3,9 @@
 Pydantic says *what* is wrong and *where* in the data; the YAML node tree says on
 which line that place is. Checks that span fields (weights rise and end at 100,
 stages in a sensible order, criteria naming real stages) run after the per-field
-validation so that one pass reports everything; so does the time budget of one
-advance (``controller.budget``).
+validation so that one pass reports everything; so do the time budget of one
+advance (``controller.budget``) and the parse of every PromQL query and alert
+matcher (``controller.plan_checks``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from controller.plan import (
     VerifyStage,
     template_variables,
 )
+from controller.plan_checks import format_path as _format_path
+from controller.plan_checks import plan_problems
 
 MAX_PLAN_BYTES = 1_000_000
 
@@ -97,9 +100,10 @@ def parse_plan(text: str, source: str = "<plan>") -> Plan:
             path, line = lines.locate(error["loc"])
             problems.append(PlanProblem(path, _clean_message(error), line))
         raise PlanError(source, problems) from None
+    # PromQL and matchers are checked once the fields are sound (controller.plan_checks).
     problems = [
         PlanProblem(path, message, lines.locate(loc)[1])
-        for loc, message in semantic_problems(plan)
+        for loc, message in semantic_problems(plan) + plan_problems(plan)
         for path in [_format_path(loc)]
     ]
     if problems:
@@ -217,13 +221,6 @@ def _clean_message(error: dict) -> str:
     if error["type"] == "union_tag_invalid":
         return message.replace("Input tag", "value")
     return message
-
-
-def _format_path(loc: Sequence[str | int]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 class _LineIndex:

@@ -156,8 +156,10 @@ def run_runbook(
     shift_detail: str,
     post: Callable[[dict[str, Any]], str],
     traffic_on_stable: bool = True,
+    still_running: Callable[[], None] = lambda: None,
 ) -> list[StepResult]:
-    """Steps 2–5 (and the record of step 1), each an event; returns what each did."""
+    """Steps 2–5 (and the record of step 1), each an event; returns what each did.
+    ``still_running`` is called after each step (the outbox renews its claim)."""
     results: list[StepResult] = []
     with runtime.sessions() as session:
         rollout = repository.get_rollout(session, rollout_id)
@@ -198,6 +200,7 @@ def run_runbook(
                 step_index=rollout.step_index,
             )
             session.commit()
+            still_running()
             (log.info if ok else log.error)(
                 "runbook_step", rollout_id=rollout_id, step=number, name=name, ok=ok, detail=detail
             )

@@ -116,7 +116,12 @@ def _run_outbox_row(runtime: Runtime, row_id: int) -> str:
     return run_outbox_row(runtime, row_id)
 
 
-def run_runbook_now(runtime: Runtime, rollout_id: str, shift: dict[str, Any]) -> str:
+def run_runbook_now(
+    runtime: Runtime,
+    rollout_id: str,
+    shift: dict[str, Any],
+    still_running: Callable[[], None] = lambda: None,
+) -> str:
     """Run the runbook after a rollback in this process (see ``controller.runbook``);
     returns one line saying how each step went."""
     from controller.runbook import run_runbook
@@ -129,6 +134,7 @@ def run_runbook_now(runtime: Runtime, rollout_id: str, shift: dict[str, Any]) ->
         shift_detail=shift["shift_detail"],
         post=runtime.post_incident,
         traffic_on_stable=shift["traffic_on_stable"],
+        still_running=still_running,
     )
     failed = [f"{r.number} {r.name}" for r in results if not r.ok]
     return (

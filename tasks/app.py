@@ -59,6 +59,11 @@ def create_app() -> Celery:
         task_queues=tuple(Queue(queue_name(kind)) for kind in QUEUES),
         task_default_queue=queue_name("rollouts"),
         task_routes={task: {"queue": queue_name(kind)} for task, kind in ROUTES.items()},
+        # Events and remote control on exchanges of this installation's own, so that
+        # two controllers sharing a Redis (or two labs) never see each other's
+        # workers in Flower or answer each other's inspect calls.
+        event_exchange=f"{settings.queue_prefix}.events",
+        control_exchange=f"{settings.queue_prefix}.control",
         task_send_sent_event=True,
         worker_send_task_events=True,
         # Nothing waits on a task's result: each returns a sentence for Flower, which

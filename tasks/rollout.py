@@ -114,7 +114,11 @@ def rollback_task(rollout_id: str, service: str = "", stage: str = "", reason: s
         return result.sentence()
 
 
-@app.task(name="rollout.notify")
+@app.task(
+    name="rollout.notify",
+    time_limit=outbox.CLAIMS["notify"].total_seconds() - 10,
+    soft_time_limit=outbox.CLAIMS["notify"].total_seconds() - 20,
+)
 def notify_task(outbox_id: int, rollout_id: str, service: str = "", stage: str = "") -> str:
     """Tell people about a lifecycle change (webhooks, Slack, commands); off the
     rollback path, failures only logged and recorded."""

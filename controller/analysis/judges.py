@@ -4,16 +4,26 @@ They know nothing about Prometheus or the database, so every edge (no data, NaN,
 a zero baseline, too little traffic, a counter that went backwards) is a unit test.
 Counts are *increases over the window* (PromQL ``increase``), and errors are
 compared as proportions of requests, not averages, which is what catches
-zero-heavy error counts (the Kayenta Mann-Whitney lesson).
+zero-heavy error counts (the Kayenta Mann-Whitney lesson); a proportion fails on
+the evidence (an exact binomial test), not on the point estimate, so a handful of
+requests cannot roll back a healthy canary. Trends are Mann-Kendall tests.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
+from controller.analysis import stats
 from controller.analysis.verdict import Judgement, Verdict
-from controller.plan import RatioThreshold, RatioToBaseline, RisingTrend, ZeroTolerance
+from controller.plan import (
+    LatencyToBaseline,
+    RatioThreshold,
+    RatioToBaseline,
+    RisingTrend,
+    ZeroTolerance,
+)
 
 
 def _missing(name: str, value: float | None) -> str | None:
@@ -118,13 +128,50 @@ def ratio_to_baseline(
         "baseline_total": baseline_total,
         "measured_baseline": baseline_rate if baseline_problem is None else None,
     }
+    times = f"{canary_rate / baseline_rate:.1f}x" if baseline_rate > 0 else "baseline 0"
     comparison = (
-        f"canary 5xx proportion {canary_rate:.4f} vs limit {limit:.4f} "
-        f"(max({spec.factor:g} x baseline {baseline_rate:.4f}, floor {spec.floor:g}); "
-        f"baseline: {baseline_source})"
+        f"canary 5xx {canary_rate:.4f} vs baseline {baseline_rate:.4f}: {times}, "
+        f"limit {limit:.4f} = max({spec.factor:g} x baseline, floor {spec.floor:g}); "
+        f"baseline: {baseline_source}"
     )
-    verdict = Verdict.FAIL if canary_rate > limit else Verdict.PASS
-    return Judgement(verdict, comparison, value=canary_rate, limit=limit, details=details)
+    return _tested(spec.confidence, canary_errors, canary_total, limit, comparison, details)
+
+
+def _tested(
+    confidence: float,
+    errors: float,
+    total: float,
+    limit: float,
+    comparison: str,
+    details: dict[str, float | None],
+) -> Judgement:
+    """Fail on the evidence, not the point estimate: over the limit *and* unlikely to
+    be the luck of a few requests (one-sided exact binomial test). Over the limit but
+    not that sure is inconclusive: hold and measure again, neither promote nor roll
+    back. 2 errors in 50 requests against a 2 % limit is p=0.26: no rollback."""
+    rate = min(errors / total, 1.0)
+    alpha = 1 - confidence
+    if rate <= limit:
+        return Judgement(Verdict.PASS, comparison, value=rate, limit=limit, details=details)
+    p_value = stats.binomial_excess_p(errors, total, limit)
+    details = {**details, "p_value": p_value, "alpha": alpha}
+    failed, requests = stats.counts(errors, total)
+    evidence = f"{failed} of {requests} requests, p={p_value:.2g}"
+    if p_value < alpha:
+        return Judgement(
+            Verdict.FAIL,
+            f"{comparison}; {evidence} < {alpha:g}",
+            value=rate,
+            limit=limit,
+            details=details,
+        )
+    return Judgement(
+        Verdict.INCONCLUSIVE,
+        f"{comparison}; over the limit but not yet significant: {evidence} >= {alpha:g}",
+        value=rate,
+        limit=limit,
+        details=details,
+    )
 
 
 def ratio_threshold(spec: RatioThreshold, errors: float | None, total: float | None) -> Judgement:
@@ -142,39 +189,106 @@ def ratio_threshold(spec: RatioThreshold, errors: float | None, total: float | N
     if errors > total * 1.05 + 1:
         return Judgement(Verdict.INCONCLUSIVE, "more errors than requests: check the queries")
     ratio = min(errors / total, 1.0)
-    verdict = Verdict.FAIL if ratio > spec.max_ratio else Verdict.PASS
-    return Judgement(
-        verdict,
+    return _tested(
+        spec.confidence,
+        errors,
+        total,
+        spec.max_ratio,
         f"proportion {ratio:.4f} vs limit {spec.max_ratio:g} over {total:.0f} requests",
-        value=ratio,
-        limit=spec.max_ratio,
-        details={"errors": errors, "total": total},
+        {"errors": errors, "total": total},
     )
 
 
-def rising_trend(spec: RisingTrend, points: Sequence[tuple[float, float]] | None) -> Judgement:
-    """Fails when the series keeps going up across the window: most steps rise, and
-    the net rise is above ``min_rise``. One high value is not a trend."""
+def rising_trend(
+    spec: RisingTrend, points: Sequence[tuple[float, float]] | None, step_seconds: float
+) -> Judgement:
+    """Fails when the series rises over the window by a Mann-Kendall test (one-sided
+    p below 1 - confidence) at Sen's slope of at least ``min_slope`` per second and
+    ``min_rise`` over the window; or, with a ``ceiling``, when its median is above it,
+    flat or not. Noise on a flat series is no trend; a dip every few steps does not
+    hide one."""
     if not points:
         return Judgement(Verdict.INCONCLUSIVE, "no data for series")
-    values = [v for _, v in sorted(points) if not math.isnan(v) and not math.isinf(v)]
+    ordered = sorted(points)
+    values = [v for _, v in ordered if not math.isnan(v) and not math.isinf(v)]
     if len(values) < spec.min_points:
         return Judgement(
             Verdict.INCONCLUSIVE,
             f"only {len(values)} usable points, need {spec.min_points}",
             details={"points": float(len(values))},
         )
-    steps = [b - a for a, b in zip(values, values[1:], strict=False)]
-    rising = sum(1 for d in steps if d > 0) / len(steps)
-    net_rise = values[-1] - values[0]
-    trending = rising >= spec.rising_fraction and net_rise > spec.min_rise
+    median = statistics.median(values)
+    if spec.ceiling is not None and median > spec.ceiling:
+        return Judgement(
+            Verdict.FAIL,
+            f"median {median:.3g} over the window is above the ceiling {spec.ceiling:g} "
+            f"(last value {values[-1]:.3g})",
+            value=median,
+            limit=spec.ceiling,
+            details={"median": median, "last": values[-1]},
+        )
+    trend = stats.mann_kendall(values)
+    slope = trend.slope_per_step / step_seconds
+    span = ordered[-1][0] - ordered[0][0]
+    rise = slope * span
+    alpha = 1 - spec.confidence
+    rising = trend.p_rising < alpha and slope >= spec.min_slope and rise > spec.min_rise
     return Judgement(
-        Verdict.FAIL if trending else Verdict.PASS,
-        f"{rising:.0%} of {len(steps)} steps rose (limit {spec.rising_fraction:.0%}), "
-        f"net change {net_rise:+.3g} (limit {spec.min_rise:g}), last value {values[-1]:.3g}",
-        value=net_rise,
+        Verdict.FAIL if rising else Verdict.PASS,
+        f"Mann-Kendall p={trend.p_rising:.2g} (rising when < {alpha:g}), Sen's slope "
+        f"{slope:+.3g}/s (min {spec.min_slope:g}), rise over the window {rise:+.3g} "
+        f"(min {spec.min_rise:g}), last value {values[-1]:.3g}",
+        value=rise,
         limit=spec.min_rise,
-        details={"rising_fraction": rising, "first": values[0], "last": values[-1]},
+        details={
+            "p_value": trend.p_rising,
+            "slope_per_second": slope,
+            "tau": trend.tau,
+            "median": median,
+            "first": values[0],
+            "last": values[-1],
+        },
+    )
+
+
+def latency_to_baseline(
+    spec: LatencyToBaseline,
+    canary_seconds: float | None,
+    baseline_seconds: float | None,
+    previous_baseline: float | None = None,
+) -> Judgement:
+    """A latency quantile of the canary above ``factor`` x the stable version's and
+    above ``floor_ms``. ``histogram_quantile`` over a window without requests is NaN:
+    no data. Without a stable measurement (at 100 % it has no traffic) the last one of
+    this rollout stands in, and the reason says so."""
+    problem = _missing("canary latency", canary_seconds)
+    if problem:
+        return Judgement(Verdict.INCONCLUSIVE, problem)
+    assert canary_seconds is not None
+    canary_ms = canary_seconds * 1000
+    baseline_problem = _missing("baseline latency", baseline_seconds)
+    source = "stable over the same window"
+    if baseline_problem is None:
+        assert baseline_seconds is not None
+        baseline_ms: float = baseline_seconds * 1000
+    elif previous_baseline is not None and math.isfinite(previous_baseline):
+        baseline_ms = previous_baseline
+        source = f"last measured stable {spec.quantile} ({baseline_problem})"
+    else:
+        return Judgement(Verdict.INCONCLUSIVE, f"no baseline: {baseline_problem}", value=canary_ms)
+    limit = max(spec.factor * baseline_ms, spec.floor_ms)
+    times = f"{canary_ms / baseline_ms:.1f}x" if baseline_ms > 0 else "baseline 0"
+    return Judgement(
+        Verdict.FAIL if canary_ms > limit else Verdict.PASS,
+        f"canary {spec.quantile} {canary_ms:.1f} ms vs baseline {baseline_ms:.1f} ms: {times}, "
+        f"limit {limit:.1f} ms = max({spec.factor:g} x baseline, floor {spec.floor_ms:g} ms); "
+        f"baseline: {source}",
+        value=canary_ms,
+        limit=limit,
+        details={
+            "baseline_ms": baseline_ms,
+            "measured_baseline": baseline_ms if baseline_problem is None else None,
+        },
     )
 
 

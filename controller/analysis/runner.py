@@ -19,7 +19,14 @@ from controller.analysis import judges
 from controller.analysis.verdict import Judgement, Verdict
 from controller.durations import format_duration
 from controller.metrics.prometheus import MetricsError, Sample, Series
-from controller.plan import Criterion, RatioThreshold, RatioToBaseline, RisingTrend, render_template
+from controller.plan import (
+    Criterion,
+    LatencyToBaseline,
+    RatioThreshold,
+    RatioToBaseline,
+    RisingTrend,
+    render_template,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -110,7 +117,7 @@ def measure(
                     )
                 points = series[0].points if series else []
                 inputs = {"points": float(len(points))}
-                judgement = judges.rising_trend(criterion, points)
+                judgement = judges.rising_trend(criterion, points, criterion.step.total_seconds())
             else:
                 for role, query in queries.items():
                     inputs[role] = _scalar(provider.instant(query, at=now))
@@ -182,4 +189,11 @@ def _judge_scalars(
         )
     if isinstance(criterion, RatioThreshold):
         return judges.ratio_threshold(criterion, inputs["errors"], inputs["total"])
+    if isinstance(criterion, LatencyToBaseline):
+        return judges.latency_to_baseline(
+            criterion,
+            inputs["canary_latency"],
+            inputs["baseline_latency"],
+            previous_baseline=previous_baseline,
+        )
     return judges.zero_tolerance(criterion, inputs["failures"], inputs.get("total"))

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NoReturn
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 DISABLE_PATH = "/admin/disable"
@@ -39,6 +39,7 @@ KNOB_RANGES: dict[str, tuple[float, float | None]] = {
     "auth_failure_rate": (0.0, 1.0),
     "queue_lag_growth": (0.0, None),
     "write_failure_rate": (0.0, 1.0),
+    "latency_ms": (0.0, 10000.0),
 }
 
 # A healthy queue lag wobbles around this value so that it is never
@@ -64,12 +65,14 @@ class FaultKnobs:
     auth_failure_rate: share of the *remaining* requests answered 401.
     queue_lag_growth: seconds of queue lag added per second.
     write_failure_rate: share of requests whose write silently fails.
+    latency_ms: added to every user request's answer time.
     """
 
     error_rate: float = 0.0
     auth_failure_rate: float = 0.0
     queue_lag_growth: float = 0.0
     write_failure_rate: float = 0.0
+    latency_ms: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -177,6 +180,13 @@ class DemoMetrics:
         self.write_failures = Counter(
             "demo_write_failures_total", "Writes that failed.", identity, registry=self.registry
         )
+        self.duration = Histogram(
+            "demo_request_duration_seconds",
+            "Time to answer a user request.",
+            identity,
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
         self.queue_lag = Gauge(
             "demo_queue_lag_seconds",
             "How far the work queue is behind, in seconds.",
@@ -192,7 +202,8 @@ class DemoMetrics:
             self.write_failures.labels(**self._identity)
         self.queue_lag.labels(**self._identity).set_function(lag.value)
 
-    def record(self, outcome: Outcome) -> None:
+    def record(self, outcome: Outcome, seconds: float = 0.0) -> None:
+        self.duration.labels(**self._identity).observe(seconds)
         self.requests.labels(**self._identity, code=str(outcome.status)).inc()
         result = "success" if outcome.auth_ok else "failure"
         self.auth_attempts.labels(**self._identity, result=result).inc()
@@ -236,9 +247,13 @@ class DemoState:
             self.lag.set_growth(knobs.queue_lag_growth)
 
     def handle_user_request(self) -> Outcome:
+        started = time.monotonic()
         with self._lock:
             outcome = decide_outcome(self._knobs, self.rng)
-        self.metrics.record(outcome)
+            delay = self._knobs.latency_ms / 1000
+        if delay:
+            time.sleep(delay)
+        self.metrics.record(outcome, time.monotonic() - started)
         return outcome
 
 

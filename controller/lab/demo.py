@@ -22,7 +22,14 @@ from controller.lab.process import ManagedProcess, http_ready
 
 # The project may run from a checkout without being installed; the child must
 # still be able to import ``controller``.
-_PROJECT_ROOT = Path(controller.__file__).resolve().parent.parent
+PROJECT_ROOT = Path(controller.__file__).resolve().parent.parent
+
+
+def child_env() -> dict[str, str]:
+    """Settings for a demo child process: the project importable, output unbuffered."""
+    inherited = os.environ.get("PYTHONPATH")
+    pythonpath = os.pathsep.join(filter(None, [str(PROJECT_ROOT), inherited]))
+    return {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
 
 
 @dataclass
@@ -95,14 +102,8 @@ def start_demo_service(
         args.append("--lazy-series")
     for knob, value in (faults or {}).items():
         args.append(f"--{knob.replace('_', '-')}={value}")
-    inherited = os.environ.get("PYTHONPATH")
-    pythonpath = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), inherited]))
     process = ManagedProcess(
-        f"demo-{service}-{version}",
-        args,
-        workdir,
-        env={"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"},
-        cwd=_PROJECT_ROOT,
+        f"demo-{service}-{version}", args, workdir, env=child_env(), cwd=PROJECT_ROOT
     )
     demo = DemoServiceProcess(service, version, environment, "127.0.0.1", port, process)
     try:

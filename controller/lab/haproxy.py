@@ -28,29 +28,47 @@ from controller.traffic.haproxy import haproxy_command
 _MAX_SOCKET_PATH = 100
 
 
-def render_config(
-    backend: str,
-    servers: dict[str, str],
-    weights: dict[str, int],
-    port: int,
-    stats_port: int,
-    socket_path: str,
-    state_file: str,
-) -> str:
-    """The haproxy.cfg text. Short timeouts so a dead server is noticed within seconds.
+@dataclass(frozen=True)
+class Backend:
+    """One service behind the lab's HAProxy: its servers, their first weights, and
+    the port of the frontend that sends it user traffic."""
 
-    Runtime weights survive a reload through the server-state file, as in the shipped
-    config/haproxy/haproxy.cfg: save ``show servers state`` to it, then reload."""
-    missing = [name for name in servers if name not in weights]
+    name: str
+    servers: dict[str, str]
+    weights: dict[str, int]
+    port: int
+
+
+def _backend_sections(backend: Backend) -> str:
+    missing = [name for name in backend.servers if name not in backend.weights]
     if missing:
         raise LabError(f"no weight given for HAProxy server(s): {', '.join(missing)}")
     # fastinter: re-check quickly while a server changes state, so the first
     # check after start-up (and a crash) settles in ~100ms instead of a full inter.
     checks = "check inter 1s fastinter 100ms rise 1 fall 2"
     server_lines = "\n".join(
-        f"    server {name} {address} weight {weights[name]} {checks}"
-        for name, address in servers.items()
+        f"    server {name} {address} weight {backend.weights[name]} {checks}"
+        for name, address in backend.servers.items()
     )
+    return f"""
+frontend {backend.name}_traffic
+    bind 127.0.0.1:{backend.port}
+    default_backend {backend.name}
+
+backend {backend.name}
+    balance roundrobin
+    option httpchk GET /healthz
+{server_lines}
+"""
+
+
+def render_config(
+    backends: list[Backend], stats_port: int, socket_path: str, state_file: str
+) -> str:
+    """The haproxy.cfg text. Short timeouts so a dead server is noticed within seconds.
+
+    Runtime weights survive a reload through the server-state file, as in the shipped
+    config/haproxy/haproxy.cfg: save ``show servers state`` to it, then reload."""
     return f"""\
 global
     stats socket {socket_path} mode 600 level admin
@@ -66,21 +84,12 @@ defaults
     timeout http-request 5s
     timeout check 1s
 
-frontend lab_traffic
-    bind 127.0.0.1:{port}
-    default_backend {backend}
-
 frontend lab_stats
     bind 127.0.0.1:{stats_port}
     http-request use-service prometheus-exporter if {{ path /metrics }}
     stats enable
     stats uri /stats
-
-backend {backend}
-    balance roundrobin
-    option httpchk GET /healthz
-{server_lines}
-"""
+{"".join(_backend_sections(backend) for backend in backends)}"""
 
 
 @dataclass
@@ -97,20 +106,39 @@ class HAProxyServer:
     process: ManagedProcess
     config_path: Path
     state_file: Path
+    frontends: dict[str, str] = field(default_factory=dict)  # backend -> its traffic URL
     _socket_dir: Path | None = field(default=None, repr=False)
 
     def command(self, command: str, timeout: float = 2.0) -> str:
         """Send one runtime API command (e.g. ``show stat``) and return the answer."""
         return haproxy_command(self.socket_path, command, timeout)
 
-    def server_status(self) -> dict[str, str]:
-        """Health state per server of our backend, e.g. ``{"stable": "UP"}``."""
+    def server_status(self, backend: str | None = None) -> dict[str, str]:
+        """Health state per server of a backend (the first by default), e.g.
+        ``{"stable": "UP"}``."""
+        backend = backend or self.backend
         rows = csv.DictReader(io.StringIO(self.command("show stat").lstrip("# ")))
         return {
             row["svname"]: row["status"]
             for row in rows
-            if row.get("pxname") == self.backend and row["svname"] not in ("FRONTEND", "BACKEND")
+            if row.get("pxname") == backend and row["svname"] not in ("FRONTEND", "BACKEND")
         }
+
+    def weights(self) -> dict[str, dict[str, int]]:
+        """The runtime weight of every server of every backend, in one command:
+        ``{backend: {server: weight}}``."""
+        lines = self.command("show servers state").splitlines()
+        header = next((line for line in lines if line.startswith("# be_id")), None)
+        if header is None:
+            raise LabError(f"unexpected answer to 'show servers state': {lines[:2]}")
+        columns = header.lstrip("# ").split()
+        found: dict[str, dict[str, int]] = {}
+        for line in lines:
+            if not line.strip() or line.startswith("#") or line.strip().isdigit():
+                continue
+            row = dict(zip(columns, line.split(), strict=False))
+            found.setdefault(row["be_name"], {})[row["srv_name"]] = int(row["srv_uweight"])
+        return found
 
     def wait_servers_up(self, names: Iterable[str] | None = None, timeout: float = 10.0) -> None:
         """Block until the named servers (all by default) pass their health check,
@@ -176,40 +204,52 @@ def start_haproxy(
     weights: dict[str, int],
     timeout: float = 15.0,
 ) -> HAProxyServer:
-    """Start HAProxy in the foreground on free loopback ports.
+    """Start HAProxy in the foreground on free loopback ports, for one service.
 
     ``servers`` maps server name to ``host:port``; ``weights`` gives each its
     initial weight (0 means it gets no traffic until changed at runtime).
     Returns once the traffic port and the runtime API both answer; call
     ``wait_servers_up()`` if the test needs health checks to have passed.
     """
+    return start_haproxy_backends(workdir, [(backend, servers, weights)], timeout)
+
+
+def start_haproxy_backends(
+    workdir: Path,
+    backends: list[tuple[str, dict[str, str], dict[str, int]]],
+    timeout: float = 15.0,
+) -> HAProxyServer:
+    """One HAProxy for many services: ``(backend, servers, weights)`` each, each with
+    a frontend on a port of its own (``frontends``). ``url``, ``backend`` and
+    ``servers`` describe the first."""
     binary = require_binary("haproxy")
     workdir = Path(workdir) / "haproxy"
     workdir.mkdir(parents=True, exist_ok=True)
     socket_path, socket_dir = _socket_location(workdir)
-    port, stats_port = free_port(), free_port()
+    specs = [Backend(name, dict(srv), dict(w), free_port()) for name, srv, w in backends]
+    stats_port = free_port()
     config_path = workdir / "haproxy.cfg"
     state_file = workdir / "server-state"
-    config_path.write_text(
-        render_config(backend, servers, weights, port, stats_port, socket_path, str(state_file))
-    )
+    config_path.write_text(render_config(specs, stats_port, socket_path, str(state_file)))
     process = ManagedProcess("haproxy", [binary, "-f", str(config_path), "-db"], workdir)
+    first = specs[0]
     server = HAProxyServer(
-        url=f"http://127.0.0.1:{port}",
-        port=port,
+        url=f"http://127.0.0.1:{first.port}",
+        port=first.port,
         stats_port=stats_port,
         metrics_url=f"http://127.0.0.1:{stats_port}/metrics",
         socket_path=socket_path,
-        backend=backend,
-        servers=dict(servers),
+        backend=first.name,
+        servers=first.servers,
         process=process,
         config_path=config_path,
         state_file=state_file,
+        frontends={spec.name: f"http://127.0.0.1:{spec.port}" for spec in specs},
         _socket_dir=socket_dir,
     )
     try:
         process.wait_ready(
-            lambda: tcp_ready("127.0.0.1", port) and _runtime_api_ready(socket_path),
+            lambda: tcp_ready("127.0.0.1", first.port) and _runtime_api_ready(socket_path),
             timeout=timeout,
         )
     except BaseException:

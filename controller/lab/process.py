@@ -46,6 +46,8 @@ class ManagedProcess:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / f"{name}.log"
+        self._env = dict(env or {})
+        self._cwd = cwd
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
@@ -149,6 +151,11 @@ class ManagedProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._popen.wait(timeout=5.0)
 
+    def respawn(self) -> ManagedProcess:
+        """A new process with the same command, settings and log file (a restart after
+        ``stop()`` or ``kill()``, as a supervisor such as systemd does)."""
+        return ManagedProcess(self.name, self.args, self.workdir, env=self._env, cwd=self._cwd)
+
     def _close_log(self) -> None:
         if not self._log.closed:
             self._log.close()
@@ -200,6 +207,11 @@ class ProcessGroup:
         """Register ``member`` for cleanup and return it (for one-line use)."""
         self._members.append(member)
         return member
+
+    def replace(self, old: Stoppable, new: _S) -> _S:
+        """Put ``new`` where ``old`` was (a restarted process); returns ``new``."""
+        self._members = [new if member is old else member for member in self._members]
+        return new
 
     def stop(self) -> None:
         """Stop all members in reverse start order; re-raise the first failure at the end."""

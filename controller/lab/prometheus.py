@@ -108,6 +108,11 @@ class PrometheusServer:
     def stop(self) -> None:
         self.process.stop(grace=10.0)
 
+    def start_again(self, timeout: float = 30.0) -> None:
+        """Start a stopped Prometheus on the same port and storage (an outage ending)."""
+        self.process = self.process.respawn()
+        self.process.wait_ready(lambda: http_ready(f"{self.url}/-/ready"), timeout=timeout)
+
 
 def start_prometheus(
     workdir: Path,

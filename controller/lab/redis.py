@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.lab.binaries import require_binary
+from controller.lab.errors import LabError
 from controller.lab.ports import free_port
 from controller.lab.process import ManagedProcess
 
@@ -51,6 +52,15 @@ class RedisServer:
         """Stop our own Redis; a Redis we merely borrowed is left running."""
         if self.process is not None:
             self.process.stop()
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Stop our own Redis and start it again on the same port. It keeps nothing on
+        disk, so every queued message is gone: the harshest broker restart."""
+        if self.process is None:
+            raise LabError("this Redis was borrowed, not started by the lab: not restarting it")
+        self.process.stop()
+        self.process = self.process.respawn()
+        self.process.wait_ready(lambda: redis_ping(self.host, self.port), timeout=timeout)
 
 
 def ensure_redis(

@@ -8,22 +8,18 @@ separate processes, exactly as in production.
 
 from __future__ import annotations
 
-import secrets
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from config import CONFIG_DIR
 from controller.demo.loadgen import LoadGenerator
 from controller.lab.alertmanager import AlertmanagerServer, start_alertmanager
+from controller.lab.controllers import ControllerProcesses, LabSettings
 from controller.lab.demo import DemoServiceProcess, start_demo_service
 from controller.lab.deployer import Deployer
 from controller.lab.errors import LabError
-from controller.lab.haproxy import HAProxyServer, start_haproxy
-from controller.lab.ports import free_port
-from controller.lab.process import ManagedProcess, ProcessGroup, http_ready, tcp_ready
-from controller.lab.prometheus import PrometheusServer, start_prometheus
-from controller.lab.redis import RedisServer, ensure_redis
+from controller.lab.haproxy import start_haproxy
+from controller.lab.prometheus import start_prometheus
+from controller.lab.redis import ensure_redis
 from controller.plan import Plan
 from controller.runtime import haproxy_router_factory
 from controller.traffic.base import TrafficRouter
@@ -33,42 +29,15 @@ DEMO_DB = 9  # Redis database the lab uses when it borrows a running Redis
 SLOTS = ("blue", "green")  # the two HAProxy servers of the service; blue starts stable
 
 
-@dataclass
-class LabSettings:
-    service: str = "checkout"
-    stable_version: str = "1.0.0"
-    canary_version: str = "1.1.0"
-    production_rps: float = 60.0
-    database_url: str | None = None
-    reconcile_interval_seconds: float = 0.5
-    lease_seconds: float = 45.0
-    task_time_limit_seconds: float = 40.0
-    own_redis: bool = False
-    # Like a service using labelled prometheus_client counters without pre-creating
-    # them: error series appear only once the first error happens.
-    lazy_error_series: bool = False
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-
-class RolloutLab:
+class RolloutLab(ControllerProcesses):
     """Starts, reconfigures and stops the lab; ``with RolloutLab(...) as lab:``."""
 
     def __init__(self, workdir: Path, settings: LabSettings | None = None):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.settings = settings or LabSettings()
-        self.group = ProcessGroup()
-        self.queue_prefix = f"lab-{secrets.token_hex(4)}"
-        self.redis: RedisServer | None = None
-        self.haproxy: HAProxyServer | None = None
-        self.prometheus: PrometheusServer | None = None
+        super().__init__(workdir, settings or LabSettings())
         self.load: LoadGenerator | None = None
         self.instances: dict[str, DemoServiceProcess] = {}
         self.canary_slot = SLOTS[1]
         self.deployer: Deployer | None = None
-        self.workers: dict[str, ManagedProcess] = {}
-        self.worker_metrics: dict[str, str] = {}
-        self.database_url = self.settings.database_url or f"sqlite:///{self.workdir / 'canary.db'}"
 
     # -- servers --------------------------------------------------------------
 
@@ -195,110 +164,6 @@ class RolloutLab:
             stable_server=self.stable_slot,
             canary_server=self.canary_slot,
         )
-
-    # -- controller processes ------------------------------------------------------
-
-    def env(self) -> dict[str, str]:
-        """The ``CANARY_*`` settings every controller process of this lab runs with."""
-        assert self.redis and self.prometheus and self.haproxy, "lab not started"
-        s = self.settings
-        return {
-            "CANARY_DATABASE_URL": self.database_url,
-            "CANARY_BROKER_URL": self.redis.url,
-            "CANARY_PROMETHEUS_URL": self.prometheus.url,
-            "CANARY_HAPROXY_SOCKET": self.haproxy.socket_path,
-            "CANARY_QUEUE_PREFIX": self.queue_prefix,
-            "CANARY_RECONCILE_INTERVAL_SECONDS": str(s.reconcile_interval_seconds),
-            "CANARY_LEASE_SECONDS": str(s.lease_seconds),
-            "CANARY_TASK_TIME_LIMIT_SECONDS": str(s.task_time_limit_seconds),
-            "CANARY_LOG_JSON": "true",
-            **s.extra_env,
-        }
-
-    def start_worker(
-        self, name: str, queues: str = "rollouts", concurrency: int = 2
-    ) -> ManagedProcess:
-        """A Celery worker process (``canary worker``) serving its metrics on a free
-        port (``worker_metrics[name]``); waits until it consumes."""
-        port = free_port()
-        self.worker_metrics[name] = f"127.0.0.1:{port}"
-        process = ManagedProcess(
-            f"worker-{name}",
-            [
-                sys.executable,
-                "-m",
-                "controller",
-                "worker",
-                "--queues",
-                queues,
-                "--concurrency",
-                str(concurrency),
-                "--hostname",
-                f"{name}@{self.queue_prefix}",
-                "--metrics-port",
-                str(port),
-            ],
-            self.workdir / "workers",
-            env=self.env(),
-        )
-        self.workers[name] = self.group.add(process)
-        process.wait_ready(lambda: b"ready." in process.log_path.read_bytes(), timeout=60)
-        return process
-
-    def start_beat(self) -> ManagedProcess:
-        process = ManagedProcess(
-            "beat",
-            [
-                sys.executable,
-                "-m",
-                "controller",
-                "beat",
-                "--schedule",
-                str(self.workdir / "workers" / "beat-schedule"),
-            ],
-            self.workdir / "workers",
-            env=self.env(),
-        )
-        self.workers["beat"] = self.group.add(process)
-        process.wait_ready(lambda: b"beat: Starting" in process.log_path.read_bytes(), timeout=30)
-        return process
-
-    def start_controller(self) -> None:
-        """Workers by urgency as in production (rollouts; the rollback queue on its own;
-        runbooks and notifications), and beat."""
-        self.start_worker("rollouts", "rollouts", concurrency=2)
-        self.start_worker("rollback", "rollback", concurrency=1)
-        self.start_worker("aftercare", "runbook,notify", concurrency=2)
-        self.start_beat()
-
-    def start_api(self, name: str = "api", overrides: dict[str, str] | None = None) -> str:
-        """The HTTP API (``canary api``) on a free port; returns its base URL.
-        ``overrides`` replace settings of this one process (a broker that is down)."""
-        port = free_port()
-        process = ManagedProcess(
-            name,
-            [sys.executable, "-m", "controller", "api", "--port", str(port)],
-            self.workdir / "workers",
-            env={**self.env(), **(overrides or {})},
-        )
-        self.workers[name] = self.group.add(process)
-        url = f"http://127.0.0.1:{port}"
-        process.wait_ready(lambda: http_ready(f"{url}/healthz"), timeout=30)
-        return url
-
-    def start_flower(self) -> str:
-        """Flower (``canary flower``) on the workers' events; basic auth from the settings."""
-        port = free_port()
-        process = ManagedProcess(
-            "flower",
-            [sys.executable, "-m", "controller", "flower", "--port", str(port)],
-            self.workdir / "workers",
-            env=self.env(),
-        )
-        self.workers["flower"] = self.group.add(process)
-        url = f"http://127.0.0.1:{port}"
-        process.wait_ready(lambda: tcp_ready("127.0.0.1", port), timeout=30)
-        return url
 
     def start_alerting(self, api_url: str, token: str) -> AlertmanagerServer:
         """A real Alertmanager posting to the API's webhook, and Prometheus evaluating

@@ -450,11 +450,17 @@ def add_outbox(
 
 
 def take_due_outbox(
-    session: Session, now: datetime, redispatch_after: timedelta, limit: int = 200
+    session: Session,
+    now: datetime,
+    redispatch_after: timedelta,
+    first_dispatch_grace: timedelta = timedelta(seconds=5),
+    limit: int = 200,
 ) -> list[tuple[int, str, str]]:
-    """Outbox rows to (re)dispatch as ``(id, kind, rollout_id)``: never dispatched, or
-    dispatched ``redispatch_after`` ago and still not done. Rows past their expiry are
-    closed as ``expired`` instead, with an event on their rollout."""
+    """Outbox rows to (re)dispatch as ``(id, kind, rollout_id)``: never dispatched
+    ``first_dispatch_grace`` after they were written (the writer's own dispatch was
+    lost), or dispatched ``redispatch_after`` ago and still neither done nor running.
+    Rows past their expiry are closed as ``expired`` instead, with an event on their
+    rollout."""
     expired = session.scalars(
         select(Outbox).where(Outbox.done_at.is_(None), Outbox.expires_at < now).limit(limit)
     ).all()
@@ -471,13 +477,17 @@ def take_due_outbox(
             "before it expired",
             data={"outbox_id": row.id, "kind": row.kind, "attempts": row.attempts},
         )
-    stale = now - redispatch_after
+    stale, orphaned = now - redispatch_after, now - first_dispatch_grace
     taken = session.execute(
         update(Outbox)
         .where(
             Outbox.done_at.is_(None),
             Outbox.expires_at >= now,
-            or_(Outbox.dispatched_at.is_(None), Outbox.dispatched_at < stale),
+            or_(Outbox.claimed_until.is_(None), Outbox.claimed_until < now),
+            or_(
+                and_(Outbox.dispatched_at.is_(None), Outbox.created_at < orphaned),
+                Outbox.dispatched_at < stale,
+            ),
         )
         .values(dispatched_at=now, attempts=Outbox.attempts + 1)
         .returning(Outbox.id, Outbox.kind, Outbox.rollout_id)
@@ -487,12 +497,42 @@ def take_due_outbox(
     return [(row_id, kind, rollout_id) for row_id, kind, rollout_id in taken[:limit]]
 
 
-def mark_outbox_dispatched(session: Session, row_id: int, now: datetime) -> None:
-    """Record a dispatch made right after the commit that created the row."""
+def mark_outbox_dispatched(session: Session, row_id: int, now: datetime) -> bool:
+    """Claim the first dispatch of a row right after the commit that created it;
+    False if reconcile dispatched it already (then the caller must not send it)."""
+    result = session.execute(
+        update(Outbox)
+        .where(Outbox.id == row_id, Outbox.done_at.is_(None), Outbox.dispatched_at.is_(None))
+        .values(dispatched_at=now, attempts=Outbox.attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def claim_outbox(session: Session, row_id: int, now: datetime, claim: timedelta) -> bool:
+    """Take the right to run a row until ``now + claim``; False if it is done or
+    another delivery runs it now."""
+    result = session.execute(
+        update(Outbox)
+        .where(
+            Outbox.id == row_id,
+            Outbox.done_at.is_(None),
+            or_(Outbox.claimed_until.is_(None), Outbox.claimed_until < now),
+        )
+        .values(claimed_until=now + claim)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def renew_outbox_claim(session: Session, row_id: int, now: datetime, claim: timedelta) -> None:
+    """A delivery still at work on a row holds it until ``now + claim``."""
     session.execute(
         update(Outbox)
         .where(Outbox.id == row_id, Outbox.done_at.is_(None))
-        .values(dispatched_at=now, attempts=Outbox.attempts + 1)
+        .values(claimed_until=now + claim)
         .execution_options(synchronize_session=False)
     )
     session.commit()

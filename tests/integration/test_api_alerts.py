@@ -173,11 +173,15 @@ def test_alert_from_prometheus_rolls_back_through_alertmanager(stack) -> None:
 
     _, events = snapshot(lab, rollout_id)
     deadline = time.monotonic() + 30
-    while len([e for e in events if e.kind == "runbook"]) < 5 and time.monotonic() < deadline:
+    while not any(e.kind == "runbook" and e.data["step"] == 5 for e in events):
+        assert time.monotonic() < deadline, [e.message for e in events if e.kind == "runbook"]
         time.sleep(0.2)
         _, events = snapshot(lab, rollout_id)
+    time.sleep(1)  # a second delivery of the runbook, if any, would show by now
+    _, events = snapshot(lab, rollout_id)
+    ran = [e.data["step"] for e in events if e.kind == "runbook"]
+    assert ran == [1, 2, 3, 4, 5], f"the runbook ran more than once: {ran}"
     steps = {e.data["step"]: e.data for e in events if e.kind == "runbook"}
-    assert sorted(steps) == [1, 2, 3, 4, 5]
     assert all(step["ok"] for step in steps.values()), steps
     assert all(step["started_at"] <= step["finished_at"] for step in steps.values())
     assert httpx.get(f"{lab.instance('canary').url}/healthz", trust_env=False).status_code == 503
@@ -188,7 +192,9 @@ def test_alert_from_prometheus_rolls_back_through_alertmanager(stack) -> None:
     snapshot_by_name = {m["criterion"]: m for m in incident["metrics_snapshot"]}
     assert set(snapshot_by_name) == {c.name for c in PLAN.stop_criteria}
     five_xx = snapshot_by_name["http_5xx_vs_baseline"]
-    assert five_xx["verdict"] == "fail", five_xx
+    # The alert was faster than the criterion: the canary is over its limit, which the
+    # binomial test may not yet call significant on the requests of the snapshot.
+    assert five_xx["verdict"] in ("fail", "inconclusive"), five_xx
     assert five_xx["value"] > five_xx["limit"] and version in five_xx["queries"]["canary_total"]
     assert any(e["kind"] == "rollback_requested" for e in incident["timeline"])
     same = call("GET", f"{api}/api/v1/incidents/{incident['id']}", VIEWER).json()

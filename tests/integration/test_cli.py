@@ -35,7 +35,7 @@ def test_plan_validate_accepts_the_shipped_plans() -> None:
     for name in ("standard.yaml", "demo.yaml"):
         result = canary("plan", "validate", str(PLANS_DIR / name))
         assert result.returncode == 0, result.stderr
-        assert "is valid: 6 steps, 4 stop criteria" in result.stdout
+        assert "is valid: 6 steps, 6 stop criteria" in result.stdout
 
 
 def test_plan_validate_reports_every_error_with_its_line(tmp_path: Path) -> None:

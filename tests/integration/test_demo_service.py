@@ -59,6 +59,7 @@ def test_knobs_read_back_and_updates_are_absolute(demo_pair: DemoPair) -> None:
         "auth_failure_rate": 0.0,
         "queue_lag_growth": 0.0,
         "write_failure_rate": 0.0,
+        "latency_ms": 0.0,
     }
     canary.set_faults(error_rate=0.5, write_failure_rate=0.1)
     canary.set_faults(auth_failure_rate=0.2)
@@ -67,6 +68,7 @@ def test_knobs_read_back_and_updates_are_absolute(demo_pair: DemoPair) -> None:
         "auth_failure_rate": 0.2,
         "queue_lag_growth": 0.0,
         "write_failure_rate": 0.0,
+        "latency_ms": 0.0,
     }
 
 
@@ -111,7 +113,8 @@ def test_health_and_metrics_are_not_traffic(demo_pair: DemoPair) -> None:
     [
         ({"error_rate": 1.5}, "error_rate"),
         ({"queue_lag_growth": -1}, "queue_lag_growth"),
-        ({"latency_ms": 300}, "latency_ms"),
+        ({"latency_ms": -5}, "latency_ms"),
+        ({"latency_slow": 300}, "latency_slow"),
         ({"auth_failure_rate": "high"}, "auth_failure_rate"),
     ],
 )

@@ -32,6 +32,7 @@ def test_all_knobs_round_trip() -> None:
         "auth_failure_rate": 1,
         "queue_lag_growth": 10.5,
         "write_failure_rate": 0,
+        "latency_ms": 250,
     }
     assert parse_knobs(document).as_dict() == {k: float(v) for k, v in document.items()}
 

@@ -20,6 +20,18 @@ from tests.unit.test_state_machine import make_plan, start, state, with_notifica
 LOST = timedelta(seconds=20)
 
 
+def rolled_back_with_messages_lost(runtime, clock) -> str:  # type: ignore[no-untyped-def]
+    """A rollout aborted and rolled back while every broker message is lost: its
+    runbook row waits in the outbox."""
+    runtime.send_outbox = lambda row_id, kind, rollout_id: None
+    rollout_id = start(runtime, make_plan())
+    advance(runtime, rollout_id)
+    with runtime.sessions() as session:
+        abort_rollout(session, rollout_id, reason="x", actor="a", now=clock.now)
+    rollback(runtime, rollout_id)
+    return rollout_id
+
+
 def test_a_queued_advance_is_queued_once_until_presumed_lost(world) -> None:
     runtime, _, _, clock, _ = world
     rollout_id = start(runtime, make_plan())
@@ -70,12 +82,7 @@ def test_a_rollback_promises_its_runbook_and_sends_it_until_done(world) -> None:
 
 def test_a_runbook_of_a_superseded_rollout_never_acts(world) -> None:
     runtime, _, router, clock, _ = world
-    runtime.send_outbox = lambda row_id, kind, rollout_id: None  # lost in the broker
-    rollout_id = start(runtime, make_plan())
-    advance(runtime, rollout_id)
-    with runtime.sessions() as session:
-        abort_rollout(session, rollout_id, reason="x", actor="a", now=clock.now)
-    rollback(runtime, rollout_id)
+    rollout_id = rolled_back_with_messages_lost(runtime, clock)
     clock.now += timedelta(seconds=5)
     newer = start(runtime, make_plan())  # the next release of the service
     with runtime.sessions() as session:
@@ -89,14 +96,54 @@ def test_a_runbook_of_a_superseded_rollout_never_acts(world) -> None:
 
 def test_an_outbox_row_past_its_expiry_is_given_up_loudly(world) -> None:
     runtime, _, _, clock, _ = world
-    runtime.send_outbox = lambda row_id, kind, rollout_id: None
-    rollout_id = start(runtime, make_plan())
-    advance(runtime, rollout_id)
-    with runtime.sessions() as session:
-        abort_rollout(session, rollout_id, reason="x", actor="a", now=clock.now)
-    rollback(runtime, rollout_id)
+    rollout_id = rolled_back_with_messages_lost(runtime, clock)
     clock.now += outbox.RUNBOOK_TTL + timedelta(seconds=1)
     assert outbox.dispatch_due(runtime) == []
     _, events = state(runtime, rollout_id)
     expired = next(e for e in events if e.kind == "outbox_expired")
     assert "runbook given up after 1 dispatch(es)" in expired.message
+
+
+def test_a_row_just_written_is_sent_once_by_its_writer_not_also_by_reconcile(world) -> None:
+    runtime, _, _, clock, _ = world
+    sent: list[int] = []
+    runtime.send_outbox = lambda row_id, kind, rollout_id: sent.append(row_id)
+    rollout_id = start(runtime, make_plan())
+    with runtime.sessions() as session:
+        rollout = repository.get_rollout(session, rollout_id)
+        row_id = outbox.promise_notification(session, rollout_id, "started", clock.now)
+        session.commit()
+    # A reconcile tick between the commit and the writer's own dispatch leaves it alone.
+    assert row_id not in outbox.dispatch_due(runtime)
+    outbox.dispatch_now(runtime, [(row_id, "notify", rollout_id)])
+    assert sent == [row_id]
+    # Had the writer died before dispatching, reconcile sends it after the grace.
+    sent.clear()
+    with runtime.sessions() as session:
+        orphan = outbox.promise_notification(session, rollout.id, "started", clock.now)
+        session.commit()
+    clock.now += timedelta(seconds=6)
+    assert orphan in outbox.dispatch_due(runtime)
+    assert sent == [orphan]
+    # ...and then the writer's late dispatch does not send it a second time.
+    outbox.dispatch_now(runtime, [(orphan, "notify", rollout_id)])
+    assert sent == [orphan]
+
+
+def test_a_row_delivered_twice_at_once_runs_once_and_a_dead_delivery_frees_it(world) -> None:
+    runtime, _, _, clock, _ = world
+    rollout_id = rolled_back_with_messages_lost(runtime, clock)
+    with runtime.sessions() as session:
+        row = session.query(Outbox).filter_by(rollout_id=rollout_id, kind="runbook").one()
+        # The first delivery claimed it and was SIGKILLed mid-run.
+        assert repository.claim_outbox(session, row.id, clock.now, outbox.CLAIMS["runbook"])
+    assert outbox.run_outbox_row(runtime, row.id) == (
+        f"outbox {row.id}: another delivery is running it"
+    )
+    clock.now += outbox.REDISPATCH_AFTER + timedelta(seconds=1)
+    assert row.id not in outbox.dispatch_due(runtime)  # still claimed: not sent again
+    clock.now += outbox.CLAIMS["runbook"]
+    assert row.id in outbox.dispatch_due(runtime)
+    assert outbox.run_outbox_row(runtime, row.id).startswith("runbook: 5 step(s)")
+    _, events = state(runtime, rollout_id)
+    assert len([e for e in events if e.kind == "runbook" and e.data["step"] == 5]) == 1

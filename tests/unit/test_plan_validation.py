@@ -46,6 +46,8 @@ def test_standard_plan_is_the_seed_plan() -> None:
         "http_5xx_vs_baseline",
         "auth_failures",
         "queue_lag_rising",
+        "latency_p95_vs_baseline",
+        "latency_p99_vs_baseline",
         "failed_writes",
     }
     assert names["http_5xx_vs_baseline"].factor == 2

@@ -1,0 +1,176 @@
+"""Dozens of services under one controller: the lab of the chaos benchmark.
+
+Each service has two slots (blue stable at 1.0.0, green the canary at 2.0.0 with
+the faults it is known in advance to have), a backend and a frontend of its own in
+one HAProxy, and user traffic through it. All instances run in one fleet process;
+Redis and PostgreSQL are the lab's own, so the benchmark may restart them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller.demo.loadgen import LoadGenerator
+from controller.lab.controllers import ControllerProcesses, LabSettings
+from controller.lab.demo import PROJECT_ROOT, child_env
+from controller.lab.errors import LabError
+from controller.lab.haproxy import start_haproxy_backends
+from controller.lab.postgres import PostgresServer, start_postgres
+from controller.lab.process import ManagedProcess
+from controller.lab.prometheus import LAB_JOB, start_prometheus
+from controller.lab.redis import ensure_redis
+from controller.plan import Plan
+from controller.runtime import haproxy_router_factory
+from controller.store.db import migrate
+from controller.traffic.base import TrafficRouter
+
+STABLE_VERSION = "1.0.0"
+CANARY_VERSION = "2.0.0"
+STABLE_SLOT, CANARY_SLOT = "blue", "green"
+
+
+@dataclass(frozen=True)
+class FleetService:
+    """One service of the fleet and the faults its canary has (none: healthy)."""
+
+    name: str
+    faults: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def faulty(self) -> bool:
+        return any(value > 0 for value in self.faults.values())
+
+
+class FleetLab(ControllerProcesses):
+    """Starts and stops the fleet; ``with FleetLab(...) as lab:``."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        services: list[FleetService],
+        settings: LabSettings | None = None,
+        rps_per_service: float = 5.0,
+    ) -> None:
+        super().__init__(workdir, settings or LabSettings())
+        if not services:
+            raise LabError("a fleet needs at least one service")
+        self.services = {service.name: service for service in services}
+        self.rps_per_service = rps_per_service
+        self.postgres: PostgresServer | None = None
+        self.fleet: ManagedProcess | None = None
+        self.addresses: dict[str, dict[str, str]] = {}  # service -> slot -> host:port
+
+    def start(self) -> FleetLab:
+        """Redis and PostgreSQL of its own, the fleet, HAProxy, Prometheus, the load."""
+        try:
+            self.redis = self.group.add(ensure_redis(self.workdir, own=True))
+            if self.settings.database_url is None:
+                self.postgres = self.group.add(start_postgres(self.workdir))
+                self.database_url = self.postgres.url
+            migrate(self.database_url)
+            self._start_fleet()
+            first_weights = {STABLE_SLOT: 100, CANARY_SLOT: 0}
+            self.haproxy = self.group.add(
+                start_haproxy_backends(
+                    self.workdir,
+                    [(name, self.addresses[name], first_weights) for name in self.services],
+                )
+            )
+            self._wait_all_servers_up()
+            targets = [address for slots in self.addresses.values() for address in slots.values()]
+            self.prometheus = self.group.add(
+                start_prometheus(self.workdir, targets, scrape_interval="2s")
+            )
+            load = LoadGenerator(
+                [
+                    (f"{self.haproxy.frontends[name]}/checkout", self.rps_per_service)
+                    for name in self.services
+                ]
+            )
+            load.start()
+            self.group.add(load)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_fleet(self) -> None:
+        instances = []
+        for name, service in self.services.items():
+            for slot, version, faults in (
+                (STABLE_SLOT, STABLE_VERSION, {}),
+                (CANARY_SLOT, CANARY_VERSION, service.faults),
+            ):
+                instances.append(
+                    {
+                        "slot": slot,
+                        "service": name,
+                        "version": version,
+                        "faults": faults,
+                        "lazy_series": True,
+                    }
+                )
+        spec, ports_file = self.workdir / "fleet.json", self.workdir / "fleet-ports.json"
+        spec.write_text(json.dumps({"instances": instances}, indent=1))
+        self.fleet = self.group.add(
+            ManagedProcess(
+                "fleet",
+                [sys.executable, "-m", "controller.demo.fleet"]
+                + ["--spec", str(spec), "--ports", str(ports_file)],
+                self.workdir,
+                env=child_env(),
+                cwd=PROJECT_ROOT,
+            )
+        )
+        self.fleet.wait_ready(ports_file.exists, timeout=60)
+        for item, port in zip(instances, json.loads(ports_file.read_text()), strict=True):
+            self.addresses.setdefault(item["service"], {})[item["slot"]] = f"127.0.0.1:{port}"
+
+    def _wait_all_servers_up(self, timeout: float = 30.0) -> None:
+        assert self.haproxy is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.haproxy.command("show stat")
+            down = [line for line in status.splitlines() if ",DOWN," in line]
+            if not down:
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"HAProxy servers still down after {timeout}s: {down[:3]}")
+            time.sleep(0.2)
+
+    def plan_variables(self, name: str) -> dict[str, str]:
+        """Values for the demo plan's variables for one service of the fleet."""
+        slots = self.addresses[name]
+        return {
+            "blue_url": f"http://{slots[STABLE_SLOT]}",
+            "green_url": f"http://{slots[CANARY_SLOT]}",
+            "staging_url": f"http://{slots[CANARY_SLOT]}",
+            "scrape_job": LAB_JOB,
+        }
+
+    def router_for(self, plan: Plan, values: dict[str, str]) -> TrafficRouter:
+        """What ``start_rollout`` needs to read the router, as workers build it."""
+        assert self.haproxy is not None, "lab not started"
+        return haproxy_router_factory(self.haproxy.socket_path)(plan, values)
+
+    def canary_weights(self) -> dict[str, int]:
+        """The canary slot's raw HAProxy weight of every service, in one command."""
+        assert self.haproxy is not None, "lab not started"
+        return {
+            name: servers.get(CANARY_SLOT, 0)
+            for name, servers in self.haproxy.weights().items()
+            if name in self.services
+        }
+
+    def stop(self) -> None:
+        self.group.stop()
+
+    def __enter__(self) -> FleetLab:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
