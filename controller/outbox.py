@@ -128,10 +128,12 @@ def dispatch_now(runtime: Runtime, rows: list[tuple[int, str, str]]) -> None:
     """Right after the commit that wrote them: mark and send each row. A failure to
     send leaves the row for reconcile, never raises into the caller."""
     for row_id, kind, rollout_id in rows:
+        marked_at = runtime.clock()
         with runtime.sessions() as session:
-            if not repository.mark_outbox_dispatched(session, row_id, runtime.clock()):
+            if not repository.mark_outbox_dispatched(session, row_id, marked_at):
                 continue  # reconcile dispatched it first
         try:
             runtime.send_outbox(row_id, kind, rollout_id)
-        except Exception:  # the row stays; reconcile sends it again
-            continue
+        except Exception:  # the row stays; reconcile sends it within the grace
+            with runtime.sessions() as session:
+                repository.unmark_outbox_dispatched(session, row_id, marked_at)

@@ -510,6 +510,19 @@ def mark_outbox_dispatched(session: Session, row_id: int, now: datetime) -> bool
     return result.rowcount == 1
 
 
+def unmark_outbox_dispatched(session: Session, row_id: int, marked_at: datetime) -> None:
+    """Undo our own dispatch mark when the send failed (broker down), so reconcile
+    sends the row after the first-dispatch grace instead of the redispatch delay. A
+    mark reconcile has set since (another ``dispatched_at``) is left alone."""
+    session.execute(
+        update(Outbox)
+        .where(Outbox.id == row_id, Outbox.done_at.is_(None), Outbox.dispatched_at == marked_at)
+        .values(dispatched_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
 def claim_outbox(session: Session, row_id: int, now: datetime, claim: timedelta) -> bool:
     """Take the right to run a row until ``now + claim``; False if it is done or
     another delivery runs it now."""

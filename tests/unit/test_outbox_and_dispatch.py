@@ -130,6 +130,28 @@ def test_a_row_just_written_is_sent_once_by_its_writer_not_also_by_reconcile(wor
     assert sent == [orphan]
 
 
+def test_a_row_its_writer_could_not_send_goes_within_the_grace(world) -> None:
+    """The broker down when the API wrote the row: reconcile sends it seconds later,
+    not after the redispatch delay meant for rows a worker may still be running."""
+    runtime, _, _, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+
+    def broker_down(row_id: int, kind: str, rollout_id: str) -> None:
+        raise ConnectionError("broker unreachable")
+
+    runtime.send_outbox = broker_down
+    with runtime.sessions() as session:
+        row_id = outbox.promise_notification(session, rollout_id, "started", clock.now)
+        session.commit()
+    outbox.dispatch_now(runtime, [(row_id, "notify", rollout_id)])  # does not raise
+    sent: list[int] = []
+    runtime.send_outbox = lambda row_id, kind, rollout_id: sent.append(row_id)
+    assert outbox.dispatch_due(runtime) == []
+    clock.now += timedelta(seconds=6)
+    assert outbox.dispatch_due(runtime) == [row_id]
+    assert sent == [row_id]
+
+
 def test_a_row_delivered_twice_at_once_runs_once_and_a_dead_delivery_frees_it(world) -> None:
     runtime, _, _, clock, _ = world
     rollout_id = rolled_back_with_messages_lost(runtime, clock)
