@@ -64,6 +64,7 @@ def main() -> int:
             f"median_rollback_s={times[len(times) // 2]:.1f} "
             f"runbooks_not_run_once={report.runbooks_not_run_once} "
             f"drifts_reasserted={report.drifts_reasserted} "
+            f"unplanned_exits={len(report.unplanned_exits)} "
             f"duration_s={report.duration_s:.0f}"
         )
     if args.json:

@@ -130,6 +130,9 @@ class ChaosReport:
     drifts_reasserted: int = 0
     rollback_seconds: list[float] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    # Processes that died without being killed (revived as a supervisor would): not a
+    # lost rollout, but said, since production needs a restart policy to survive them.
+    unplanned_exits: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     duration_s: float = 0.0  # from the first start to every rollout final
 
@@ -204,6 +207,7 @@ def run_chaos(
     victims = _victims(rng)
     schedule = _schedule(scenario, services, rng, victims)
     rollout_ids: dict[str, str] = {}
+    report_exits: list[str] = []
     while time.monotonic() - began < scenario.deadline_s:
         now = time.monotonic() - began
         while schedule and schedule[0][0] <= now:
@@ -216,6 +220,9 @@ def run_chaos(
                     gap = rng.uniform(*scenario.worker_kill_gap_s)
                     schedule.append((now + gap, "kill", next(victims)))
                     schedule.sort(key=lambda item: item[0])
+        for revived in lab.revive_exited():
+            report_exits.append(revived)
+            log(revived)
         pending_faults = any(what not in ("start", "kill") for _, what, _ in schedule)
         if len(rollout_ids) == len(services) and not pending_faults and _all_final(lab):
             break
@@ -226,6 +233,7 @@ def run_chaos(
     sampler.stop()
     report = judge(lab, rollout_ids, sampler)
     report.actions, report.duration_s = actions, settled
+    report.unplanned_exits = report_exits
     return report
 
 
@@ -441,5 +449,6 @@ def summary(report: ChaosReport) -> dict[str, Any]:
         "runbooks_not_run_once": report.runbooks_not_run_once,
         "drifts_reasserted": report.drifts_reasserted,
         "duration_s": round(report.duration_s, 1),
+        "unplanned_exits": report.unplanned_exits,
         "problems": report.problems,
     }

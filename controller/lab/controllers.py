@@ -113,6 +113,19 @@ class ControllerProcesses:
         new.wait_ready(lambda: b"ready." in new.log_path.read_bytes()[offset:], timeout=60)
         return new
 
+    def revive_exited(self) -> list[str]:
+        """Start again every worker or beat that exited on its own, as a supervisor
+        (systemd ``Restart=always``, compose ``restart: unless-stopped``) would; one
+        line per process revived, with its exit code and last error line."""
+        revived = []
+        for name, process in list(self.workers.items()):
+            if process.alive:
+                continue
+            code, last_error = process.returncode, _last_error(process.log_tail())
+            self.workers[name] = self.group.replace(process, process.respawn())
+            revived.append(f"{name} exited on its own (code {code}: {last_error}), restarted")
+        return revived
+
     def start_beat(self) -> ManagedProcess:
         process = ManagedProcess(
             "beat",
@@ -167,3 +180,9 @@ class ControllerProcesses:
         url = f"http://127.0.0.1:{port}"
         process.wait_ready(lambda: tcp_ready("127.0.0.1", port), timeout=30)
         return url
+
+
+def _last_error(log_tail: str) -> str:
+    """The last line of a log tail that looks like an error, shortened."""
+    lines = [line for line in log_tail.splitlines() if "rror" in line or "CRITICAL" in line]
+    return (lines[-1] if lines else "no error logged")[:200]

@@ -79,5 +79,9 @@ def test_worker_killed_mid_rollout_another_finishes(tmp_path: Path, postgres_url
         assert rollout.state == "succeeded", rollout.reason
         assert [e.data["weight"] for e in events if e.kind == "weight_set"] == [0, 10, 25, 50, 100]
         assert_no_step_done_twice(events)
+        # As a supervisor would, the lab starts again what exited (and only that).
+        [revived] = lab.revive_exited()
+        assert revived.startswith("first exited on its own (code -9"), revived
+        assert lab.workers["first"].alive and lab.revive_exited() == []
     finally:
         lab.stop()
