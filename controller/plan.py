@@ -28,6 +28,7 @@ from pydantic import (
 
 from controller.durations import format_duration, parse_duration
 from controller.notifications import NotificationTarget
+from controller.numbers import Count, Number
 
 Duration = Annotated[
     timedelta,
@@ -120,8 +121,8 @@ class AnalysisPolicy(_Strict):
 
     interval: Duration = Field(default=timedelta(minutes=1))
     window: Duration = Field(default=timedelta(minutes=5))
-    inconclusive_limit: int = Field(default=5, ge=1, le=1000)
-    error_limit: int = Field(default=5, ge=1, le=1000)
+    inconclusive_limit: Count = Field(default=5, ge=1, le=1000)
+    error_limit: Count = Field(default=5, ge=1, le=1000)
     on_limit: OnLimit = OnLimit.PAUSE
     progress_deadline: Annotated[Duration, AfterValidator(_at_least_one_second)] = Field(
         default=timedelta(hours=1),
@@ -193,16 +194,16 @@ class RatioToBaseline(_CountsErrors):
     canary_total: QueryTemplate
     baseline_errors: QueryTemplate
     baseline_total: QueryTemplate
-    factor: float = Field(default=2.0, ge=1.0, le=1000)
-    floor: float = Field(
+    factor: Number = Field(default=2.0, ge=1.0, le=1000)
+    floor: Number = Field(
         default=0.01,
         ge=0.0,
         le=1.0,
         description="Smallest error proportion that can trip, so a near-zero baseline "
         "does not roll back on one error.",
     )
-    min_requests: int = Field(default=100, ge=1)
-    confidence: float = _confidence_field()
+    min_requests: Count = Field(default=100, ge=1, le=1_000_000_000)
+    confidence: Number = _confidence_field()
     sustained_for: Duration = Field(default=timedelta(0))
 
     def queries(self) -> dict[str, str]:
@@ -220,9 +221,9 @@ class RatioThreshold(_CountsErrors):
     judge: Literal["ratio_threshold"]
     errors: QueryTemplate
     total: QueryTemplate
-    max_ratio: float = Field(ge=0.0, le=1.0)
-    min_requests: int = Field(default=100, ge=1)
-    confidence: float = _confidence_field()
+    max_ratio: Number = Field(ge=0.0, le=1.0)
+    min_requests: Count = Field(default=100, ge=1, le=1_000_000_000)
+    confidence: Number = _confidence_field()
     sustained_for: Duration = Field(default=timedelta(0))
 
     def queries(self) -> dict[str, str]:
@@ -239,27 +240,31 @@ class RisingTrend(_Criterion):
     step: Annotated[Duration, AfterValidator(_at_least_one_second)] = Field(
         default=timedelta(seconds=15)
     )
-    min_points: int = Field(default=5, ge=4, le=11000)
-    confidence: float = Field(
+    min_points: Count = Field(default=5, ge=4, le=11000)
+    confidence: Number = Field(
         default=0.99,
         gt=0.5,
         lt=1.0,
         description="Mann-Kendall: the series rises when the test's one-sided p-value is "
         "below 1 - confidence.",
     )
-    min_slope: float = Field(
+    min_slope: Number = Field(
         default=0.0,
         ge=0.0,
+        le=1e12,
         description="Smallest rise per second (Sen's slope) that counts: a significant but "
         "negligible drift passes.",
     )
-    min_rise: float = Field(
+    min_rise: Number = Field(
         default=0.0,
         ge=0.0,
+        le=1e15,
         description="Smallest rise over the window (Sen's slope x the window's span).",
     )
-    ceiling: float | None = Field(
+    ceiling: Number | None = Field(
         default=None,
+        ge=-1e15,
+        le=1e15,
         description="A median over the window above this fails whatever the trend.",
     )
     sustained_for: Duration = Field(default=timedelta(0))
@@ -291,8 +296,8 @@ class LatencyToBaseline(_Criterion):
     )
     baseline_latency: QueryTemplate
     quantile: str = Field(default="p99", max_length=16, description="How sentences name it.")
-    factor: float = Field(default=1.5, ge=1.0, le=1000)
-    floor_ms: float = Field(
+    factor: Number = Field(default=1.5, ge=1.0, le=1000)
+    floor_ms: Number = Field(
         default=50.0,
         ge=0.0,
         description="Latency below which the canary never fails, however it compares.",
@@ -311,8 +316,8 @@ class ZeroTolerance(_CountsErrors):
     total: QueryTemplate | None = Field(
         default=None, description="Requests in the window; without enough, zero means nothing."
     )
-    max: float = Field(default=0.0, ge=0.0)
-    min_requests: int = Field(default=1, ge=1)
+    max: Number = Field(default=0.0, ge=0.0, le=1e15)
+    min_requests: Count = Field(default=1, ge=1, le=1_000_000_000)
     sustained_for: Duration = Field(default=timedelta(0))
 
     def queries(self) -> dict[str, str]:
@@ -332,7 +337,7 @@ class HttpCheck(_Strict):
     name: str = Field(pattern=_NAME, max_length=64)
     url: QueryTemplate
     method: Literal["GET", "HEAD", "POST"] = "GET"
-    expect_status: int = Field(default=200, ge=100, le=599)
+    expect_status: Count = Field(default=200, ge=100, le=599)
     body_contains: str | None = None
     timeout: StepTimeout = Field(default=timedelta(seconds=5))
     max_latency: Duration | None = None
@@ -402,7 +407,7 @@ class TargetsUp(_Strict):
 
     name: str = Field(pattern=_NAME, max_length=64)
     query: QueryTemplate
-    min_targets: int = Field(default=1, ge=1)
+    min_targets: Count = Field(default=1, ge=1, le=100_000)
 
 
 class ApprovalGate(_Strict):
@@ -430,20 +435,20 @@ class SoakLoad(_Strict):
     """Bounded synthetic load during the soak, sent by the advances themselves."""
 
     url: QueryTemplate
-    rate: float = Field(
+    rate: Number = Field(
         gt=0,
         le=20,
         description="Requests per second; a burst of at most 10 s worth (200 requests) is "
         "sent at each advance of the soak, which comes back every 10 s at the latest.",
     )
-    max_error_ratio: float = Field(default=0.05, ge=0, le=1)
+    max_error_ratio: Number = Field(default=0.05, ge=0, le=1)
 
 
 class Backlog(_Strict):
     """No backlog in async workers: ``query`` (one series) at or under ``max``."""
 
     query: QueryTemplate
-    max: float = Field(ge=0)
+    max: Number = Field(ge=0, le=1e15)
 
 
 class _Stage(_Strict):
@@ -477,12 +482,12 @@ class CanaryStage(_Stage):
     """The first slice of production traffic to the new version, held and compared."""
 
     kind: Literal["canary"]
-    weight: int = Field(ge=1, le=100)
+    weight: Count = Field(ge=1, le=100)
     hold: Duration
 
 
 class RampStep(_Strict):
-    weight: int = Field(ge=1, le=100)
+    weight: Count = Field(ge=1, le=100)
     hold: Duration
 
 

@@ -10,6 +10,8 @@ matcher (``controller.plan_checks``).
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from controller.plan import (
 )
 from controller.plan_checks import format_path as _format_path
 from controller.plan_checks import plan_problems
+from controller.safe_yaml import YamlInputError, load_yaml
 
 MAX_PLAN_BYTES = 1_000_000
 
@@ -60,16 +63,7 @@ class PlanError(Exception):
 def load_plan(path: str | Path) -> Plan:
     """Read and validate a plan file; raise PlanError listing every problem."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise PlanError(
-            str(path), [PlanProblem("", f"cannot read plan file: {exc.strerror}")]
-        ) from None
-    if len(raw) > MAX_PLAN_BYTES:
-        raise PlanError(
-            str(path), [PlanProblem("", f"plan file is larger than {MAX_PLAN_BYTES} bytes")]
-        )
+    raw = read_plan_file(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -77,16 +71,54 @@ def load_plan(path: str | Path) -> Plan:
     return parse_plan(text, source=str(path))
 
 
+def read_plan_file(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_PLAN_BYTES. Opened without
+    blocking and checked before reading: a FIFO would hang the reader, and
+    ``/dev/zero`` or a directory would never be a plan."""
+
+    def refuse(message: str) -> PlanError:
+        return PlanError(str(path), [PlanProblem("", message)])
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise refuse(f"cannot read plan file: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise refuse(f"not a regular file ({_file_kind(info.st_mode)}): give a plan file")
+        if info.st_size > MAX_PLAN_BYTES:
+            raise refuse(f"plan file is larger than {MAX_PLAN_BYTES} bytes")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            raw = handle.read(MAX_PLAN_BYTES + 1)
+    except OSError as exc:
+        raise refuse(f"cannot read plan file: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_PLAN_BYTES:  # it grew while being read
+        raise refuse(f"plan file is larger than {MAX_PLAN_BYTES} bytes")
+    return raw
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
 def parse_plan(text: str, source: str = "<plan>") -> Plan:
     """Validate plan YAML text; raise PlanError listing every problem."""
+    if len(text) > MAX_PLAN_BYTES:
+        raise PlanError(source, [PlanProblem("", f"plan is larger than {MAX_PLAN_BYTES} bytes")])
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PlanError(source, [PlanProblem("", f"not valid YAML: {problem}", line)]) from None
+        data, node = load_yaml(text)
+    except YamlInputError as exc:
+        raise PlanError(source, [PlanProblem("", exc.message, exc.line)]) from None
     if not isinstance(data, dict):
         raise PlanError(
             source, [PlanProblem("", "a plan must be a YAML mapping (name, stages, ...)", 1)]

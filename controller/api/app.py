@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import redis
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config.settings import Settings
 from controller import operations
@@ -162,12 +164,31 @@ def create_app(
         return JSONResponse(
             {
                 "detail": [
-                    {"loc": ["plan", *p.path.split(".")], "line": p.line, "msg": p.message}
+                    {"loc": _plan_loc(p.path), "line": p.line, "msg": p.message}
                     for p in exc.problems
                 ]
             },
             status_code=422,
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """FastAPI answers a body its JSON parser gave up on (nested thousands deep, a
+        number of thousands of digits) with a bare 400; say which part was wrong."""
+        if exc.status_code == 400:
+            return JSONResponse(
+                {
+                    "detail": [
+                        {
+                            "loc": ["body"],
+                            "msg": "not valid JSON: nested too deeply, a number too large, "
+                            "or not JSON at all",
+                        }
+                    ]
+                },
+                status_code=422,
+            )
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -443,6 +464,11 @@ def create_app(
         )
 
     return app
+
+
+def _plan_loc(path: str) -> list[str]:
+    """``stop_criteria[0].factor`` as an error location under ``plan``."""
+    return ["plan", *filter(None, path.split("."))]
 
 
 def _leave_for_reconcile(row_id: int, kind: str, rollout_id: str) -> None:

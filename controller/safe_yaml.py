@@ -1,0 +1,118 @@
+"""YAML that cannot hurt the process reading it.
+
+Plans arrive as files on an SRE's machine and as text in API calls. PyYAML's safe
+loader refuses code, but not work: an alias bomb (a kilobyte of ``&a [*b, *b, …]``)
+expands to gigabytes, a few hundred nested brackets overflow the recursion limit, an
+integer of 5,000 digits raises ``ValueError`` from deep inside the constructor, and a
+repeated key silently keeps the last value. This loader refuses each of them with the
+line, before anything is built:
+
+- aliases (``*name``) are refused: a plan writes its values out;
+- nesting deeper than ``MAX_DEPTH`` and more than ``MAX_NODES`` nodes are refused;
+- integers longer than ``MAX_INT_DIGITS`` digits are refused;
+- a key repeated in one mapping is refused, naming the line of the first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node
+
+MAX_DEPTH = 40
+MAX_NODES = 50_000
+MAX_INT_DIGITS = 30
+
+
+class YamlInputError(Exception):
+    """YAML refused, with the 1-based line where the problem is (when known)."""
+
+    def __init__(self, message: str, line: int | None = None):
+        self.message = message
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line else message)
+
+
+class _GuardedLoader(yaml.SafeLoader):
+    """SafeLoader with the limits of this module."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise YamlInputError(
+                f"YAML aliases (*{event.anchor}) are not allowed in a plan: write the value out",
+                event.start_mark.line + 1,
+            )
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise YamlInputError(
+                f"more than {MAX_NODES} YAML nodes", self.peek_event().start_mark.line + 1
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise YamlInputError(
+                    f"nested deeper than {MAX_DEPTH} levels",
+                    self.peek_event().start_mark.line + 1,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, MappingNode):
+            self.flatten_mapping(node)
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first_line.get(key)
+                except TypeError:
+                    raise ConstructorError(
+                        None, None, "a mapping key must be a plain value", key_node.start_mark
+                    ) from None
+                line = key_node.start_mark.line + 1
+                if seen is not None:
+                    raise YamlInputError(f"duplicate key {key!r} (first on line {seen})", line)
+                first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: Node) -> int:
+        digits = sum(ch.isdigit() for ch in str(node.value))
+        if digits > MAX_INT_DIGITS:
+            raise YamlInputError(
+                f"integer of {digits} digits: at most {MAX_INT_DIGITS}", node.start_mark.line + 1
+            )
+        return super().construct_yaml_int(node)
+
+
+_GuardedLoader.add_constructor("tag:yaml.org,2002:int", _GuardedLoader.construct_yaml_int)
+
+
+def load_yaml(text: str) -> tuple[Any, Node | None]:
+    """The data of one YAML document and its node tree (for line numbers); raises
+    YamlInputError, never another exception, on anything it refuses or cannot parse."""
+    loader = _GuardedLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+        return data, node
+    except YamlInputError:
+        raise
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise YamlInputError(
+            f"not valid YAML: {problem}", mark.line + 1 if mark is not None else None
+        ) from None
+    except (ValueError, OverflowError, RecursionError, MemoryError) as exc:
+        raise YamlInputError(f"not valid YAML: {type(exc).__name__}: {exc}"[:300]) from None
+    finally:
+        loader.dispose()

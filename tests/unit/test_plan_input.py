@@ -1,0 +1,135 @@
+"""Plan input that cannot hurt: every hostile or mistyped input is one PlanError
+naming the line (and the field, when there is one), never a traceback, a hang or
+gigabytes of memory."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from config import PLANS_DIR
+from controller.plan_loader import MAX_PLAN_BYTES, PlanError, load_plan, parse_plan
+from controller.safe_yaml import MAX_DEPTH, MAX_NODES
+
+DEMO = (PLANS_DIR / "demo.yaml").read_text()
+
+
+def refused(text: str) -> list[tuple[int | None, str, str]]:
+    with pytest.raises(PlanError) as caught:
+        parse_plan(text, source="p.yaml")
+    return [(p.line, p.path, p.message) for p in caught.value.problems]
+
+
+def refused_file(path: Path) -> str:
+    with pytest.raises(PlanError) as caught:
+        load_plan(path)
+    [problem] = caught.value.problems
+    return problem.message
+
+
+def with_first_weight(value: str) -> str:
+    """The demo plan with its canary weight written as ``value``."""
+    assert "weight: 10" in DEMO
+    return DEMO.replace("weight: 10", f"weight: {value}", 1)
+
+
+def test_an_alias_bomb_is_refused_before_it_expands() -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(9)
+    )
+    assert len(bomb) < 1500
+    [(line, path, message)] = refused(bomb)
+    assert line == 2 and path == ""
+    assert message == "YAML aliases (*a) are not allowed in a plan: write the value out"
+
+
+def test_deep_nesting_is_refused_with_its_line_not_a_recursion_error() -> None:
+    [(line, _, message)] = refused("name: x\nstages: " + "[" * 900 + "]" * 900 + "\n")
+    assert message == f"nested deeper than {MAX_DEPTH} levels" and line == 2
+
+
+def test_too_many_nodes_are_refused() -> None:
+    [(_, _, message)] = refused("x: [" + ", ".join(["1"] * (MAX_NODES + 5)) + "]\n")
+    assert message == f"more than {MAX_NODES} YAML nodes"
+
+
+def test_a_huge_integer_is_refused_not_parsed() -> None:
+    [(line, _, message)] = refused(with_first_weight("9" * 5000))
+    assert message == "integer of 5000 digits: at most 30"
+    assert line == DEMO.splitlines().index("    weight: 10") + 1
+
+
+def test_a_repeated_key_is_refused_naming_both_lines() -> None:
+    [(line, _, message)] = refused("name: one\nversion: 1\nname: two\n")
+    assert (line, message) == (3, "duplicate key 'name' (first on line 1)")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("true", "Input should be a valid integer"),
+        ('"10"', "Input should be a valid integer"),
+        ("10.0", "Input should be a valid integer"),
+    ],
+)
+def test_a_weight_is_an_integer_not_a_bool_a_string_or_a_float(value: str, expected: str) -> None:
+    problems = refused(with_first_weight(value))
+    assert [(path, message) for _, path, message in problems] == [("stages[1].weight", expected)]
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan", "true"])
+def test_a_factor_is_a_finite_number(value: str) -> None:
+    text = DEMO.replace("factor: 2", f"factor: {value}", 1)
+    assert text != DEMO
+    problems = refused(text)
+    assert [path for _, path, _ in problems] == ["stop_criteria[0].factor"], problems
+
+
+def test_an_unbounded_count_is_refused() -> None:
+    text = DEMO.replace("min_requests: 15", "min_requests: 99999999999999", 1)
+    assert text != DEMO
+    [(_, path, message)] = refused(text)
+    assert path.endswith("min_requests") and "less than or equal to 1000000000" in message
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "plan.yaml"
+    os.mkfifo(fifo)
+    result: list[str] = []
+    reader = threading.Thread(target=lambda: result.append(refused_file(fifo)), daemon=True)
+    reader.start()
+    reader.join(timeout=5)
+    assert result == ["not a regular file (a FIFO): give a plan file"]
+
+
+def test_a_device_and_a_directory_are_refused(tmp_path: Path) -> None:
+    assert refused_file(Path("/dev/zero")) == (
+        "not a regular file (a character device): give a plan file"
+    )
+    assert refused_file(tmp_path) == "not a regular file (a directory): give a plan file"
+
+
+def test_a_file_too_large_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as handle:  # sparse: the size is known without writing it
+        handle.truncate(MAX_PLAN_BYTES * 50)
+    assert refused_file(big) == f"plan file is larger than {MAX_PLAN_BYTES} bytes"
+
+
+def test_a_missing_file_and_binary_content_are_clear(tmp_path: Path) -> None:
+    assert (
+        refused_file(tmp_path / "nope.yaml") == "cannot read plan file: No such file or directory"
+    )
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00name: x")
+    assert refused_file(binary) == "plan file is not UTF-8 text"
+
+
+def test_the_shipped_plans_still_load() -> None:
+    for path in sorted(PLANS_DIR.glob("*.yaml")):
+        assert load_plan(path).name, path
