@@ -466,17 +466,26 @@ def resume(
 @friendly_errors
 def approve(
     rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
-    as_: Annotated[str, typer.Option("--as", help="Who approves (a name in the plan's owners)")],
     role: Annotated[str | None, typer.Option(help="Approve only as this role")] = None,
     stage: Annotated[
         str | None,
         typer.Option(help="Gate to approve: preflight or a stage (default: the one it waits at)"),
     ] = None,
 ) -> None:
-    """Approve the gate a rollout waits at, as a named owner."""
+    """Approve the gate a rollout waits at. The approver is who you are, never a name
+    typed: your OS login name here (recorded as such), or with CANARY_API_URL and
+    CANARY_TOKEN set, the API token's name."""
     with _sessions()() as session:
         _report(
-            approve_rollout(session, rollout_id, name=as_, role=role, gate=stage, now=utcnow()),
+            approve_rollout(
+                session,
+                rollout_id,
+                name=getpass.getuser(),
+                role=role,
+                gate=stage,
+                now=utcnow(),
+                via="database (OS user)",
+            ),
             enqueue=False,
         )
 

@@ -348,8 +348,11 @@ def approve_rollout(
     now: datetime,
     role: str | None = None,
     gate: str | None = None,
+    via: str = "api token",
 ) -> OperationOutcome:
-    """Record ``name``'s approval for the gate the rollout waits at (or ``gate``)."""
+    """Record ``name``'s approval for the gate the rollout waits at (or ``gate``).
+    ``via`` says how ``name`` was established (an API token, or the OS user of a
+    direct-database CLI), and is kept with the approval."""
     rollout = repository.get_rollout(session, rollout_id)
     if rollout is None:
         raise OperationError(f"id: no rollout {rollout_id!r}")
@@ -378,20 +381,52 @@ def approve_rollout(
         raise OperationError(
             f"as: {name!r} cannot approve {gate}: it needs {wanted or 'no approval'}"
         )
-    for approving_role in roles:
-        repository.append_event(
-            session,
-            rollout_id,
-            "approval",
-            actor=name,
-            at=now,
-            message=f"{name} approved {gate} as {approving_role}",
-            data={"gate": gate, "role": approving_role, "name": name},
-            step_index=rollout.step_index,
-        )
+    approving_role = _one_role_per_person(session, rollout, name, roles, gate)
+    repository.append_event(
+        session,
+        rollout_id,
+        "approval",
+        actor=name,
+        at=now,
+        message=f"{name} approved {gate} as {approving_role}",
+        data={"gate": gate, "role": approving_role, "name": name, "via": via},
+        step_index=rollout.step_index,
+    )
     _touch(session, rollout, now)
     session.commit()
-    return OperationOutcome(rollout_id, True, f"{name} approved {gate} as {', '.join(roles)}")
+    return OperationOutcome(rollout_id, True, f"{name} approved {gate} as {approving_role}")
+
+
+def _one_role_per_person(
+    session: Session, rollout: Rollout, name: str, roles: list[str], gate: str
+) -> str:
+    """Separation of duties: whoever started a rollout does not approve it, and one
+    person approves in one role per rollout, so that two roles always mean two
+    people. Returns the role this approval is for."""
+    if name == rollout.created_by:
+        raise OperationError(
+            f"as: {name} started this rollout and cannot also approve it "
+            "(separation of duties)"
+        )
+    earlier = {
+        e.data.get("role")
+        for e in repository.events_for(session, rollout.id)
+        if e.kind == "approval" and e.data.get("name") == name
+    }
+    if earlier:
+        held = sorted(earlier)[0]
+        if held not in roles:
+            raise OperationError(
+                f"role: {name} approved this rollout as {held} already; one person "
+                f"approves in one role per rollout, so {', '.join(roles)} needs someone else"
+            )
+        return held
+    if len(roles) > 1:
+        raise OperationError(
+            f"role: {name} is an owner of {', '.join(roles)} for {gate}; approve as one "
+            "of them (one person approves in one role per rollout)"
+        )
+    return roles[0]
 
 
 def recheck_rollout(

@@ -1,0 +1,61 @@
+"""Separation of duties: whoever starts a rollout does not approve it, and one person
+approves in one role per rollout, however many roles they hold."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.operations import OperationError, approve_rollout
+from controller.plan import Plan
+from tests.unit.test_state_machine import make_plan, start, state
+
+
+def gated_plan() -> Plan:
+    """Preflight needs a release manager and an SRE; erin holds both roles, and the
+    rollout's starter ("tester") is a release manager too."""
+    data = make_plan().model_dump(mode="json")
+    data["owners"] = {
+        "release_manager": ["tester", "erin", "alice"],
+        "sre_oncall": ["erin", "carol"],
+    }
+    data["gates"] = {
+        "approvals": [{"role": "release_manager"}, {"role": "sre_oncall"}],
+        "recheck_interval": "10s",
+    }
+    return Plan.from_data(data)
+
+
+def approve(runtime, rollout_id: str, name: str, role: str | None = None):  # type: ignore[no-untyped-def]
+    with runtime.sessions() as session:
+        return approve_rollout(
+            session, rollout_id, name=name, role=role, gate="preflight", now=runtime.clock()
+        )
+
+
+def approvals(runtime, rollout_id: str) -> list[tuple[str, str, str]]:  # type: ignore[no-untyped-def]
+    _, events = state(runtime, rollout_id)
+    return [(e.data["name"], e.data["role"], e.data["via"]) for e in events if e.kind == "approval"]
+
+
+def test_the_starter_cannot_approve_their_own_rollout(world) -> None:
+    runtime = world[0]
+    rollout_id = start(runtime, gated_plan())
+    with pytest.raises(OperationError, match="tester started this rollout and cannot also"):
+        approve(runtime, rollout_id, "tester")
+    assert approvals(runtime, rollout_id) == []
+
+
+def test_two_roles_held_by_one_person_are_approved_by_two_people(world) -> None:
+    runtime = world[0]
+    rollout_id = start(runtime, gated_plan())
+    with pytest.raises(OperationError, match="erin is an owner of release_manager, sre_oncall"):
+        approve(runtime, rollout_id, "erin")
+    assert approvals(runtime, rollout_id) == []  # nothing recorded by a refused call
+    assert approve(runtime, rollout_id, "erin", role="sre_oncall").accepted
+    with pytest.raises(OperationError, match="erin approved this rollout as sre_oncall already"):
+        approve(runtime, rollout_id, "erin", role="release_manager")
+    assert approve(runtime, rollout_id, "alice").accepted
+    assert approvals(runtime, rollout_id) == [
+        ("erin", "sre_oncall", "api token"),
+        ("alice", "release_manager", "api token"),
+    ]
