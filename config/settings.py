@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         None, description="If set, /metrics of the API requires this bearer token."
     )
+    allowed_url_hosts: str = Field(
+        "",
+        description="Hosts a plan's URLs (checks, hooks, notifications, slot URLs) may "
+        "name, comma-separated: host names with * wildcards, IP addresses or networks "
+        "(10.0.0.0/8). Empty: any host but link-local and cloud metadata addresses, "
+        "which are always refused.",
+    )
     api_max_body_bytes: int = Field(1_000_000, ge=1_000, le=100_000_000)
     plans_dir: Path = Field(PLANS_DIR, description="Where the API finds plans by name.")
     flower_user: str | None = Field(None, description="Flower basic-auth user.")
@@ -120,6 +127,14 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http(s) URL like http://127.0.0.1:9090")
+        return value
+
+    @field_validator("allowed_url_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: str) -> str:
+        from controller.url_policy import parse_allowed_hosts
+
+        parse_allowed_hosts(value)
         return value
 
     @field_validator("flower_user")

@@ -63,6 +63,7 @@ from controller.runbook import find_incident
 from controller.runtime import router_factory, utcnow
 from controller.store import repository
 from controller.store.db import migrate, session_factory
+from controller.url_policy import HostPolicy
 from controller.views import event_view, rollout_detail, rollout_summary
 
 app = typer.Typer(
@@ -255,6 +256,7 @@ def start(
             router_for=router_factory(get_settings()),
             variables=variables,
             force_reason=force,
+            url_policy=HostPolicy.from_setting(get_settings().allowed_url_hosts),
         )
         print(rollout.id)
 

@@ -29,6 +29,7 @@ from controller.slots import (
 from controller.store import repository
 from controller.store.models import ACTIVE_STATES, Rollout, RolloutState
 from controller.traffic.base import RouterError
+from controller.url_policy import HostPolicy, url_problems
 
 # Service names and versions end up inside PromQL label matchers and HAProxy
 # commands: a quote or a space there would change the query, so refuse them.
@@ -75,8 +76,12 @@ def start_rollout(
     router_for: RouterFactory,
     variables: dict[str, str] | None = None,
     force_reason: str | None = None,
+    url_policy: HostPolicy | None = None,
 ) -> Rollout:
     """Record a new rollout; the reconcile loop picks it up within seconds.
+
+    Every URL the rollout would call, rendered with its values, must pass
+    ``url_policy`` (by default: no link-local or cloud metadata address).
 
     The rollout starts only from the state the store expects: its stable version is
     the service's recorded stable release, and the router gives the stable slot all
@@ -85,11 +90,9 @@ def start_rollout(
     """
     check_identifier("service", service)
     for name, value in (variables or {}).items():
-        if name not in plan.variables:
-            declared = ", ".join(plan.variables) or "none"
-            raise OperationError(
-                f"variables.{name}: the plan does not declare it (declared: {declared})"
-            )
+        problem = plan.override_problem(name, value)
+        if problem:
+            raise OperationError(f"variables.{name}: {problem}")
         if not _VARIABLE_VALUE.match(value):
             raise OperationError(
                 f"variables.{name}: use up to 2000 characters of letters, digits and "
@@ -123,6 +126,9 @@ def start_rollout(
         slots=slots,
         overrides=variables,
     )
+    refused = url_problems(plan, values, url_policy or HostPolicy())
+    if refused:
+        raise OperationError("; ".join(refused))
     try:
         problem = router_state_problem(router_for(plan, values), slots)
     except RouterError as exc:
@@ -405,8 +411,7 @@ def _one_role_per_person(
     people. Returns the role this approval is for."""
     if name == rollout.created_by:
         raise OperationError(
-            f"as: {name} started this rollout and cannot also approve it "
-            "(separation of duties)"
+            f"as: {name} started this rollout and cannot also approve it (separation of duties)"
         )
     earlier = {
         e.data.get("role")

@@ -624,6 +624,15 @@ class Plan(_Strict):
         description="Plan-specific template variables with their defaults; a rollout may "
         "override them (canary start --var name=value).",
     )
+    overridable: dict[
+        Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")],
+        Annotated[str, Field(min_length=1, max_length=500)],
+    ] = Field(
+        default_factory=dict,
+        description="Variables a start may override, each with the regular expression "
+        "its value must match in full; every other variable keeps the plan's value. A "
+        "plan is reviewed once, so what a start may change is part of the review.",
+    )
     traffic: HAProxyTraffic = HAProxyTraffic()
     analysis: AnalysisPolicy = AnalysisPolicy()
     stages: list[Stage] = Field(min_length=1)
@@ -636,6 +645,38 @@ class Plan(_Strict):
     alerts: AlertRule = AlertRule()
     runbook: Runbook = Runbook()
     notifications: list[NotificationTarget] = Field(default_factory=list)
+
+    @field_validator("overridable")
+    @classmethod
+    def _patterns_compile(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, pattern in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{name}: not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _overridable_are_declared(self) -> Plan:
+        unknown = [name for name in self.overridable if name not in self.variables]
+        if unknown:
+            raise ValueError(
+                f"overridable: {', '.join(unknown)} not among the plan's variables "
+                f"({', '.join(self.variables) or 'none'})"
+            )
+        return self
+
+    def override_problem(self, name: str, value: str) -> str | None:
+        """Why a start may not set variable ``name`` to ``value``, or None."""
+        if name not in self.variables:
+            return f"the plan does not declare it (declared: {', '.join(self.variables) or 'none'})"
+        pattern = self.overridable.get(name)
+        if pattern is None:
+            allowed = ", ".join(self.overridable) or "none"
+            return f"plan {self.name} does not let a start override it (overridable: {allowed})"
+        if not re.fullmatch(pattern, value):
+            return f"{value!r} does not match the plan's pattern {pattern!r}"
+        return None
 
     @model_validator(mode="after")
     def _slot_urls_are_builtins(self) -> Plan:

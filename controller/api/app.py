@@ -40,6 +40,7 @@ from controller.store import repository
 from controller.store.db import session_factory
 from controller.store.models import ACTIVE_STATES, FINAL_STATES, Incident, Rollout
 from controller.telemetry import StoreCollector
+from controller.url_policy import HostPolicy
 from controller.views import event_view, rollout_detail, rollout_summary
 
 log = structlog.get_logger(__name__)
@@ -74,6 +75,7 @@ def create_app(
         result = run_rollback(rollback_runtime, rollout_id)
         return f"the API itself (broker unavailable): {result.sentence()}"
 
+    url_policy = HostPolicy.from_setting(settings.allowed_url_hosts)
     tokens = TokenBook.from_setting(
         settings.api_tokens.get_secret_value() if settings.api_tokens else None
     )
@@ -261,14 +263,15 @@ def create_app(
                 raise operations.OperationError(f"plan: no plan named {body.plan!r}")
             plan = load_plan(path)
         else:
-            plan = parse_plan(body.plan_yaml or "", source="plan_yaml")
-            if plan.commands() and who.role < Role.ADMIN:
+            # A plan is where approvals, holds and criteria live: whoever writes one
+            # decides the release process, so only an admin may bring one inline.
+            if who.role < Role.ADMIN:
                 raise HTTPException(
                     status.HTTP_403_FORBIDDEN,
-                    "an inline plan with commands (gates, smoke suites, hooks, notifications) "
-                    "runs them on the workers: that needs admin, or a plan from the plans "
-                    "directory",
+                    "plan_yaml: an inline plan needs admin; operators start rollouts from a "
+                    "plan an admin registered (plan: NAME)",
                 )
+            plan = parse_plan(body.plan_yaml or "", source="plan_yaml")
         if body.force is not None and who.role < Role.ADMIN:
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
@@ -286,6 +289,7 @@ def create_app(
             router_for=router_for,
             variables=body.variables,
             force_reason=body.force,
+            url_policy=url_policy,
         )
         _best_effort(enqueue_start, rollout.id)
         return rollout_summary(rollout)

@@ -319,29 +319,35 @@ def test_api_roles(stack) -> None:
 def test_api_refuses_bad_input_with_the_field(stack) -> None:
     _, api = stack
     rollouts = f"{api}/api/v1/rollouts"
+    named = {"plan": "demo", "service": "s", "version": "2", "stable": "1"}
     cases = [
-        ({"plan": "nope", "service": "checkout", "version": "2", "stable": "1"}, "plan"),
-        ({"plan": "demo", "service": "check out", "version": "2", "stable": "1"}, "service"),
-        ({"plan": "demo", "plan_yaml": "x", "service": "s", "version": "2"}, "exactly one"),
+        ({**named, "plan": "nope"}, OPERATOR, 422, "plan"),
+        ({**named, "service": "check out"}, OPERATOR, 422, "service"),
+        ({**named, "plan_yaml": "x"}, OPERATOR, 422, "exactly one"),
         (
-            {"plan_yaml": "name: x\nstages: []\n", "service": "s", "version": "2", "stable": "1"},
+            {"plan_yaml": "name: x\nstages: []\n", "service": "s", "version": "2"},
+            OPERATOR,
+            403,
+            "an inline plan needs admin",
+        ),
+        (
+            {"plan_yaml": "name: x\nstages: []\n", "service": "s", "version": "2"},
+            ADMIN,
+            422,
             "stages",
         ),
-        ({"plan": "demo", "service": "s", "version": "2", "stable": "1", "extra": 1}, "extra"),
+        ({**named, "extra": 1}, OPERATOR, 422, "extra"),
+        ({**named, "variables": {"nope": "x"}}, OPERATOR, 422, "variables.nope"),
         (
-            {
-                "plan": "demo",
-                "service": "s",
-                "version": "2",
-                "stable": "1",
-                "variables": {"nope": "x"},
-            },
-            "variables.nope",
+            {**named, "variables": {"blue_url": "http://169.254.169.254"}},
+            OPERATOR,
+            422,
+            "does not match the plan's pattern",
         ),
     ]
-    for body, word in cases:
-        response = call("POST", rollouts, OPERATOR, json=body)
-        assert response.status_code == 422, (body, response.text)
+    for body, token, code, word in cases:
+        response = call("POST", rollouts, token, json=body)
+        assert response.status_code == code, (body, response.text)
         assert word in response.text
     assert call("GET", f"{rollouts}/r-missing", VIEWER).status_code == 404
     assert call("GET", f"{api}/readyz").json()["checks"] == {

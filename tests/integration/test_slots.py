@@ -198,6 +198,7 @@ def test_an_haproxy_reload_keeps_weights_and_a_careless_one_is_a_drift(lab: Roll
 def redeploy_plan(deployer_url: str) -> Plan:
     data = PLAN.model_dump(mode="json")
     data["variables"]["deployer_url"] = deployer_url
+    data["overridable"]["deployer_url"] = r"http://127\.0\.0\.1:[0-9]{1,5}"
     data["traffic"].update(
         mode="redeploy",
         redeploy={

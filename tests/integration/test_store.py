@@ -170,6 +170,7 @@ def test_two_racing_starts_of_one_service_leave_exactly_one_rollout(
     urls = {"stable_url": "http://127.0.0.1:9", "canary_url": "http://127.0.0.1:9"}
     kept = {k: v for k, v in data["variables"].items() if k not in ("blue_url", "green_url")}
     data["variables"] = {**kept, **urls}
+    data["overridable"] = {k: v for k, v in data["overridable"].items() if k in kept}
     plan = Plan.from_data(data)
     sessions = session_factory(postgres_url)
     router_for = haproxy_router_factory(haproxy.socket_path)
