@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from controller.redaction import redact
+
 ATTEMPTS = 3
 BACKOFF_SECONDS = 0.5  # doubles: the whole post stays well inside the runbook task
 
@@ -16,9 +18,11 @@ def post_incident(url: str | None, token: str | None, document: dict[str, Any]) 
 
     Connection errors and 5xx answers are tried again (the incident tool may be
     restarting); a 4xx is the tool refusing the document, and trying again would
-    not change its mind."""
+    not change its mind. The document is masked here too, the last point before it
+    leaves: whoever built it, no secret reaches the incident tool."""
     if not url:
         return "no incident webhook configured"
+    document = redact(document)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     outcome = ""
     for attempt in range(1, ATTEMPTS + 1):

@@ -8,7 +8,9 @@ hanging receiver costs at most its ``timeout_seconds``.
 
 A Slack hook URL is a secret while plans are stored and shown, so a target may
 name an environment variable (``url_env``) instead of holding the URL, and no
-outcome detail or log line ever carries a URL or an environment value.
+outcome detail or log line ever carries a URL or an environment value. What is
+sent (a reason may quote a check URL with a token) and what a command printed
+are masked with ``controller.redaction`` like everything else that leaves.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controller.commands import command_environment
+from controller.numbers import Number
+from controller.redaction import redact
 
 log = structlog.get_logger(__name__)
 
@@ -78,7 +82,7 @@ class NotificationTarget(BaseModel):
     url_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)
     command: list[str] | None = Field(default=None, min_length=1)
     events: list[LifecycleKind] = Field(default_factory=lambda: list(LIFECYCLE_KINDS), min_length=1)
-    timeout_seconds: float = Field(default=3.0, gt=0, le=30)
+    timeout_seconds: Number = Field(default=3.0, gt=0, le=30)
 
     @field_validator("url")
     @classmethod
@@ -189,6 +193,7 @@ def notify(
             ok, detail = _deliver(target, event, env)
         except Exception as exc:  # the contract is "never raises", whatever the bug
             ok, detail = False, f"failed: {type(exc).__name__}"
+        detail = redact(detail)  # a command's stderr may quote a secret
         if ok:
             log.debug("notification_sent", target=target.name, kind=target.kind, detail=detail)
         else:
@@ -218,10 +223,17 @@ def _deliver(
             return False, f"environment variable {target.url_env} does not hold an http(s) URL"
     assert url is not None  # the model validator guarantees url or url_env
     if target.kind == "slack":
-        body: dict[str, Any] = {"text": _slack_escape(event.text())}
+        # Masked before escaping: "&amp;token=" would no longer read as a query parameter.
+        body: dict[str, Any] = {"text": _slack_escape(redact(event.text()))}
     else:
-        body = event.as_json()
+        body = _public_json(event)
     return _post_json(url, body, target.timeout_seconds)
+
+
+def _public_json(event: LifecycleEvent) -> dict[str, Any]:
+    """The event as sent to a webhook or a command: a reason may quote a URL with a
+    password or a token (a failed check's), and receivers are outside the controller."""
+    return redact(event.as_json())
 
 
 def _slack_escape(text: str) -> str:
@@ -273,7 +285,7 @@ def _run_command(
     try:
         done = subprocess.run(
             target.command,
-            input=json.dumps(event.as_json()),
+            input=json.dumps(_public_json(event)),
             capture_output=True,
             encoding="utf-8",
             errors="replace",

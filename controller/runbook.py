@@ -27,6 +27,7 @@ from controller.analysis.runner import measure
 from controller.checks import run_checks
 from controller.hooks import run_hook
 from controller.plan import CanaryDisable, Plan
+from controller.redaction import redact
 from controller.runtime import Runtime
 from controller.slots import rollout_values
 from controller.store import repository
@@ -83,15 +84,22 @@ def open_or_update_incident(
     title: str,
     snapshot: list[dict[str, Any]],
 ) -> Incident:
-    """One incident per rollout: the first failure opens it, later runs bring it up to date."""
+    """One incident per rollout: the first failure opens it, later runs bring it up to date.
+
+    What is stored is masked: the trigger and the reason come from the rollout row,
+    and events written before masking existed may still quote a secret URL."""
     incident = session.scalars(select(Incident).where(Incident.rollout_id == rollout.id)).first()
-    timeline = [
-        event_view(e) for e in repository.events_for(session, rollout.id) if e.kind != "measurement"
-    ]
-    trigger = (rollout.analysis or {}).get("trigger") or {
-        "kind": "unknown",
-        "reason": rollout.reason,
-    }
+    timeline = redact(
+        [
+            event_view(e)
+            for e in repository.events_for(session, rollout.id)
+            if e.kind != "measurement"
+        ]
+    )
+    trigger = redact(
+        (rollout.analysis or {}).get("trigger") or {"kind": "unknown", "reason": rollout.reason}
+    )
+    title, snapshot = redact(title), redact(snapshot)
     if incident is None:
         incident = Incident(
             id=new_incident_id(),
@@ -113,23 +121,27 @@ def open_or_update_incident(
 
 
 def incident_document(incident: Incident, rollout: Rollout) -> dict[str, Any]:
-    """The incident as posted to the webhook and shown by the CLI and the API."""
-    return {
-        "id": incident.id,
-        "rollout_id": incident.rollout_id,
-        "service": rollout.service,
-        "canary_version": rollout.canary_version,
-        "stable_version": rollout.stable_version,
-        "state": rollout.state,
-        "severity": incident.severity,
-        "title": incident.title,
-        "opened_at": incident.opened_at.isoformat(),
-        "started_by": incident.started_by,
-        "trigger": incident.trigger,
-        "timeline": incident.timeline,
-        "metrics_snapshot": incident.snapshot,
-        "webhook_status": incident.webhook_status,
-    }
+    """The incident as posted to the webhook and shown by the CLI and the API, masked
+    as a whole: it leaves the controller, and an incident stored before masking
+    existed must not carry its secrets out."""
+    return redact(
+        {
+            "id": incident.id,
+            "rollout_id": incident.rollout_id,
+            "service": rollout.service,
+            "canary_version": rollout.canary_version,
+            "stable_version": rollout.stable_version,
+            "state": rollout.state,
+            "severity": incident.severity,
+            "title": incident.title,
+            "opened_at": incident.opened_at.isoformat(),
+            "started_by": incident.started_by,
+            "trigger": incident.trigger,
+            "timeline": incident.timeline,
+            "metrics_snapshot": incident.snapshot,
+            "webhook_status": incident.webhook_status,
+        }
+    )
 
 
 def find_incident(session: Session, incident_or_rollout_id: str) -> dict[str, Any] | None:

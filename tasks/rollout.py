@@ -1,6 +1,8 @@
 """Thin Celery tasks named by intent. Each carries the rollout id, service and stage
 in its arguments (so Flower shows what it is about) and returns a sentence of state
-(so Flower shows what happened); the store keeps the full record."""
+(so Flower shows what happened); the store keeps the full record. Celery logs that
+sentence and sends it in task events, so it is masked like anything else that
+leaves the process (``controller.redaction``)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from structlog.contextvars import bound_contextvars
 from config.settings import get_settings
 from controller import outbox
 from controller.engine import advance
+from controller.redaction import redact
 from controller.rollback import rollback
 from controller.runtime import Runtime
 from controller.store import repository
@@ -82,7 +85,7 @@ def reconcile_task() -> str:
             kwargs=describe(rollout_id), expires=ADVANCE_REDISPATCH.total_seconds()
         )
     rows = outbox.dispatch_due(rt)
-    return (
+    return redact(
         f"dispatched {len(advances)} advance(s), {len(rollbacks)} rollback(s), "
         f"{len(rows)} outbox row(s)"
     )
@@ -92,16 +95,16 @@ def reconcile_task() -> str:
 def start_task(rollout_id: str, service: str = "", stage: str = "") -> str:
     """The first step of a new rollout, right after it is created (beat would do it too)."""
     with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
-        return advance(runtime(), rollout_id).sentence()
+        return redact(advance(runtime(), rollout_id).sentence())
 
 
 @app.task(name="rollout.advance")
 def advance_task(rollout_id: str, service: str = "", stage: str = "") -> str:
     """Do one step of one rollout (soak, canary, ramp or verify) under its lease."""
     with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
-        result = advance(runtime(), rollout_id)
-        log.info("advance", result=result.sentence())
-        return result.sentence()
+        sentence = redact(advance(runtime(), rollout_id).sentence())
+        log.info("advance", result=sentence)
+        return sentence
 
 
 @app.task(name="rollout.rollback")
@@ -109,9 +112,9 @@ def rollback_task(rollout_id: str, service: str = "", stage: str = "", reason: s
     """Put all traffic back on stable; runs on the rollback queue. The runbook and the
     notification it promises go to their own queues."""
     with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
-        result = rollback(runtime(), rollout_id)
-        log.info("rollback", result=result.sentence(), reason=reason)
-        return result.sentence()
+        sentence = redact(rollback(runtime(), rollout_id).sentence())
+        log.info("rollback", result=sentence, reason=reason)
+        return sentence
 
 
 @app.task(
@@ -123,7 +126,7 @@ def notify_task(outbox_id: int, rollout_id: str, service: str = "", stage: str =
     """Tell people about a lifecycle change (webhooks, Slack, commands); off the
     rollback path, failures only logged and recorded."""
     with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
-        return f"{rollout_id} {outbox.run_outbox_row(runtime(), outbox_id)}"
+        return redact(f"{rollout_id} {outbox.run_outbox_row(runtime(), outbox_id)}")
 
 
 @app.task(name="rollout.runbook", time_limit=300, soft_time_limit=290)
@@ -132,4 +135,4 @@ def runbook_task(outbox_id: int, rollout_id: str, service: str = "", stage: str 
     on a queue of their own so that the rollback queue stays free for the next
     rollback and the checks of other rollouts never wait behind a runbook."""
     with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
-        return f"{rollout_id} {outbox.run_outbox_row(runtime(), outbox_id)}"
+        return redact(f"{rollout_id} {outbox.run_outbox_row(runtime(), outbox_id)}")

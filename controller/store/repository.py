@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from controller.redaction import redact
 from controller.store.models import (
     ACTIVE_STATES,
     ADVANCING_STATES,
@@ -95,13 +96,16 @@ def append_event(
     data: dict[str, Any] | None = None,
     step_index: int | None = None,
 ) -> Event:
+    """Record one event. Events are shown by the API and the CLI and copied into
+    incidents, and their text often quotes plan URLs and command output, so the
+    message and the data are stored with every secret masked."""
     event = Event(
         rollout_id=rollout_id,
         kind=kind,
         actor=actor,
         at=at,
-        message=message,
-        data=data or {},
+        message=redact(message),
+        data=redact(data or {}),
         step_index=step_index,
     )
     session.add(event)
