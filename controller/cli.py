@@ -57,7 +57,8 @@ from controller.plan_checks import (
     plan_queries,
     sample_values,
 )
-from controller.plan_loader import PlanError, load_plan
+from controller.plan_loader import PlanError, load_plan, parse_plan, read_plan_text
+from controller.plan_registry import find_plan, list_plans, register_plan
 from controller.render import detail_view, history_table, incident_view, rollout_table
 from controller.runbook import find_incident
 from controller.runtime import router_factory, utcnow
@@ -110,6 +111,49 @@ def _sessions():
     url = get_settings().database_url
     migrate(url)
     return session_factory(url)
+
+
+@plan_app.command("register")
+@friendly_errors
+def plan_register(
+    plan: Annotated[Path, typer.Argument(help="Plan YAML file")],
+    name: Annotated[
+        str | None, typer.Option(help="Name to start it by (default: the plan's name field)")
+    ] = None,
+    note: Annotated[str, typer.Option(help="What changed, kept with the version")] = "",
+) -> None:
+    """Register a plan by name, as its next version (who and when are kept). Operators
+    start rollouts from registered plans; the API accepts no inline plan from them.
+    Here the registrant is your OS login name (direct database access)."""
+    source = read_plan_text(plan)
+    loaded = parse_plan(source, source=str(plan))
+    with _sessions()() as session:
+        row, new = register_plan(
+            session,
+            name or loaded.name,
+            source,
+            registered_by=getpass.getuser(),
+            now=utcnow(),
+            note=note,
+        )
+    state = "registered" if new else "unchanged: already the latest version"
+    out.print(f"plan {row.name} v{row.version} {state} ({row.digest[:12]})", markup=False)
+
+
+@plan_app.command("list")
+@friendly_errors
+def plan_list() -> None:
+    """The latest version of every registered plan."""
+    with _sessions()() as session:
+        rows = list_plans(session)
+    if not rows:
+        out.print("no registered plans (canary plan register FILE)", markup=False)
+    for row in rows:
+        out.print(
+            f"{row['name']} v{row['version']} by {row['registered_by']} at "
+            f"{row['registered_at']} {row['note']}".rstrip(),
+            markup=False,
+        )
 
 
 @plan_app.command("validate")
@@ -220,7 +264,7 @@ def db_upgrade() -> None:
 @app.command()
 @friendly_errors
 def start(
-    plan: Annotated[Path, typer.Argument(help="Plan YAML file")],
+    plan: Annotated[str, typer.Argument(help="Plan YAML file, or the name of a registered plan")],
     service: Annotated[str, typer.Option(help="Service to roll out")],
     version: Annotated[str, typer.Option(help="New (canary) version")],
     stable: Annotated[
@@ -242,9 +286,13 @@ def start(
 
     It starts only when the router gives the stable slot all traffic and the other
     slot none, and the stable version is the one the store records."""
-    loaded = load_plan(plan)
     variables = _variables(var)
     with _sessions()() as session:
+        if Path(plan).exists():
+            loaded, origin = load_plan(plan), f"file {plan}"
+        else:
+            found = find_plan(session, plan, get_settings().plans_dir)
+            loaded, origin = found.plan, found.origin
         rollout = start_rollout(
             session,
             loaded,
@@ -257,6 +305,7 @@ def start(
             variables=variables,
             force_reason=force,
             url_policy=HostPolicy.from_setting(get_settings().allowed_url_hosts),
+            plan_origin=origin,
         )
         print(rollout.id)
 

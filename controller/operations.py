@@ -77,6 +77,7 @@ def start_rollout(
     variables: dict[str, str] | None = None,
     force_reason: str | None = None,
     url_policy: HostPolicy | None = None,
+    plan_origin: str | None = None,
 ) -> Rollout:
     """Record a new rollout; the reconcile loop picks it up within seconds.
 
@@ -160,6 +161,7 @@ def start_rollout(
             now=now,
             variables=variables or {},
             forced=(force_reason, problem, recorded) if force_reason is not None else None,
+            plan_origin=plan_origin,
         )
     except IntegrityError:
         # Another start of the same service won the race between our check and our
@@ -184,6 +186,7 @@ def _record_start(
     now: datetime,
     variables: dict[str, str],
     forced: tuple[str, str | None, str | None] | None,
+    plan_origin: str | None = None,
 ) -> Rollout:
     """Insert the rollout (and why it was forced, if it was) and commit."""
     rollout = repository.create_rollout(
@@ -198,6 +201,7 @@ def _record_start(
         variables=variables,
         stable_slot=slots.stable,
         canary_slot=slots.canary,
+        plan_origin=plan_origin,
     )
     if forced is not None:
         reason, problem, recorded = forced

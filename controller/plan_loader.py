@@ -63,12 +63,15 @@ class PlanError(Exception):
 def load_plan(path: str | Path) -> Plan:
     """Read and validate a plan file; raise PlanError listing every problem."""
     path = Path(path)
-    raw = read_plan_file(path)
+    return parse_plan(read_plan_text(path), source=str(path))
+
+
+def read_plan_text(path: Path) -> str:
+    """The text of a plan file (see ``read_plan_file``), which must be UTF-8."""
     try:
-        text = raw.decode("utf-8")
+        return read_plan_file(path).decode("utf-8")
     except UnicodeDecodeError:
         raise PlanError(str(path), [PlanProblem("", "plan file is not UTF-8 text")]) from None
-    return parse_plan(text, source=str(path))
 
 
 def read_plan_file(path: Path) -> bytes:

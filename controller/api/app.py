@@ -6,7 +6,6 @@ rollback, so the domain never imports Celery; ``canary api`` passes the Celery o
 """
 
 import hmac
-import re
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -30,9 +29,16 @@ from controller import operations
 from controller.alerts import AlertmanagerPayload, match_alert
 from controller.api.auth import Principal, Role, TokenBook, bearer
 from controller.api.limits import BodySizeLimit
-from controller.api.schemas import Approval, Note, Reason, StartRollout
+from controller.api.schemas import Approval, Note, Reason, RegisterPlan, StartRollout
 from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
-from controller.plan_loader import PlanError, load_plan, parse_plan
+from controller.plan_loader import PlanError, parse_plan
+from controller.plan_registry import (
+    find_plan,
+    list_plans,
+    plan_view,
+    register_plan,
+    registered_version,
+)
 from controller.rollback import rollback as run_rollback
 from controller.runbook import incident_document
 from controller.runtime import Runtime, router_factory, utcnow
@@ -46,7 +52,6 @@ from controller.views import event_view, rollout_detail, rollout_summary
 log = structlog.get_logger(__name__)
 
 RECENT = timedelta(hours=1)  # how long a handled alert's repeats are recognised
-_PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
 def create_app(
@@ -143,6 +148,7 @@ def create_app(
 
     Viewer = Annotated[Principal, Depends(role(Role.VIEWER))]
     Operator = Annotated[Principal, Depends(role(Role.OPERATOR))]
+    Admin = Annotated[Principal, Depends(role(Role.ADMIN))]
 
     @app.exception_handler(SQLAlchemyError)
     async def _store_unavailable(_request: Request, exc: SQLAlchemyError) -> JSONResponse:
@@ -255,13 +261,10 @@ def create_app(
     @app.post("/api/v1/rollouts", status_code=201, tags=["rollouts"])
     def start(body: StartRollout, session: Db, who: Operator) -> dict[str, Any]:
         """Start a rollout from a named plan or inline plan YAML."""
+        origin = "inline plan_yaml"
         if body.plan is not None:
-            if not _PLAN_NAME.match(body.plan):
-                raise operations.OperationError(f"plan: {body.plan!r} is not a plan name")
-            path = settings.plans_dir / f"{body.plan}.yaml"
-            if not path.is_file():
-                raise operations.OperationError(f"plan: no plan named {body.plan!r}")
-            plan = load_plan(path)
+            found = find_plan(session, body.plan, settings.plans_dir, body.plan_version)
+            plan, origin = found.plan, found.origin
         else:
             # A plan is where approvals, holds and criteria live: whoever writes one
             # decides the release process, so only an admin may bring one inline.
@@ -290,9 +293,35 @@ def create_app(
             variables=body.variables,
             force_reason=body.force,
             url_policy=url_policy,
+            plan_origin=origin,
         )
         _best_effort(enqueue_start, rollout.id)
         return rollout_summary(rollout)
+
+    @app.post("/api/v1/plans", status_code=201, tags=["plans"])
+    def register(body: RegisterPlan, session: Db, who: Admin) -> JSONResponse:
+        """Register a plan (admin): validated, stored as the name's next version with
+        who registered it. The same text as the latest version registers nothing (200)."""
+        row, new = register_plan(
+            session, body.name, body.plan_yaml, registered_by=who.name, now=utcnow(), note=body.note
+        )
+        return JSONResponse(plan_view(row), status_code=201 if new else 200)
+
+    @app.get("/api/v1/plans", tags=["plans"])
+    def plans(session: Db, _who: Viewer) -> list[dict[str, Any]]:
+        """The latest version of every registered plan."""
+        return list_plans(session)
+
+    @app.get("/api/v1/plans/{name}", tags=["plans"])
+    def plan_source(
+        name: str, session: Db, _who: Viewer, version: int | None = None
+    ) -> dict[str, Any]:
+        """One registered plan (its latest version, or ``version``) with its YAML."""
+        try:
+            row = registered_version(session, name, version)
+        except operations.OperationError as exc:
+            raise HTTPException(404, str(exc).removeprefix("plan: ")) from None
+        return {**plan_view(row), "plan_yaml": row.source}
 
     @app.get("/api/v1/rollouts", tags=["rollouts"])
     def list_rollouts(

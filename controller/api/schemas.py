@@ -8,12 +8,21 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class StartRollout(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    plan: str | None = Field(None, description="Name of a plan in the plans directory")
-    plan_yaml: str | None = Field(None, description="A whole plan as YAML text")
-    service: str
-    version: str
-    stable: str | None = None
-    variables: dict[str, str] = Field(default_factory=dict)
+    plan: str | None = Field(
+        None,
+        max_length=64,
+        description="Name of a registered plan (or of a file in the plans directory)",
+    )
+    plan_version: int | None = Field(
+        None, ge=1, le=1_000_000, description="A registered plan's version; default: latest"
+    )
+    plan_yaml: str | None = Field(
+        None, max_length=1_000_000, description="admin only: a whole plan as YAML text"
+    )
+    service: str = Field(max_length=128)
+    version: str = Field(max_length=128)
+    stable: str | None = Field(None, max_length=128)
+    variables: dict[str, str] = Field(default_factory=dict, max_length=100)
     force: str | None = Field(
         None,
         min_length=1,
@@ -46,3 +55,11 @@ class Approval(BaseModel):
 
     role: str | None = Field(None, description="Approve only as this role")
     stage: str | None = Field(None, description="preflight or a stage; default: where it waits")
+
+
+class RegisterPlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=64, description="The name operators start it by")
+    plan_yaml: str = Field(max_length=1_000_000, description="The whole plan as YAML text")
+    note: str = Field("", max_length=2000, description="What changed, for the audit")

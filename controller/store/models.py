@@ -197,3 +197,19 @@ class Release(Base):
     reconcile_required_by: Mapped[str | None] = mapped_column(String(32), default=None)
     reconcile_required_reason: Mapped[str | None] = mapped_column(Text, default=None)
     reconcile_required_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class RegisteredPlan(Base):
+    """One version of a plan an admin registered by name. Operators start rollouts
+    from these (the API refuses them inline plans): the release process a plan
+    encodes is reviewed once, by who registered it, and every version is kept."""
+
+    __tablename__ = "plans"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(Text)  # the YAML as registered
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 of the source
+    registered_by: Mapped[str] = mapped_column(String(128))
+    registered_at: Mapped[datetime]
+    note: Mapped[str] = mapped_column(Text, default="")

@@ -46,6 +46,7 @@ def create_rollout(
     variables: dict[str, str] | None = None,
     stable_slot: str | None = None,
     canary_slot: str | None = None,
+    plan_origin: str | None = None,
 ) -> Rollout:
     rollout = Rollout(
         stable_slot=stable_slot,
@@ -74,12 +75,13 @@ def create_rollout(
         actor=created_by,
         at=now,
         message=f"rollout of {service} {canary_version} (stable {stable_version}) "
-        f"with plan {plan_name} created",
+        f"with plan {plan_name} created" + (f" ({plan_origin})" if plan_origin else ""),
         data={
             "service": service,
             "canary_version": canary_version,
             "stable_version": stable_version,
             "plan": plan_name,
+            "plan_origin": plan_origin,
         },
     )
     return rollout

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from config import PLANS_DIR
 from controller.lab.ports import free_port
 from controller.lab.stack import RolloutLab
 from controller.plan import Plan
@@ -314,6 +315,52 @@ def test_api_roles(stack) -> None:
         "paused",
         "resumed",
     ]
+
+
+def test_operators_start_from_plans_an_admin_registered(stack) -> None:
+    lab, api = stack
+    plans = f"{api}/api/v1/plans"
+    text = (PLANS_DIR / "demo.yaml").read_text()
+    body = {"name": "checkout-release", "plan_yaml": text, "note": "first review"}
+    refused = call("POST", plans, OPERATOR, json=body)
+    assert refused.status_code == 403 and "needs admin" in refused.text
+    assert call("GET", plans, VIEWER).json() == []  # nothing half-registered
+    first = call("POST", plans, ADMIN, json=body)
+    assert first.status_code == 201, first.text
+    assert (first.json()["version"], first.json()["registered_by"]) == (1, "ada")
+    again = call("POST", plans, ADMIN, json=body)  # the same text is not a new version
+    assert again.status_code == 200 and again.json()["version"] == 1
+    bad = call(
+        "POST",
+        plans,
+        ADMIN,
+        json={**body, "plan_yaml": text.replace("weight: 10", "weight: true", 1)},
+    )
+    assert bad.status_code == 422 and "stages" in bad.text
+    assert [p["version"] for p in call("GET", plans, VIEWER).json()] == [1]
+    shown = call("GET", f"{plans}/checkout-release", VIEWER).json()
+    assert shown["plan_yaml"] == text
+    assert call("GET", f"{plans}/checkout-release?version=7", VIEWER).status_code == 404
+    deploy(lab)
+    started = call(
+        "POST",
+        f"{api}/api/v1/rollouts",
+        OPERATOR,
+        json={
+            "plan": "checkout-release",
+            "service": "checkout",
+            "version": "9.9.8",
+            "stable": STABLE,
+            "variables": lab.plan_variables(),
+        },
+    )
+    assert started.status_code == 201, started.text
+    rollout_id = started.json()["id"]
+    created = call("GET", f"{api}/api/v1/rollouts/{rollout_id}/events", VIEWER).json()[0]
+    assert created["data"]["plan_origin"] == "registered plan checkout-release v1"
+    aborted = call("POST", f"{api}/api/v1/rollouts/{rollout_id}/abort", OPERATOR, json={})
+    assert aborted.status_code == 202
+    assert wait_for(lab, rollout_id, finished).state in ("aborted", "rolled_back")
 
 
 def test_api_refuses_bad_input_with_the_field(stack) -> None:

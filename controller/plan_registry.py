@@ -1,0 +1,152 @@
+"""Plans registered by name: what operators start rollouts from.
+
+An inline plan decides the whole release process (approvals, holds, criteria,
+where the runbook sends requests), so only an admin may bring one; everyone else
+names a plan an admin registered. Registering keeps every version with who
+registered it and when; registering the same text again registers nothing. A plan
+is found in the store first, then as ``NAME.yaml`` in the plans directory (files
+an admin deployed with the controller).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from controller.operations import OperationError
+from controller.plan import Plan
+from controller.plan_loader import load_plan, parse_plan
+from controller.store.models import RegisteredPlan
+
+PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class FoundPlan:
+    """A plan to start from, and where it came from (recorded with the rollout)."""
+
+    plan: Plan
+    origin: str  # "registered plan demo v3" or "plans directory: demo.yaml"
+
+
+def check_name(name: str) -> None:
+    if not PLAN_NAME.match(name):
+        raise OperationError(
+            f"plan: {name!r} is not a plan name (lowercase letters, digits, _ . -; at most 64)"
+        )
+
+
+def register_plan(
+    session: Session, name: str, source: str, *, registered_by: str, now: datetime, note: str = ""
+) -> tuple[RegisteredPlan, bool]:
+    """Validate ``source`` and store it as the next version of ``name``; returns the
+    version and whether it is new (the same text as the latest is not stored
+    again). Raises PlanError for a plan that would not load."""
+    check_name(name)
+    parse_plan(source, source=f"plan {name}")
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    latest = _latest(session, name)
+    if latest is not None and latest.digest == digest:
+        return latest, False
+    row = RegisteredPlan(
+        name=name,
+        version=(latest.version if latest else 0) + 1,
+        source=source,
+        digest=digest,
+        registered_by=registered_by,
+        registered_at=now,
+        note=note,
+    )
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:  # another registration of this name won the version
+        session.rollback()
+        raise OperationError(
+            f"plan: {name} was registered by someone else at the same moment; "
+            "look at the latest version and register again"
+        ) from None
+    return row, True
+
+
+def find_plan(
+    session: Session, name: str, plans_dir: Path, version: int | None = None
+) -> FoundPlan:
+    """The plan named ``name`` (its latest version, or ``version``): registered, or
+    else a file of the plans directory."""
+    check_name(name)
+    row = (
+        registered_version(session, name, version)
+        if version is not None
+        else _latest(session, name)
+    )
+    if row is not None:
+        return FoundPlan(
+            parse_plan(row.source, source=f"plan {name} v{row.version}"),
+            f"registered plan {name} v{row.version}",
+        )
+    path = plans_dir / f"{name}.yaml"
+    if version is None and path.is_file():
+        return FoundPlan(load_plan(path), f"plans directory: {path.name}")
+    raise OperationError(f"plan: no plan named {name!r}")
+
+
+def registered_version(session: Session, name: str, version: int | None = None) -> RegisteredPlan:
+    """A registered plan's row (latest, or ``version``); OperationError if none."""
+    check_name(name)
+    query = select(RegisteredPlan).where(RegisteredPlan.name == name)
+    row = (
+        session.scalars(query.where(RegisteredPlan.version == version)).first()
+        if version is not None
+        else _latest(session, name)
+    )
+    if row is None:
+        which = f"version {version} of " if version is not None else ""
+        raise OperationError(f"plan: no {which}registered plan {name!r}")
+    return row
+
+
+def list_plans(session: Session) -> list[dict[str, Any]]:
+    """The latest version of every registered plan."""
+    newest = (
+        select(RegisteredPlan.name, func.max(RegisteredPlan.version).label("version"))
+        .group_by(RegisteredPlan.name)
+        .subquery()
+    )
+    rows = session.scalars(
+        select(RegisteredPlan)
+        .join(
+            newest,
+            (RegisteredPlan.name == newest.c.name) & (RegisteredPlan.version == newest.c.version),
+        )
+        .order_by(RegisteredPlan.name)
+    )
+    return [plan_view(row) for row in rows]
+
+
+def plan_view(row: RegisteredPlan) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "version": row.version,
+        "digest": row.digest,
+        "registered_by": row.registered_by,
+        "registered_at": row.registered_at.isoformat(),
+        "note": row.note,
+    }
+
+
+def _latest(session: Session, name: str) -> RegisteredPlan | None:
+    return session.scalars(
+        select(RegisteredPlan)
+        .where(RegisteredPlan.name == name)
+        .order_by(RegisteredPlan.version.desc())
+        .limit(1)
+    ).first()
