@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         None, description="If set, /metrics of the API requires this bearer token."
     )
+    api_url: str | None = Field(
+        None,
+        description="For the CLI: act through this API (with CANARY_TOKEN) instead of on "
+        "the database, so the token's identity is what is recorded.",
+    )
+    token: SecretStr | None = Field(None, description="For the CLI: the API token to act with.")
     allowed_url_hosts: str = Field(
         "",
         description="Hosts a plan's URLs (checks, hooks, notifications, slot URLs) may "
@@ -121,9 +127,11 @@ class Settings(BaseSettings):
             raise ValueError("must be a Redis URL like redis://HOST:6379/0")
         return value
 
-    @field_validator("prometheus_url")
+    @field_validator("prometheus_url", "api_url")
     @classmethod
-    def _http(cls, value: str) -> str:
+    def _http(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http(s) URL like http://127.0.0.1:9090")

@@ -23,6 +23,7 @@ from rich.live import Live
 from sqlalchemy.exc import OperationalError
 
 from config.settings import SettingsError, get_settings
+from controller.api_client import ApiClient, ApiRefused, ApiUnavailable
 from controller.backtest import (
     BacktestError,
     backtest_values,
@@ -58,7 +59,7 @@ from controller.plan_checks import (
     sample_values,
 )
 from controller.plan_loader import PlanError, load_plan, parse_plan, read_plan_text
-from controller.plan_registry import find_plan, list_plans, register_plan
+from controller.plan_registry import find_plan, list_plans, plan_view, register_plan
 from controller.render import detail_view, history_table, incident_view, rollout_table
 from controller.runbook import find_incident
 from controller.runtime import router_factory, utcnow
@@ -103,6 +104,12 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except OperationalError as exc:
             err.print(f"error: cannot use the database: {exc.orig}", markup=False)
             raise typer.Exit(1) from None
+        except ApiRefused as exc:
+            err.print(f"error: the API refused ({exc.status}): {exc}", markup=False)
+            raise typer.Exit(2) from None
+        except ApiUnavailable as exc:
+            err.print(f"error: {exc}", markup=False)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -126,18 +133,24 @@ def plan_register(
     start rollouts from registered plans; the API accepts no inline plan from them.
     Here the registrant is your OS login name (direct database access)."""
     source = read_plan_text(plan)
-    loaded = parse_plan(source, source=str(plan))
-    with _sessions()() as session:
-        row, new = register_plan(
-            session,
-            name or loaded.name,
-            source,
-            registered_by=getpass.getuser(),
-            now=utcnow(),
-            note=note,
+    name = name or parse_plan(source, source=str(plan)).name
+    client = _api_client()
+    if client is not None:
+        view = client.call(
+            "POST", "/api/v1/plans", {"name": name, "plan_yaml": source, "note": note}
         )
-    state = "registered" if new else "unchanged: already the latest version"
-    out.print(f"plan {row.name} v{row.version} {state} ({row.digest[:12]})", markup=False)
+    else:
+        registrant = _os_user()
+        with _sessions()() as session:
+            row, _ = register_plan(
+                session, name, source, registered_by=registrant, now=utcnow(), note=note
+            )
+            view = plan_view(row)
+    out.print(
+        f"plan {view['name']} v{view['version']} registered by {view['registered_by']} "
+        f"at {view['registered_at']} ({view['digest'][:12]})",
+        markup=False,
+    )
 
 
 @plan_app.command("list")
@@ -270,7 +283,6 @@ def start(
     stable: Annotated[
         str | None, typer.Option(help="Stable version; default: the last version that succeeded")
     ] = None,
-    by: Annotated[str | None, typer.Option(help="Who starts it (default: login name)")] = None,
     var: Annotated[
         list[str] | None, typer.Option(help="A plan variable, name=value (repeatable)")
     ] = None,
@@ -287,6 +299,24 @@ def start(
     It starts only when the router gives the stable slot all traffic and the other
     slot none, and the stable version is the one the store records."""
     variables = _variables(var)
+    client = _api_client()
+    if client is not None:
+        is_file = Path(plan).exists()
+        answer = client.call(
+            "POST",
+            "/api/v1/rollouts",
+            {
+                **({"plan_yaml": read_plan_text(Path(plan))} if is_file else {"plan": plan}),
+                "service": service,
+                "version": version,
+                "stable": stable,
+                "variables": variables,
+                "force": force,
+            },
+        )
+        print(answer["id"])
+        return
+    created_by = _os_user()
     with _sessions()() as session:
         if Path(plan).exists():
             loaded, origin = load_plan(plan), f"file {plan}"
@@ -299,7 +329,7 @@ def start(
             service=service,
             version=version,
             stable=stable,
-            created_by=by or getpass.getuser(),
+            created_by=created_by,
             now=utcnow(),
             router_for=router_factory(get_settings()),
             variables=variables,
@@ -457,14 +487,15 @@ def history(
 def abort(
     rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
     reason: Annotated[str, typer.Option(help="Why (kept in the event log)")] = "manual abort",
-    by: Annotated[str | None, typer.Option(help="Who aborts (default: login name)")] = None,
 ) -> None:
     """Stop a rollout and send all traffic back to stable."""
-    with _sessions()() as session:
-        outcome = abort_rollout(
-            session, rollout_id, reason=reason, actor=by or getpass.getuser(), now=utcnow()
-        )
-    _report(outcome)
+    _act(
+        f"/api/v1/rollouts/{rollout_id}/abort",
+        {"reason": reason},
+        lambda session, actor: abort_rollout(
+            session, rollout_id, reason=reason, actor=actor, now=utcnow()
+        ),
+    )
 
 
 @app.command()
@@ -472,14 +503,15 @@ def abort(
 def rollback(
     rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
     reason: Annotated[str, typer.Option(help="Why (kept in the incident)")],
-    by: Annotated[str | None, typer.Option(help="Who (default: login name)")] = None,
 ) -> None:
     """Roll back now: traffic to stable, the runbook, an incident."""
-    with _sessions()() as session:
-        outcome = rollback_rollout(
-            session, rollout_id, reason=reason, actor=by or getpass.getuser(), now=utcnow()
-        )
-    _report(outcome)
+    _act(
+        f"/api/v1/rollouts/{rollout_id}/rollback",
+        {"reason": reason},
+        lambda session, actor: rollback_rollout(
+            session, rollout_id, reason=reason, actor=actor, now=utcnow()
+        ),
+    )
 
 
 @app.command()
@@ -487,30 +519,28 @@ def rollback(
 def pause(
     rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
     reason: Annotated[str, typer.Option(help="Why")] = "manual pause",
-    by: Annotated[str | None, typer.Option(help="Who (default: login name)")] = None,
 ) -> None:
     """Stop advancing; traffic stays where it is."""
-    with _sessions()() as session:
-        _report(
-            pause_rollout(
-                session, rollout_id, reason=reason, actor=by or getpass.getuser(), now=utcnow()
-            ),
-            enqueue=False,
-        )
+    _act(
+        f"/api/v1/rollouts/{rollout_id}/pause",
+        {"reason": reason},
+        lambda session, actor: pause_rollout(
+            session, rollout_id, reason=reason, actor=actor, now=utcnow()
+        ),
+        enqueue=False,
+    )
 
 
 @app.command()
 @friendly_errors
-def resume(
-    rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
-    by: Annotated[str | None, typer.Option(help="Who (default: login name)")] = None,
-) -> None:
+def resume(rollout_id: Annotated[str, typer.Argument(help="Rollout id")]) -> None:
     """Carry on a paused rollout from where it stands."""
-    with _sessions()() as session:
-        _report(
-            resume_rollout(session, rollout_id, actor=by or getpass.getuser(), now=utcnow()),
-            enqueue=False,
-        )
+    _act(
+        f"/api/v1/rollouts/{rollout_id}/resume",
+        None,
+        lambda session, actor: resume_rollout(session, rollout_id, actor=actor, now=utcnow()),
+        enqueue=False,
+    )
 
 
 @app.command()
@@ -524,35 +554,34 @@ def approve(
     ] = None,
 ) -> None:
     """Approve the gate a rollout waits at. The approver is who you are, never a name
-    typed: your OS login name here (recorded as such), or with CANARY_API_URL and
-    CANARY_TOKEN set, the API token's name."""
-    with _sessions()() as session:
-        _report(
-            approve_rollout(
-                session,
-                rollout_id,
-                name=getpass.getuser(),
-                role=role,
-                gate=stage,
-                now=utcnow(),
-                via="database (OS user)",
-            ),
-            enqueue=False,
-        )
+    typed: the API token's name with CANARY_API_URL and CANARY_TOKEN set, else your
+    OS login name (recorded as such)."""
+    _act(
+        f"/api/v1/rollouts/{rollout_id}/approve",
+        {"role": role, "stage": stage},
+        lambda session, actor: approve_rollout(
+            session,
+            rollout_id,
+            name=actor,
+            role=role,
+            gate=stage,
+            now=utcnow(),
+            via="database (OS user)",
+        ),
+        enqueue=False,
+    )
 
 
 @app.command()
 @friendly_errors
-def recheck(
-    rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
-    by: Annotated[str | None, typer.Option(help="Who (default: login name)")] = None,
-) -> None:
+def recheck(rollout_id: Annotated[str, typer.Argument(help="Rollout id")]) -> None:
     """Check a blocked rollout's gates again now."""
-    with _sessions()() as session:
-        _report(
-            recheck_rollout(session, rollout_id, actor=by or getpass.getuser(), now=utcnow()),
-            enqueue=False,
-        )
+    _act(
+        f"/api/v1/rollouts/{rollout_id}/recheck",
+        None,
+        lambda session, actor: recheck_rollout(session, rollout_id, actor=actor, now=utcnow()),
+        enqueue=False,
+    )
 
 
 @app.command("reconcile-done")
@@ -560,17 +589,17 @@ def recheck(
 def reconcile_done(
     service: Annotated[str, typer.Argument(help="The service whose data was reconciled")],
     note: Annotated[str, typer.Option(help="What was reconciled and how (the audit trail)")],
-    by: Annotated[str | None, typer.Option(help="Who (default: login name)")] = None,
 ) -> None:
     """Record that a failed-writes rollback's data was reconciled; the service's next
     rollout waits for this."""
-    with _sessions()() as session:
-        _report(
-            record_reconciliation(
-                session, service, note=note, actor=by or getpass.getuser(), now=utcnow()
-            ),
-            enqueue=False,
-        )
+    _act(
+        f"/api/v1/services/{service}/reconcile-done",
+        {"note": note},
+        lambda session, actor: record_reconciliation(
+            session, service, note=note, actor=actor, now=utcnow()
+        ),
+        enqueue=False,
+    )
 
 
 @app.command()
@@ -578,16 +607,59 @@ def reconcile_done(
 def promote(
     rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
     reason: Annotated[str, typer.Option(help="Why the hold is cut short")],
-    by: Annotated[str | None, typer.Option(help="Who (default: login name)")] = None,
 ) -> None:
     """Skip the rest of the current hold (the criteria must still pass)."""
-    with _sessions()() as session:
+    _act(
+        f"/api/v1/rollouts/{rollout_id}/promote",
+        {"reason": reason},
+        lambda session, actor: promote_rollout(
+            session, rollout_id, actor=actor, reason=reason, now=utcnow()
+        ),
+        enqueue=False,
+    )
+
+
+def _api_client() -> ApiClient | None:
+    """The API to act through, when CANARY_API_URL is set (it then needs CANARY_TOKEN)."""
+    settings = get_settings()
+    if settings.api_url is None:
+        return None
+    if settings.token is None:
+        raise OperationError("token: CANARY_API_URL is set but CANARY_TOKEN is not")
+    return ApiClient(settings.api_url, settings.token.get_secret_value())
+
+
+def _os_user() -> str:
+    """Who acts on the database directly: the OS login name, and we say so."""
+    user = getpass.getuser()
+    err.print(
+        f"acting on the database as OS user {user}; set CANARY_API_URL and CANARY_TOKEN "
+        "to act as your API identity",
+        markup=False,
+    )
+    return user
+
+
+def _act(
+    path: str,
+    body: dict[str, Any] | None,
+    direct: Callable[[Any, str], OperationOutcome],
+    enqueue: bool = True,
+) -> None:
+    """One mutating command: through the API when configured (the API records the
+    token's identity and hands rollbacks over itself), else on the database as the
+    OS user."""
+    client = _api_client()
+    if client is not None:
+        answer = client.call("POST", path, body)
         _report(
-            promote_rollout(
-                session, rollout_id, actor=by or getpass.getuser(), reason=reason, now=utcnow()
-            ),
+            OperationOutcome(answer["rollout_id"], answer["accepted"], answer["message"]),
             enqueue=False,
         )
+        return
+    actor = _os_user()
+    with _sessions()() as session:
+        _report(direct(session, actor), enqueue=enqueue)
 
 
 @incident_app.command("show")

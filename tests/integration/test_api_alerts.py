@@ -37,6 +37,7 @@ from tests.integration.rollout_helpers import (
     wait_for,
 )
 from tests.integration.tcp_proxy import TcpProxy
+from tests.integration.test_cli import canary
 
 pytestmark = pytest.mark.integration
 
@@ -358,8 +359,22 @@ def test_operators_start_from_plans_an_admin_registered(stack) -> None:
     rollout_id = started.json()["id"]
     created = call("GET", f"{api}/api/v1/rollouts/{rollout_id}/events", VIEWER).json()[0]
     assert created["data"]["plan_origin"] == "registered plan checkout-release v1"
-    aborted = call("POST", f"{api}/api/v1/rollouts/{rollout_id}/abort", OPERATOR, json={})
-    assert aborted.status_code == 202
+    # The CLI through the API acts as the token's identity, with the token's role.
+    as_olga = {"CANARY_API_URL": api, "CANARY_TOKEN": OPERATOR}
+    inline = canary(
+        "start", str(PLANS_DIR / "demo.yaml"), "--service", "x", "--version", "2", env=as_olga
+    )
+    assert inline.returncode == 2 and "an inline plan needs admin" in inline.stderr
+    paused = canary("pause", rollout_id, "--reason", "look", env=as_olga)
+    assert paused.returncode == 0, paused.stderr
+    events = call("GET", f"{api}/api/v1/rollouts/{rollout_id}/events", VIEWER).json()
+    assert [e["actor"] for e in events if e["kind"] == "paused"] == ["olga"]
+    aborted = canary("abort", rollout_id, env={"CANARY_API_URL": api, "CANARY_TOKEN": VIEWER})
+    assert (
+        aborted.returncode == 2 and "(403)" in aborted.stderr and "needs operator" in aborted.stderr
+    )
+    aborted = canary("abort", rollout_id, "--reason", "done", env=as_olga)
+    assert aborted.returncode == 0, aborted.stderr
     assert wait_for(lab, rollout_id, finished).state in ("aborted", "rolled_back")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import subprocess
@@ -79,11 +80,11 @@ def test_start_status_abort_on_postgres(postgres_url: str, slots: HAProxyServer)
         "2.0.0",
         "--stable",
         "1.0.0",
-        "--by",
-        "alice",
         env=env,
     )
     assert started.returncode == 0, started.stderr
+    me = getpass.getuser()
+    assert f"acting on the database as OS user {me}" in started.stderr
     rollout_id = started.stdout.strip()
     assert rollout_id.startswith("r-")
 
@@ -94,13 +95,13 @@ def test_start_status_abort_on_postgres(postgres_url: str, slots: HAProxyServer)
 
     listed = json.loads(canary("status", "--json", env=env).stdout)
     assert [r["id"] for r in listed] == [rollout_id]
-    assert listed[0]["state"] == "pending" and listed[0]["created_by"] == "alice"
+    assert listed[0]["state"] == "pending" and listed[0]["created_by"] == me
 
-    aborted = canary("abort", rollout_id, "--reason", "wrong build", "--by", "bob", env=env)
+    aborted = canary("abort", rollout_id, "--reason", "wrong build", env=env)
     assert aborted.returncode == 0 and "abort accepted" in aborted.stdout
     detail = json.loads(canary("status", rollout_id, "--json", env=env).stdout)
     assert detail["state"] == "rolling_back"
-    assert detail["reason"] == "aborted by bob: wrong build"
+    assert detail["reason"] == f"aborted by {me}: wrong build"
     assert [e["kind"] for e in detail["events"]] == ["created", "rollback_requested"]
 
     human = canary("status", rollout_id, env=env)
