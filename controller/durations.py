@@ -39,16 +39,17 @@ def parse_duration(text: str) -> timedelta:
 
 
 def format_duration(value: timedelta) -> str:
-    """Render for humans and for PromQL range selectors (``5m``, ``1h30m``, ``45s``)."""
-    seconds = value.total_seconds()
-    if 0 < seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    whole = int(round(seconds))
+    """Render for humans and for PromQL range selectors (``5m``, ``1h30m``, ``45s``,
+    ``1s500ms``). Exact to the millisecond, so a plan stored as JSON and loaded again
+    at every step is the plan that was reviewed (``1500ms`` stays 1.5 s, not 2 s)."""
+    millis = round(value.total_seconds() * 1000)
+    whole, ms = divmod(millis, 1000)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     parts = [
         f"{hours}h" if hours else "",
         f"{minutes}m" if minutes else "",
         f"{secs}s" if secs else "",
+        f"{ms}ms" if ms else "",
     ]
     return "".join(parts) or "0s"

@@ -29,6 +29,7 @@ from pydantic import (
 from controller.durations import format_duration, parse_duration
 from controller.notifications import NotificationTarget
 from controller.numbers import Count, Number
+from controller.regex_input import PatternError, compile_pattern
 
 Duration = Annotated[
     timedelta,
@@ -89,7 +90,8 @@ def _check_template(value: str, info: ValidationInfo) -> str:
     passes the declared names in the validation context."""
     if not value or not value.strip():
         raise ValueError("template must not be empty")
-    declared = tuple((info.context or {}).get("variables", ()))
+    # str(): the declared names come from the input, which the model has not checked yet.
+    declared = tuple(str(name) for name in (info.context or {}).get("variables", ()))
     known = (*TEMPLATE_VARIABLES, *declared)
     unknown = [n for n in template_variables(value) if n not in known]
     if unknown:
@@ -651,8 +653,8 @@ class Plan(_Strict):
     def _patterns_compile(cls, value: dict[str, str]) -> dict[str, str]:
         for name, pattern in value.items():
             try:
-                re.compile(pattern)
-            except re.error as exc:
+                compile_pattern(pattern)
+            except PatternError as exc:
                 raise ValueError(f"{name}: not a regular expression: {exc}") from None
         return value
 

@@ -25,6 +25,7 @@ import promql_parser
 from controller.durations import format_duration
 from controller.metrics.prometheus import MetricsError, Sample
 from controller.plan import Plan, SoakStage, VerifyStage, render_template
+from controller.regex_input import PatternError, compile_pattern
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]
@@ -132,8 +133,44 @@ def plan_queries(plan: Plan, values: Mapping[str, str] | None = None) -> list[Pl
     return found
 
 
+# Deeper and longer than any real query. The parser recurses natively: a few thousand
+# levels of brackets, or ten thousand chained operators, overflow its stack, and that
+# ends the whole process (API server or CLI) with SIGSEGV, not an exception.
+MAX_PROMQL_NESTING = 100
+MAX_PROMQL_CHARS = 4000
+_OPENERS, _CLOSERS, _QUOTES = "([{", ")]}", "\"'`"
+
+
+def promql_nesting(text: str) -> int:
+    """The deepest nesting of brackets in ``text``, outside string literals."""
+    depth = deepest = 0
+    quote: str | None = None
+    escaped = False
+    for char in text:
+        if quote is not None:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote != "`":
+                escaped = True
+            elif char == quote:
+                quote = None
+        elif char in _QUOTES:
+            quote = char
+        elif char in _OPENERS:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in _CLOSERS:
+            depth = max(0, depth - 1)
+    return deepest
+
+
 def promql_error(text: str) -> str | None:
     """The Prometheus parser's complaint about ``text``, or None when it parses."""
+    if len(text) > MAX_PROMQL_CHARS:
+        return f"{len(text)} characters long; at most {MAX_PROMQL_CHARS} are accepted"
+    nesting = promql_nesting(text)
+    if nesting > MAX_PROMQL_NESTING:
+        return f"nested {nesting} deep; at most {MAX_PROMQL_NESTING} levels are accepted"
     try:
         promql_parser.parse(text)
     except Exception as exc:  # ValueError from the parser; any other is its bug, not a crash
@@ -236,9 +273,8 @@ def parse_matcher(text: str) -> Matcher:
     regex = None
     if op in ("=~", "!~"):
         try:
-            re.compile(value)  # alone first, so the error's position is the value's
-            regex = re.compile(f"(?:{value})")
-        except re.error as exc:
+            regex = compile_pattern(value, wrap=True)
+        except PatternError as exc:
             raise MatcherError(f"{value!r} is not a valid regular expression: {exc}") from None
     return Matcher(source, name, op, value, regex)
 

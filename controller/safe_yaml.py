@@ -99,8 +99,9 @@ _GuardedLoader.add_constructor("tag:yaml.org,2002:int", _GuardedLoader.construct
 def load_yaml(text: str) -> tuple[Any, Node | None]:
     """The data of one YAML document and its node tree (for line numbers); raises
     YamlInputError, never another exception, on anything it refuses or cannot parse."""
-    loader = _GuardedLoader(text)
+    loader = None
     try:
+        loader = _GuardedLoader(text)  # its reader refuses control characters at once
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
         return data, node
@@ -115,4 +116,5 @@ def load_yaml(text: str) -> tuple[Any, Node | None]:
     except (ValueError, OverflowError, RecursionError, MemoryError) as exc:
         raise YamlInputError(f"not valid YAML: {type(exc).__name__}: {exc}"[:300]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()

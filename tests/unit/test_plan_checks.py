@@ -14,11 +14,14 @@ from controller.alerts import matchers_hold
 from controller.cli import app
 from controller.plan import Plan
 from controller.plan_checks import (
+    MAX_PROMQL_CHARS,
+    MAX_PROMQL_NESTING,
     MatcherError,
     parse_matcher,
     plan_problems,
     plan_queries,
     promql_error,
+    promql_nesting,
     sample_values,
 )
 from controller.plan_loader import PlanError, load_plan, parse_plan
@@ -313,3 +316,19 @@ def test_plan_validate_reports_a_promql_typo_with_field_and_line(tmp_path: Path)
     )
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_promql_nesting_counts_brackets_outside_strings() -> None:
+    assert promql_nesting('sum(rate(x{path="((("}[5m]))') == 3
+    assert promql_nesting('x{a="\\"("}') == 1  # an escaped quote does not end the string
+    assert promql_nesting("1") == 0
+
+
+def test_too_deep_or_too_long_promql_is_refused_before_the_parser() -> None:
+    nested = "(" * (MAX_PROMQL_NESTING + 1) + "1" + ")" * (MAX_PROMQL_NESTING + 1)
+    assert (
+        promql_error(nested) == f"nested 101 deep; at most {MAX_PROMQL_NESTING} levels are accepted"
+    )
+    assert promql_error("(" * MAX_PROMQL_NESTING + "1" + ")" * MAX_PROMQL_NESTING) is None
+    long = "1" + "+1" * MAX_PROMQL_CHARS
+    assert "characters long" in (promql_error(long) or "")
