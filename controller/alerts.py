@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from controller.input_text import refuse_nul
 from controller.plan import Plan
 from controller.plan_checks import MatcherError, parse_matcher
 from controller.store.models import ADVANCING_STATES, Rollout, RolloutState
@@ -29,6 +30,9 @@ class Alert(BaseModel):
     startsAt: AwareDatetime | None = None  # noqa: N815 - Alertmanager's field names
     endsAt: AwareDatetime | None = None  # noqa: N815
     fingerprint: str = ""
+
+    # Labels end up in the rollout's events and incident: text the store can hold.
+    _storable = field_validator("labels", "annotations", "fingerprint")(refuse_nul)
 
 
 class AlertmanagerPayload(BaseModel):

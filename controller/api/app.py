@@ -13,14 +13,17 @@ from typing import Annotated, Any
 
 import redis
 import structlog
-from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Request, Security, status
+from fastapi.dependencies.models import Dependant
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,7 +32,32 @@ from controller import operations
 from controller.alerts import AlertmanagerPayload, match_alert
 from controller.api.auth import Principal, Role, TokenBook, bearer
 from controller.api.limits import BodySizeLimit
-from controller.api.schemas import Approval, Note, Reason, RegisterPlan, StartRollout
+from controller.api.openapi import (
+    ACT,
+    ACTED,
+    ALERTMANAGER_TOKEN,
+    API_TOKEN,
+    HANDED_OVER,
+    READ,
+    READ_ONE,
+    WEBHOOK,
+    add_docs,
+)
+from controller.api.schemas import (
+    Approval,
+    IncidentId,
+    ListLimit,
+    Note,
+    PlanName,
+    PlanVersion,
+    Readiness,
+    Reason,
+    RegisterPlan,
+    RolloutId,
+    ServiceFilter,
+    ServiceName,
+    StartRollout,
+)
 from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
 from controller.plan_loader import PlanError, parse_plan
 from controller.plan_registry import (
@@ -92,11 +120,14 @@ def create_app(
     )
 
     app = FastAPI(
+        dependencies=[Depends(known_query_parameters_only)],
         title="canary-controller",
         version="1",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # served by add_docs from installed files, no CDN
+        redoc_url=None,
         openapi_url="/api/v1/openapi.json",
     )
+    add_docs(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
 
     def db() -> Any:
@@ -106,7 +137,12 @@ def create_app(
     Db = Annotated[Session, Depends(db)]
 
     def role(minimum: Role) -> Callable[[Request], Principal]:
-        def check(request: Request) -> Principal:
+        def check(
+            request: Request,
+            # Declares the bearer scheme in the spec; the header is read below so a
+            # missing token gets this API's own 401.
+            _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(API_TOKEN)],
+        ) -> Principal:
             principal = tokens.identify(bearer(request.headers.get("authorization")))
             if principal is None:
                 raise HTTPException(
@@ -124,7 +160,10 @@ def create_app(
 
         return check
 
-    def alert_auth(request: Request) -> None:
+    def alert_auth(
+        request: Request,
+        _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(ALERTMANAGER_TOKEN)],
+    ) -> None:
         """Alertmanager's own bearer token, checked before the body is looked at."""
         presented = bearer(request.headers.get("authorization"))
         if alert_token is None or presented is None or not _same(presented, alert_token):
@@ -149,6 +188,17 @@ def create_app(
     Viewer = Annotated[Principal, Depends(role(Role.VIEWER))]
     Operator = Annotated[Principal, Depends(role(Role.OPERATOR))]
     Admin = Annotated[Principal, Depends(role(Role.ADMIN))]
+
+    @app.exception_handler(DataError)
+    async def _unstorable(_request: Request, exc: DataError) -> JSONResponse:
+        """A value the database refuses (out of its range, a character it cannot
+        hold) that the request's checks let through: bad input, not an outage, so
+        never the 503 a caller would retry for ever."""
+        log.warning("unstorable_input", error=" ".join(str(exc.orig).split())[:200])
+        return JSONResponse(
+            {"detail": [{"loc": ["body"], "msg": "a value the store cannot hold"}]},
+            status_code=422,
+        )
 
     @app.exception_handler(SQLAlchemyError)
     async def _store_unavailable(_request: Request, exc: SQLAlchemyError) -> JSONResponse:
@@ -239,7 +289,11 @@ def create_app(
         """The process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={503: {"model": Readiness, "description": "A dependency is down"}},
+    )
     def readyz() -> JSONResponse:
         """Database, Redis and Prometheus all reachable."""
         checks: dict[str, str] = {}
@@ -258,7 +312,7 @@ def create_app(
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
-    @app.post("/api/v1/rollouts", status_code=201, tags=["rollouts"])
+    @app.post("/api/v1/rollouts", status_code=201, tags=["rollouts"], responses=ACT)
     def start(body: StartRollout, session: Db, who: Operator) -> dict[str, Any]:
         """Start a rollout from a named plan or inline plan YAML."""
         origin = "inline plan_yaml"
@@ -298,7 +352,7 @@ def create_app(
         _best_effort(enqueue_start, rollout.id)
         return rollout_summary(rollout)
 
-    @app.post("/api/v1/plans", status_code=201, tags=["plans"])
+    @app.post("/api/v1/plans", status_code=201, tags=["plans"], responses=ACT)
     def register(body: RegisterPlan, session: Db, who: Admin) -> JSONResponse:
         """Register a plan (admin): validated, stored as the name's next version with
         who registered it. The same text as the latest version registers nothing (200)."""
@@ -307,14 +361,14 @@ def create_app(
         )
         return JSONResponse(plan_view(row), status_code=201 if new else 200)
 
-    @app.get("/api/v1/plans", tags=["plans"])
+    @app.get("/api/v1/plans", tags=["plans"], responses=READ)
     def plans(session: Db, _who: Viewer) -> list[dict[str, Any]]:
         """The latest version of every registered plan."""
         return list_plans(session)
 
-    @app.get("/api/v1/plans/{name}", tags=["plans"])
+    @app.get("/api/v1/plans/{name}", tags=["plans"], responses=READ_ONE)
     def plan_source(
-        name: str, session: Db, _who: Viewer, version: int | None = None
+        name: PlanName, session: Db, _who: Viewer, version: PlanVersion = None
     ) -> dict[str, Any]:
         """One registered plan (its latest version, or ``version``) with its YAML."""
         try:
@@ -323,39 +377,48 @@ def create_app(
             raise HTTPException(404, str(exc).removeprefix("plan: ")) from None
         return {**plan_view(row), "plan_yaml": row.source}
 
-    @app.get("/api/v1/rollouts", tags=["rollouts"])
+    @app.get("/api/v1/rollouts", tags=["rollouts"], responses=READ)
     def list_rollouts(
-        session: Db, _who: Viewer, active: bool = False, service: str | None = None, limit: int = 50
+        session: Db,
+        _who: Viewer,
+        active: bool = False,
+        service: ServiceFilter = None,
+        limit: ListLimit = 50,
     ) -> list[dict[str, Any]]:
         rows = repository.list_rollouts(
             session, active_only=active, service=service, limit=max(1, min(limit, 500))
         )
         return [rollout_summary(r) for r in rows]
 
-    @app.get("/api/v1/rollouts/{rollout_id}", tags=["rollouts"])
-    def get_one(rollout_id: str, session: Db, _who: Viewer) -> dict[str, Any]:
+    @app.get("/api/v1/rollouts/{rollout_id}", tags=["rollouts"], responses=READ_ONE)
+    def get_one(rollout_id: RolloutId, session: Db, _who: Viewer) -> dict[str, Any]:
         return rollout_detail(session, get_rollout(session, rollout_id))
 
-    @app.get("/api/v1/rollouts/{rollout_id}/events", tags=["rollouts"])
-    def events(rollout_id: str, session: Db, _who: Viewer) -> list[dict[str, Any]]:
+    @app.get("/api/v1/rollouts/{rollout_id}/events", tags=["rollouts"], responses=READ_ONE)
+    def events(rollout_id: RolloutId, session: Db, _who: Viewer) -> list[dict[str, Any]]:
         get_rollout(session, rollout_id)
         return [event_view(e) for e in repository.events_for(session, rollout_id)]
 
-    @app.post("/api/v1/rollouts/{rollout_id}/pause", tags=["rollouts"])
-    def pause(rollout_id: str, body: Reason, session: Db, who: Operator) -> JSONResponse:
+    @app.post("/api/v1/rollouts/{rollout_id}/pause", tags=["rollouts"], responses=ACTED)
+    def pause(rollout_id: RolloutId, body: Reason, session: Db, who: Operator) -> JSONResponse:
         paused = operations.pause_rollout(
             session, rollout_id, reason=body.reason, actor=who.name, now=utcnow()
         )
         return outcome(paused, 200)
 
-    @app.post("/api/v1/rollouts/{rollout_id}/resume", tags=["rollouts"])
-    def resume(rollout_id: str, session: Db, who: Operator) -> JSONResponse:
+    @app.post("/api/v1/rollouts/{rollout_id}/resume", tags=["rollouts"], responses=ACTED)
+    def resume(rollout_id: RolloutId, session: Db, who: Operator) -> JSONResponse:
         return outcome(
             operations.resume_rollout(session, rollout_id, actor=who.name, now=utcnow()), 200
         )
 
-    @app.post("/api/v1/rollouts/{rollout_id}/abort", tags=["rollouts"])
-    def abort(rollout_id: str, body: Reason, session: Db, who: Operator) -> JSONResponse:
+    @app.post(
+        "/api/v1/rollouts/{rollout_id}/abort",
+        status_code=202,
+        tags=["rollouts"],
+        responses=HANDED_OVER,
+    )
+    def abort(rollout_id: RolloutId, body: Reason, session: Db, who: Operator) -> JSONResponse:
         result = operations.abort_rollout(
             session, rollout_id, reason=body.reason or "abort", actor=who.name, now=utcnow()
         )
@@ -363,8 +426,13 @@ def create_app(
             hand_over_rollback(rollout_id)
         return outcome(result)
 
-    @app.post("/api/v1/rollouts/{rollout_id}/rollback", tags=["rollouts"])
-    def rollback(rollout_id: str, body: Reason, session: Db, who: Operator) -> JSONResponse:
+    @app.post(
+        "/api/v1/rollouts/{rollout_id}/rollback",
+        status_code=202,
+        tags=["rollouts"],
+        responses=HANDED_OVER,
+    )
+    def rollback(rollout_id: RolloutId, body: Reason, session: Db, who: Operator) -> JSONResponse:
         result = operations.rollback_rollout(
             session, rollout_id, reason=body.reason, actor=who.name, now=utcnow()
         )
@@ -372,8 +440,8 @@ def create_app(
             hand_over_rollback(rollout_id)
         return outcome(result)
 
-    @app.post("/api/v1/rollouts/{rollout_id}/approve", tags=["rollouts"])
-    def approve(rollout_id: str, body: Approval, session: Db, who: Operator) -> JSONResponse:
+    @app.post("/api/v1/rollouts/{rollout_id}/approve", tags=["rollouts"], responses=ACTED)
+    def approve(rollout_id: RolloutId, body: Approval, session: Db, who: Operator) -> JSONResponse:
         """Approve the gate the rollout waits at; the caller's token name is the approver."""
         return outcome(
             operations.approve_rollout(
@@ -382,14 +450,16 @@ def create_app(
             200,
         )
 
-    @app.post("/api/v1/rollouts/{rollout_id}/recheck", tags=["rollouts"])
-    def recheck(rollout_id: str, session: Db, who: Operator) -> JSONResponse:
+    @app.post("/api/v1/rollouts/{rollout_id}/recheck", tags=["rollouts"], responses=ACTED)
+    def recheck(rollout_id: RolloutId, session: Db, who: Operator) -> JSONResponse:
         return outcome(
             operations.recheck_rollout(session, rollout_id, actor=who.name, now=utcnow()), 200
         )
 
-    @app.post("/api/v1/services/{service}/reconcile-done", tags=["services"])
-    def reconcile_done(service: str, body: Note, session: Db, who: Operator) -> JSONResponse:
+    @app.post("/api/v1/services/{service}/reconcile-done", tags=["services"], responses=ACTED)
+    def reconcile_done(
+        service: ServiceName, body: Note, session: Db, who: Operator
+    ) -> JSONResponse:
         """Record that a failed-writes rollback's data was reconciled (release checklist
         §3.3); the service's next rollout waits for this."""
         return outcome(
@@ -399,8 +469,8 @@ def create_app(
             200,
         )
 
-    @app.post("/api/v1/rollouts/{rollout_id}/promote", tags=["rollouts"])
-    def promote(rollout_id: str, body: Reason, session: Db, who: Operator) -> JSONResponse:
+    @app.post("/api/v1/rollouts/{rollout_id}/promote", tags=["rollouts"], responses=ACTED)
+    def promote(rollout_id: RolloutId, body: Reason, session: Db, who: Operator) -> JSONResponse:
         """Skip the rest of the current hold (the criteria must still pass)."""
         return outcome(
             operations.promote_rollout(
@@ -409,8 +479,8 @@ def create_app(
             200,
         )
 
-    @app.get("/api/v1/rollouts/{rollout_id}/incident", tags=["incidents"])
-    def rollout_incident(rollout_id: str, session: Db, _who: Viewer) -> dict[str, Any]:
+    @app.get("/api/v1/rollouts/{rollout_id}/incident", tags=["incidents"], responses=READ_ONE)
+    def rollout_incident(rollout_id: RolloutId, session: Db, _who: Viewer) -> dict[str, Any]:
         rollout = get_rollout(session, rollout_id)
         incident = session.scalars(
             select(Incident).where(Incident.rollout_id == rollout_id)
@@ -419,8 +489,8 @@ def create_app(
             raise HTTPException(404, f"rollout {rollout_id} has no incident")
         return incident_document(incident, rollout)
 
-    @app.get("/api/v1/incidents/{incident_id}", tags=["incidents"])
-    def incident(incident_id: str, session: Db, _who: Viewer) -> dict[str, Any]:
+    @app.get("/api/v1/incidents/{incident_id}", tags=["incidents"], responses=READ_ONE)
+    def incident(incident_id: IncidentId, session: Db, _who: Viewer) -> dict[str, Any]:
         found = session.get(Incident, incident_id)
         if found is None:
             raise HTTPException(404, f"no incident {incident_id!r}")
@@ -430,6 +500,7 @@ def create_app(
         "/api/v1/alerts/alertmanager",
         status_code=202,
         tags=["alerts"],
+        responses=WEBHOOK,
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -497,6 +568,31 @@ def create_app(
         )
 
     return app
+
+
+def known_query_parameters_only(request: Request) -> None:
+    """A query parameter the endpoint does not take is refused like an unknown body
+    field: ``?actve=true`` silently listing every rollout is a typo nobody sees."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    taken = _query_parameters(route.dependant)
+    unknown = sorted(set(request.query_params) - taken)
+    if unknown:
+        raise RequestValidationError(
+            [
+                {"loc": ("query", name), "msg": "not a parameter of this endpoint"}
+                for name in unknown
+            ]
+        )
+
+
+def _query_parameters(dependant: Dependant) -> set[str]:
+    """The query parameters an endpoint takes, its dependencies' included."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_parameters(sub)
+    return names
 
 
 def _plan_loc(path: str) -> list[str]:
