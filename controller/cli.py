@@ -728,8 +728,8 @@ def worker(
     queues: Annotated[
         str,
         typer.Option(
-            help="all, or a comma-separated list of rollback, rollouts (reconcile and "
-            "advances), runbook, notify"
+            help="all, or a comma-separated list of rollback, reconcile (hands out due "
+            "work), rollouts (advances: the checks), runbook, notify"
         ),
     ] = "all",
     concurrency: Annotated[int, typer.Option(min=1, max=64)] = 2,

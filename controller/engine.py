@@ -20,7 +20,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from controller import checks, outbox, timeouts
 from controller.analysis.decisions import Streaks, missing_data_streaks, update_breaches
-from controller.analysis.runner import Measurement, measure
+from controller.analysis.runner import Measurement, measure_all
 from controller.analysis.verdict import Judgement, Verdict
 from controller.budget import gates_work
 from controller.checks import CheckResult
@@ -181,6 +181,14 @@ def _out_of_time(step: _Advance, exc: BaseException, seconds: float) -> AdvanceR
     return result
 
 
+def next_tick(due: datetime | None, now: datetime, interval: timedelta) -> datetime:
+    """The first time after ``now`` on the grid ``due + k * interval`` (k >= 1); with
+    no due time in the past, ``now + interval``."""
+    if due is None or due > now or interval <= timedelta(0):
+        return now + interval
+    return due + ((now - due) // interval + 1) * interval
+
+
 class _Advance:
     """One advance of one rollout, holding its lease."""
 
@@ -191,12 +199,21 @@ class _Advance:
         self.plan = Plan.from_data(rollout.plan)
         self.steps = self.plan.steps()
         self.now = runtime.clock()
+        self.due = rollout.next_check_at  # when this advance was due, for next_tick
         self.log = log.bind(rollout_id=rollout.id, service=rollout.service)
         self.lifecycle: list[str] = []  # notifications promised with the next commit
         self.promised: list[tuple[int, str, str]] = []  # outbox rows committed
         self.pending_rollback: tuple[str, dict[str, Any], str | None] | None = None
         self.router_gave_up: str | None = None
         self.router_moved_to: int | None = None  # set once this advance moved traffic
+
+    def next_tick(self, interval: timedelta) -> datetime:
+        """The check after this one by the plan's clock: the due time plus the
+        interval, not this advance's start plus it. An advance that starts a reconcile
+        tick or a queue's wait after it was due would otherwise push every later check
+        back by that much (5 checks a minute at a 10 s interval, not 6). A tick already
+        missed is skipped, never caught up in a burst."""
+        return next_tick(self.due, self.now, interval)
 
     def event(
         self, kind: str, message: str, data: dict[str, Any] | None = None, actor: str = ACTOR
@@ -596,17 +613,16 @@ class _Advance:
         variables = rollout_variables(self.plan, self.rollout, step)
         state = dict(self.rollout.analysis or {})
         baselines = state.get("baselines", {})
-        measurements = []
-        for criterion in self.plan.criteria_for(step.stage):
-            m = measure(
-                criterion,
-                self.runtime.metrics,
-                variables,
-                self.plan.analysis.window,
-                self.now,
-                previous_baseline=baselines.get(criterion.name),
-            )
-            measurements.append(m)
+        criteria = self.plan.criteria_for(step.stage)
+        measurements = measure_all(
+            criteria,
+            self.runtime.metrics,
+            variables,
+            self.plan.analysis.window,
+            self.now,
+            previous_baselines=baselines,
+        )
+        for criterion, m in zip(criteria, measurements, strict=True):
             measured_baseline = m.judgement.details.get("measured_baseline")
             if measured_baseline is not None:
                 baselines[criterion.name] = measured_baseline
@@ -790,9 +806,9 @@ class _Advance:
                 # worth: come back before more than that is due, or the rate falls short.
                 interval = min(interval, timedelta(seconds=MAX_BURST_SECONDS))
             if self.now < hold_ends:
-                rollout.next_check_at = min(self.now + interval, hold_ends)
+                rollout.next_check_at = min(self.next_tick(interval), hold_ends)
             else:
-                rollout.next_check_at = self.now + interval
+                rollout.next_check_at = self.next_tick(interval)
             self.commit()
             verdicts = ", ".join(f"{m.criterion}={m.verdict.value}" for m in measurements)
             left = format_duration(max(hold_ends - self.now, timedelta(0)))
@@ -1081,7 +1097,7 @@ class _Advance:
         overdue = self.past_progress_deadline()
         if overdue:
             return overdue
-        rollout.next_check_at = self.now + self.plan.analysis.interval
+        rollout.next_check_at = self.next_tick(self.plan.analysis.interval)
         self.commit()
         verdicts = ", ".join(f"{m.criterion}={m.verdict.value}" for m in measurements)
         return self.result(f"paused at {rollout.weight}%, still watched: {verdicts}")

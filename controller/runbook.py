@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,10 +23,10 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.analysis.runner import measure
+from controller.analysis.runner import measure_all
 from controller.checks import run_checks
 from controller.hooks import run_hook
-from controller.plan import CanaryDisable, Criterion, Plan
+from controller.plan import CanaryDisable, Plan
 from controller.redaction import redact
 from controller.runtime import Runtime
 from controller.slots import rollout_values
@@ -58,33 +57,14 @@ def disable_canary(hook: CanaryDisable | None, values: dict[str, str]) -> tuple[
     return run_hook(hook, values)
 
 
-# Criteria of one snapshot measured at the same time: each waits on Prometheus, and
-# one after another a slow Prometheus (every query at its timeout, retried) would hold
-# the incident back by minutes.
-SNAPSHOT_CONCURRENCY = 8
-
-
 def metrics_snapshot(
     runtime: Runtime, plan: Plan, values: dict[str, str], now: datetime
 ) -> list[dict[str, Any]]:
     """Each stop criterion measured over the window ending at ``now``: queries, values,
-    limits, verdicts; in the plan's order, measured concurrently so the snapshot takes
-    as long as its slowest criterion, not the sum of them."""
-
-    def one(criterion: Criterion) -> dict[str, Any]:
-        measured = measure(criterion, runtime.metrics, values, plan.analysis.window, now)
-        return {**measured.as_event(), "at": now.isoformat()}
-
-    if not plan.stop_criteria:
-        return []
-    workers = min(SNAPSHOT_CONCURRENCY, len(plan.stop_criteria))
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshot")
-    try:
-        return list(pool.map(one, plan.stop_criteria))
-    finally:
-        # Out of time (the task's limit) or done: never wait on queries left running;
-        # each ends at its own timeout.
-        pool.shutdown(wait=False, cancel_futures=True)
+    limits, verdicts (measured concurrently: a slow Prometheus must not hold the
+    incident back by the sum of every query's timeout)."""
+    measured = measure_all(plan.stop_criteria, runtime.metrics, values, plan.analysis.window, now)
+    return [{**m.as_event(), "at": now.isoformat()} for m in measured]
 
 
 def new_incident_id() -> str:

@@ -26,10 +26,12 @@ timeouts.register(SoftTimeLimitExceeded)
 # Queues by urgency, each served by workers of its own so that nothing slow stands
 # in front of something urgent: a rollback never waits behind analysis, and a slow
 # runbook or a dead notification endpoint never delays the checks of other rollouts.
-QUEUES = ("rollback", "rollouts", "runbook", "notify")
+# Reconcile has a queue of its own: behind a backlog of advances every due check
+# would be handed out late, and late by the length of the backlog.
+QUEUES = ("rollback", "reconcile", "rollouts", "runbook", "notify")
 ROUTES = {
     "rollout.rollback": "rollback",
-    "rollout.reconcile": "rollouts",
+    "rollout.reconcile": "reconcile",
     "rollout.start": "rollouts",
     "rollout.advance": "rollouts",
     "rollout.runbook": "runbook",

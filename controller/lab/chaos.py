@@ -191,7 +191,7 @@ def run_chaos(
     plan = chaos_plan()
     lab.start_worker("rollouts-1", "rollouts,runbook,notify", concurrency=2)
     lab.start_worker("rollouts-2", "rollouts,runbook,notify", concurrency=2)
-    lab.start_worker("rollback", "rollback", concurrency=1)
+    lab.start_worker("rollback", "rollback,reconcile", concurrency=2)
     lab.start_beat()
     sampler = WeightSampler(lab)
     sampler.start()

@@ -145,10 +145,11 @@ class ControllerProcesses:
         return process
 
     def start_controller(self) -> None:
-        """Workers by urgency as in production (rollouts; the rollback queue on its own;
-        runbooks and notifications), and beat."""
+        """Workers by urgency as in production (rollouts; the rollback and reconcile
+        queues, both short and urgent, on one worker of their own; runbooks and
+        notifications), and beat."""
         self.start_worker("rollouts", "rollouts", concurrency=2)
-        self.start_worker("rollback", "rollback", concurrency=1)
+        self.start_worker("rollback", "rollback,reconcile", concurrency=2)
         self.start_worker("aftercare", "runbook,notify", concurrency=2)
         self.start_beat()
 

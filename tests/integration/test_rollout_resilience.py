@@ -60,7 +60,7 @@ def test_worker_killed_mid_rollout_another_finishes(tmp_path: Path, postgres_url
     lab = start_lab(tmp_path, postgres_url, lease_seconds=37.0, task_time_limit_seconds=36.0)
     try:
         first = lab.start_worker("first", "rollouts", concurrency=1)
-        lab.start_worker("rollback", "rollback", concurrency=1)
+        lab.start_worker("rollback", "rollback,reconcile", concurrency=1)
         lab.start_beat()
         version = deploy(lab)
         rollout_id = begin(lab, version)

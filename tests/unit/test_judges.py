@@ -309,3 +309,47 @@ def test_a_failure_inside_a_measurement_is_an_error_never_a_crash_or_a_pass(crit
     found = measure(criterion, ExplodingProvider(), {}, timedelta(minutes=1), datetime.now(UTC))
     assert found.judgement.verdict == Verdict.ERROR
     assert "measurement failed: ValueError: unexpected shape" in found.judgement.reason
+
+
+class MeetingProvider:
+    """Every query waits until as many queries as there are criteria are waiting at
+    once: it answers only if the criteria are measured concurrently (one after
+    another, the first would wait alone until the barrier gives up)."""
+
+    def __init__(self, parties: int) -> None:
+        import threading
+
+        self.barrier = threading.Barrier(parties, timeout=20)
+        self.met = threading.Event()
+
+    def instant(self, query: str, at: object = None) -> list:
+        from controller.metrics.prometheus import Sample
+
+        if not self.met.is_set():
+            self.barrier.wait()
+            self.met.set()
+        return [Sample({}, 0.0 if "errors" in query else 1000.0)]
+
+    def range(self, query: str, start: object, end: object, step: float) -> list:
+        return []
+
+
+def test_the_criteria_of_a_check_are_measured_concurrently_and_in_order() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from controller.analysis.runner import measure_all
+
+    queries = {
+        "canary_errors": "sum(errors)",
+        "baseline_errors": "sum(errors)",
+        "canary_total": "sum(total)",
+        "baseline_total": "sum(total)",
+    }
+    criteria = [five_xx(name=f"c{i}", **queries) for i in range(4)]
+    found = measure_all(
+        criteria, MeetingProvider(len(criteria)), {}, timedelta(minutes=1), datetime.now(UTC)
+    )
+    assert [m.criterion for m in found] == ["c0", "c1", "c2", "c3"]
+    assert [m.judgement.verdict for m in found] == [Verdict.PASS] * 4, [
+        m.judgement.reason for m in found
+    ]

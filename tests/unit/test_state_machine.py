@@ -12,7 +12,7 @@ from textwrap import dedent
 
 import pytest
 
-from controller.engine import advance
+from controller.engine import advance, next_tick
 from controller.metrics.prometheus import MetricsError, Sample
 from controller.operations import OperationError, abort_rollout, approve_rollout, start_rollout
 from controller.plan import Plan
@@ -478,3 +478,29 @@ def test_a_soak_with_load_comes_back_before_more_than_a_burst_is_due(world) -> N
     clock.now = rollout.next_check_at
     advance(runtime, rollout_id)
     assert state(runtime, rollout_id)[0].analysis["soak_load"]["sent"] == 2 + 20
+
+
+def test_checks_keep_the_plans_clock_when_advances_start_late(world) -> None:
+    """Each check is due one interval after the previous one was due: an advance that
+    starts 2 s late (a reconcile tick, a queue) does not push the ones after it."""
+    runtime, _, _, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    advance(runtime, rollout_id)  # the canary weight is set; its hold begins
+    rollout, _ = state(runtime, rollout_id)
+    due = rollout.next_check_at
+    for _ in range(3):
+        clock.now = due + timedelta(seconds=2)
+        advance(runtime, rollout_id)
+        rollout, _ = state(runtime, rollout_id)
+        assert rollout.next_check_at == due + timedelta(seconds=5)  # the plan's interval
+        due = rollout.next_check_at
+
+
+def test_a_check_missed_altogether_is_skipped_not_caught_up() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    every = timedelta(seconds=10)
+    assert next_tick(t0, t0 + timedelta(seconds=2), every) == t0 + every
+    assert next_tick(t0, t0 + timedelta(seconds=12), every) == t0 + 2 * every
+    assert next_tick(t0, t0 + every, every) == t0 + 2 * every  # never "now" again
+    assert next_tick(None, t0, every) == t0 + every
+    assert next_tick(t0 + every, t0, every) == t0 + every  # due later than now: from now
