@@ -66,7 +66,7 @@ from controller.runtime import router_factory, utcnow
 from controller.store import repository
 from controller.store.db import migrate, session_factory
 from controller.url_policy import HostPolicy
-from controller.views import event_view, rollout_detail, rollout_summary
+from controller.views import DetailFollower, event_view, rollout_summary
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -423,12 +423,15 @@ def status(
             out.print(rollout_table(rows))
         return
 
+    follower = DetailFollower(rollout_id, event_limit=events)
+
     def read() -> dict[str, Any]:
+        """Where the rollout stands, reading only the events since the last read."""
         with sessions() as session:
             rollout = repository.get_rollout(session, rollout_id)
             if rollout is None:
                 raise OperationError(f"id: no rollout {rollout_id!r}")
-            return rollout_detail(session, rollout, event_limit=events)
+            return follower.read(session, rollout)
 
     detail = read()
     if not watch:

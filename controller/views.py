@@ -6,6 +6,7 @@ on-call read is exactly what the controller recorded.
 
 from __future__ import annotations
 
+from collections import deque
 from datetime import datetime
 from typing import Any
 
@@ -49,48 +50,93 @@ def rollout_detail(
 ) -> dict[str, Any]:
     """Summary, each step and where the rollout stands, the time left in the hold, the
     weights traffic went through, the latest verdict per criterion, recent events."""
-    events = repository.events_for(session, rollout.id)
-    latest: dict[str, dict[str, Any]] = {}
-    for e in events:
+    return DetailFollower(rollout.id, event_limit).read(session, rollout, now)
+
+
+class DetailFollower:
+    """``rollout_detail`` of one rollout kept up to date from the events written since
+    the last read, so following a long rollout (``status --watch``) reads a few rows
+    a second, not its whole log.
+
+    Event ids come from a sequence, and a transaction that took a lower id can commit
+    after one that took a higher: each read looks ``OVERLAP`` ids back and skips the
+    events it has already taken, so a late commit is not missed."""
+
+    OVERLAP = 200
+
+    def __init__(self, rollout_id: str, event_limit: int = 20) -> None:
+        self.rollout_id = rollout_id
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.completed: set[int | None] = set()
+        self.gates: list[Any] = []
+        self.approvals: list[dict[str, Any]] = []
+        self.weights: list[int] = []
+        self.recent: deque[dict[str, Any]] = deque(maxlen=max(event_limit, 0))
+        self.taken: set[int] = set()
+        self.last_id = 0
+
+    def read(
+        self, session: Session, rollout: Rollout, now: datetime | None = None
+    ) -> dict[str, Any]:
+        for event in repository.events_after(session, self.rollout_id, self.last_id - self.OVERLAP):
+            if event.id not in self.taken:
+                self._take(event)
+        self.taken = {i for i in self.taken if i > self.last_id - self.OVERLAP}
+        return self._render(rollout, now or utcnow())
+
+    def _take(self, e: Any) -> None:
+        self.taken.add(e.id)
+        self.last_id = max(self.last_id, e.id)
         if e.kind == "measurement":
-            latest[e.data["criterion"]] = {**e.data, "at": _iso(e.at)}
-    completed = {e.step_index for e in events if e.kind == "step_completed"}
-    gate_events = [e for e in events if e.kind in ("blocked", "gates_passed")]
-    gates = gate_events[-1].data.get("checks", []) if gate_events else []
-    approvals = [
-        {"gate": e.data["gate"], "role": e.data["role"], "name": e.data["name"], "at": _iso(e.at)}
-        for e in events
-        if e.kind == "approval"
-    ]
-    steps = Plan.from_data(rollout.plan).steps()
-    hold_left = None
-    if rollout.step_started_at and rollout.state in ("running", "paused"):
-        current = steps[min(rollout.step_index, len(steps) - 1)]
-        remaining = rollout.step_started_at + current.hold - (now or utcnow())
-        hold_left = max(0.0, remaining.total_seconds())
-    return {
-        **rollout_summary(rollout),
-        "weights": weights_from(events),
-        "hold_left_seconds": hold_left,
-        "steps": [
-            {
-                "index": s.index,
-                "label": s.label,
-                "weight": s.weight,
-                "hold": format_duration(s.hold),
-                "status": "done"
-                if s.index in completed
-                else "current"
-                if s.index == rollout.step_index
-                else "pending",
-            }
-            for s in steps
-        ],
-        "criteria": latest,
-        "gates": gates,
-        "approvals": approvals,
-        "events": [event_view(e) for e in events[-event_limit:]] if event_limit else [],
-    }
+            self.latest[e.data["criterion"]] = {**e.data, "at": _iso(e.at)}
+        elif e.kind == "step_completed":
+            self.completed.add(e.step_index)
+        elif e.kind in ("blocked", "gates_passed"):
+            self.gates = e.data.get("checks", [])
+        elif e.kind == "approval":
+            self.approvals.append(
+                {
+                    "gate": e.data["gate"],
+                    "role": e.data["role"],
+                    "name": e.data["name"],
+                    "at": _iso(e.at),
+                }
+            )
+        elif e.kind == "weight_set":
+            self.weights.append(e.data["weight"])
+        if self.recent.maxlen:
+            self.recent.append(event_view(e))
+
+    def _render(self, rollout: Rollout, now: datetime) -> dict[str, Any]:
+        steps = Plan.from_data(rollout.plan).steps()
+        hold_left = None
+        if rollout.step_started_at and rollout.state in ("running", "paused"):
+            current = steps[min(rollout.step_index, len(steps) - 1)]
+            remaining = rollout.step_started_at + current.hold - now
+            hold_left = max(0.0, remaining.total_seconds())
+        return {
+            **rollout_summary(rollout),
+            "weights": list(self.weights),
+            "hold_left_seconds": hold_left,
+            "steps": [
+                {
+                    "index": s.index,
+                    "label": s.label,
+                    "weight": s.weight,
+                    "hold": format_duration(s.hold),
+                    "status": "done"
+                    if s.index in self.completed
+                    else "current"
+                    if s.index == rollout.step_index
+                    else "pending",
+                }
+                for s in steps
+            ],
+            "criteria": dict(self.latest),
+            "gates": self.gates,
+            "approvals": list(self.approvals),
+            "events": list(self.recent),
+        }
 
 
 def weights_from(events: Any) -> list[int]:

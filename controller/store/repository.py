@@ -433,6 +433,13 @@ def events_for(
     return session.scalars(query).all()
 
 
+def events_after(session: Session, rollout_id: str, after_id: int) -> Sequence[Event]:
+    """A rollout's events with an id above ``after_id``, in id order."""
+    return session.scalars(
+        select(Event).where(Event.rollout_id == rollout_id, Event.id > after_id).order_by(Event.id)
+    ).all()
+
+
 def add_outbox(
     session: Session,
     rollout_id: str,

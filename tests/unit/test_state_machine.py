@@ -504,3 +504,30 @@ def test_a_check_missed_altogether_is_skipped_not_caught_up() -> None:
     assert next_tick(t0, t0 + every, every) == t0 + 2 * every  # never "now" again
     assert next_tick(None, t0, every) == t0 + every
     assert next_tick(t0 + every, t0, every) == t0 + every  # due later than now: from now
+
+
+def test_following_a_rollout_reads_only_new_events_and_misses_none(world) -> None:
+    """``status --watch`` keeps its view from the events since its last read; what it
+    shows is what a full read shows, also when an event with a lower id is committed
+    after one with a higher id (sequences hand out ids before commits)."""
+    from controller.views import DetailFollower, rollout_detail
+
+    runtime, _, _, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    follower = DetailFollower(rollout_id, event_limit=500)
+    for _ in range(4):
+        clock.now += timedelta(seconds=5)
+        advance(runtime, rollout_id)
+        with runtime.sessions() as session:
+            rollout = repository.get_rollout(session, rollout_id)
+            followed = follower.read(session, rollout, now=clock.now)
+            assert followed == rollout_detail(session, rollout, event_limit=500, now=clock.now)
+    with runtime.sessions() as session:
+        events = list(repository.events_for(session, rollout_id))
+        late = events[-3]  # as if its transaction committed only now
+        follower.taken.discard(late.id)
+        follower.recent = type(follower.recent)(
+            (e for e in follower.recent if e["id"] != late.id), maxlen=500
+        )
+        followed = follower.read(session, repository.get_rollout(session, rollout_id), clock.now)
+    assert late.id in [e["id"] for e in followed["events"]]
