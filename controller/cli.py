@@ -32,7 +32,7 @@ from controller.backtest import (
     report_lines,
     time_range,
 )
-from controller.durations import format_duration
+from controller.durations import format_duration, parse_duration
 from controller.lab.errors import LabError
 from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
 from controller.operations import (
@@ -61,6 +61,7 @@ from controller.plan_checks import (
 from controller.plan_loader import PlanError, load_plan, parse_plan, read_plan_text
 from controller.plan_registry import find_plan, list_plans, plan_view, register_plan
 from controller.render import detail_view, history_table, incident_view, rollout_table
+from controller.retention import prune_measurements
 from controller.runbook import find_incident
 from controller.runtime import router_factory, utcnow
 from controller.store import repository
@@ -272,6 +273,25 @@ def db_upgrade() -> None:
     """Create or migrate the store's schema (Alembic) to the newest revision."""
     migrate(get_settings().database_url)
     out.print("database schema is up to date")
+
+
+@db_app.command("prune")
+@friendly_errors
+def db_prune(
+    older_than: Annotated[
+        str, typer.Option(help="Rollouts finished longer ago than this, e.g. 90d")
+    ] = "90d",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, change nothing")] = False,
+) -> None:
+    """Summarise the measurement events of long-finished rollouts (one event each with
+    their counts) and remove them; every other event stays."""
+    try:
+        age = parse_duration(older_than)
+    except ValueError as exc:
+        raise OperationError(f"older-than: {exc}") from None
+    with _sessions()() as session:
+        pruned = prune_measurements(session, age, utcnow(), dry_run=dry_run)
+    out.print(pruned.sentence(dry_run), markup=False, highlight=False)
 
 
 @app.command()

@@ -181,6 +181,16 @@ def _out_of_time(step: _Advance, exc: BaseException, seconds: float) -> AdvanceR
     return result
 
 
+def last_measured(measurements: list[Measurement]) -> dict[str, dict[str, Any]]:
+    """Each criterion's value, limit and verdict, kept on the rollout so that
+    ``/metrics`` shows them without reading the event log."""
+    found = {}
+    for m in measurements:
+        event = m.as_event()
+        found[m.criterion] = {key: event.get(key) for key in ("value", "limit", "verdict")}
+    return found
+
+
 def next_tick(due: datetime | None, now: datetime, interval: timedelta) -> datetime:
     """The first time after ``now`` on the grid ``due + k * interval`` (k >= 1); with
     no due time in the past, ``now + interval``."""
@@ -632,6 +642,7 @@ class _Advance:
                 m.as_event(),
             )
         state["baselines"] = baselines
+        state["last_measured"] = {**state.get("last_measured", {}), **last_measured(measurements)}
         self.rollout.analysis = state
         versions = self.check_slot_versions(variables)
         if versions is not None:

@@ -260,6 +260,7 @@ def _settle(
     rollout.weight = 0
     rollout.finished_at = now
     rollout.updated_at = now
+    _record_time_to_stable(rollout, shifted_at)
     _require_reconciliation_after_failed_writes(session, rollout, now)
     repository.append_event(
         session,
@@ -295,3 +296,16 @@ def _settle(
     session.commit()
     bound.warning("rolled_back", state=str(final), reason=rollout.reason)
     return RollbackResult(rollout.id, True, str(final), f"traffic on stable; {final}"), shift
+
+
+def _record_time_to_stable(rollout: Rollout, shifted_at: datetime) -> None:
+    """From the trigger (an alert's arrival, a tripped check) to traffic confirmed on
+    stable, kept on the rollout: ``/metrics`` sums it without reading events."""
+    analysis = dict(rollout.analysis or {})
+    trigger = dict(analysis.get("trigger") or {})
+    if not trigger.get("at"):
+        return
+    seconds = (shifted_at - datetime.fromisoformat(trigger["at"])).total_seconds()
+    trigger["stable_after_seconds"] = round(max(0.0, seconds), 3)
+    analysis["trigger"] = trigger
+    rollout.analysis = analysis

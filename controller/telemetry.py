@@ -26,7 +26,7 @@ from controller.store.models import (
     ACTIVE_STATES,
     ADVANCING_STATES,
     ROLLBACK_STATES,
-    Event,
+    MeasurementTotal,
     Rollout,
     RolloutState,
 )
@@ -90,13 +90,7 @@ class StoreCollector(Collector):
                     [rollout.id, rollout.service, rollout.canary_version, rollout.state],
                     rollout.weight,
                 )
-            latest: dict[str, dict] = {}
-            for event in session.scalars(
-                select(Event)
-                .where(Event.rollout_id == rollout.id, Event.kind == "measurement")
-                .order_by(Event.id)
-            ):
-                latest[event.data["criterion"]] = event.data
+            latest = (rollout.analysis or {}).get("last_measured", {})
             for name, data in latest.items():
                 if isinstance(data.get("value"), int | float):
                     value.add_metric(
@@ -115,12 +109,8 @@ class StoreCollector(Collector):
             "Measurements by criterion and verdict.",
             labels=["criterion", "verdict"],
         )
-        criterion = Event.data["criterion"].as_string()
-        verdict = Event.data["verdict"].as_string()
         rows = session.execute(
-            select(criterion, verdict, func.count())
-            .where(Event.kind == "measurement")
-            .group_by(criterion, verdict)
+            select(MeasurementTotal.criterion, MeasurementTotal.verdict, MeasurementTotal.count)
         )
         for name, outcome, count in rows:
             family.add_metric([name or "", outcome or ""], count)
@@ -138,31 +128,23 @@ class StoreCollector(Collector):
             "canary_alert_to_rollback_seconds",
             "From an alert-triggered rollback request to traffic confirmed on stable.",
         )
-        rollouts = session.scalars(
-            select(Rollout).where(Rollout.state.in_([str(s) for s in ROLLED_BACK_STATES]))
-        ).all()
-        counts: dict[tuple[str, str, str], int] = {}
-        total, seconds = 0, 0.0
-        for rollout in rollouts:
-            trigger = (rollout.analysis or {}).get("trigger") or {}
-            key = (trigger.get("kind", "unknown"), rollout.tripped_criterion or "", rollout.state)
-            counts[key] = counts.get(key, 0) + 1
-            if trigger.get("kind") == "alert" and trigger.get("at"):
-                shifted = session.scalars(
-                    select(Event.at).where(
-                        Event.rollout_id == rollout.id,
-                        Event.kind == "weight_set",
-                        Event.actor == "rollback",
-                    )
-                ).first()
-                if shifted is not None:
-                    total += 1
-                    seconds += max(
-                        0.0, (shifted - datetime.fromisoformat(trigger["at"])).total_seconds()
-                    )
-        for labels, count in counts.items():
-            by_reason.add_metric(list(labels), count)
-        latency.add_metric([], count_value=total, sum_value=seconds)
+        rolled_back = Rollout.state.in_([str(s) for s in ROLLED_BACK_STATES])
+        trigger_kind = Rollout.analysis[("trigger", "kind")].as_string()
+        rows = session.execute(
+            select(trigger_kind, Rollout.tripped_criterion, Rollout.state, func.count())
+            .where(rolled_back)
+            .group_by(trigger_kind, Rollout.tripped_criterion, Rollout.state)
+        )
+        for kind, criterion, state, count in rows:
+            by_reason.add_metric([kind or "unknown", criterion or "", state], count)
+        # Kept on each rollout by the rollback (controller.rollback), summed here.
+        to_stable = Rollout.analysis[("trigger", "stable_after_seconds")].as_float()
+        total, seconds = session.execute(
+            select(func.count(to_stable), func.coalesce(func.sum(to_stable), 0.0)).where(
+                rolled_back, trigger_kind == "alert"
+            )
+        ).one()
+        latency.add_metric([], count_value=total, sum_value=float(seconds))
         yield by_reason
         yield latency
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -179,6 +180,18 @@ class Outbox(Base):
     outcome: Mapped[str | None] = mapped_column(Text, default=None)
 
     __table_args__ = (Index("ix_outbox_pending", "done_at", "dispatched_at"),)
+
+
+class MeasurementTotal(Base):
+    """How many measurements each criterion has had with each verdict, ever: kept
+    in the transaction that writes the measurement events (``controller.store.totals``),
+    so ``/metrics`` reads a few rows instead of counting the whole event log."""
+
+    __tablename__ = "measurement_totals"
+
+    criterion: Mapped[str] = mapped_column(String(64), primary_key=True)
+    verdict: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Release(Base):

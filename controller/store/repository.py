@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, and_, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from controller.redaction import redact
+from controller.store import totals
 from controller.store.models import (
     ACTIVE_STATES,
     ADVANCING_STATES,
@@ -111,6 +112,8 @@ def append_event(
         step_index=step_index,
     )
     session.add(event)
+    if kind == "measurement":
+        totals.count_measurement(session, event.data)
     return event
 
 

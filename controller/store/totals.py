@@ -1,0 +1,64 @@
+"""Measurement totals kept with the events that make them.
+
+``/metrics`` reports how many measurements each criterion had with each verdict.
+Counting them from the event log costs a scan of every measurement ever written, on
+every scrape; so each session counts the measurement events it adds and adds the
+counts to ``measurement_totals`` just before it commits, in the same transaction.
+The events and the totals commit together or not at all, and the counter rows are
+locked only for the commit itself, not for the advance that wrote the events.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import event, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from controller.store.models import MeasurementTotal
+
+_PENDING = "canary_measurement_counts"
+
+
+def count_measurement(session: Session, data: dict[str, Any]) -> None:
+    """Note one measurement event of ``session``; added to the totals at its commit."""
+    key = (str(data.get("criterion", ""))[:64], str(data.get("verdict", ""))[:16])
+    session.info.setdefault(_PENDING, Counter())[key] += 1
+
+
+@event.listens_for(Session, "before_commit")
+def _add_to_totals(session: Session) -> None:
+    pending: Counter[tuple[str, str]] | None = session.info.pop(_PENDING, None)
+    if not pending:
+        return
+    dialect = session.get_bind().dialect.name
+    # In key order, so that two commits never wait on each other's rows in a cycle.
+    for (criterion, verdict), count in sorted(pending.items()):
+        if dialect in ("postgresql", "sqlite"):
+            insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+            statement = insert(MeasurementTotal).values(
+                criterion=criterion, verdict=verdict, count=count
+            )
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["criterion", "verdict"],
+                    set_={"count": MeasurementTotal.count + statement.excluded.count},
+                )
+            )
+            continue
+        updated = session.execute(
+            update(MeasurementTotal)
+            .where(MeasurementTotal.criterion == criterion, MeasurementTotal.verdict == verdict)
+            .values(count=MeasurementTotal.count + count)
+        )
+        if updated.rowcount == 0:
+            session.add(MeasurementTotal(criterion=criterion, verdict=verdict, count=count))
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_rolled_back(session: Session, _previous: Any) -> None:
+    """Events rolled back are not measurements that happened."""
+    session.info.pop(_PENDING, None)
