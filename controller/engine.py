@@ -193,10 +193,11 @@ def last_measured(measurements: list[Measurement]) -> dict[str, dict[str, Any]]:
 
 def next_tick(due: datetime | None, now: datetime, interval: timedelta) -> datetime:
     """The first time after ``now`` on the grid ``due + k * interval`` (k >= 1); with
-    no due time in the past, ``now + interval``."""
-    if due is None or due > now or interval <= timedelta(0):
+    no due time, ``now + interval``. (``due`` may be a moment after ``now`` when a
+    check queued for its due time starts on a host whose clock is a little behind.)"""
+    if due is None or interval <= timedelta(0):
         return now + interval
-    return due + ((now - due) // interval + 1) * interval
+    return due + max(1, (now - due) // interval + 1) * interval
 
 
 class _Advance:

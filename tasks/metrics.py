@@ -44,6 +44,12 @@ TASK_SECONDS = Histogram(
     ["task"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+ADVANCES = Counter(
+    "canary_advances",
+    "Advance tasks by whether they did anything (acted=false: not due, or its lease "
+    "held elsewhere: work handed out for nothing).",
+    ["acted"],
+)
 WORKER_UP = Gauge(
     "canary_worker_up",
     "1 while a worker consumes these queues.",

@@ -21,6 +21,7 @@ from controller.runtime import Runtime
 from controller.store import repository
 from controller.views import rollout_summary
 from tasks.app import app
+from tasks.metrics import ADVANCES
 
 log = structlog.get_logger(__name__)
 
@@ -76,13 +77,19 @@ def reconcile_task() -> str:
     rt = runtime()
     with rt.sessions() as session:
         now = rt.clock()
-        advances = repository.take_due_advances(session, now, ADVANCE_REDISPATCH)
+        lookahead = timedelta(seconds=get_settings().reconcile_interval_seconds)
+        advances = repository.take_due_advances(
+            session, now, ADVANCE_REDISPATCH, lookahead=lookahead
+        )
         rollbacks = repository.take_due_rollbacks(session, now, hold=ROLLBACK_HOLD)
     for rollout_id in rollbacks:
         enqueue_rollback(rollout_id, "pending rollback")
-    for rollout_id in advances:
+    for rollout_id, due in advances:
+        # Due before the next tick: queued now, to start at its due time.
         advance_task.apply_async(
-            kwargs=describe(rollout_id), expires=ADVANCE_REDISPATCH.total_seconds()
+            kwargs=describe(rollout_id),
+            eta=due if due > now else None,
+            expires=ADVANCE_REDISPATCH.total_seconds(),
         )
     rows = outbox.dispatch_due(rt)
     return redact(
@@ -102,7 +109,9 @@ def start_task(rollout_id: str, service: str = "", stage: str = "") -> str:
 def advance_task(rollout_id: str, service: str = "", stage: str = "") -> str:
     """Do one step of one rollout (soak, canary, ramp or verify) under its lease."""
     with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
-        sentence = redact(advance(runtime(), rollout_id).sentence())
+        result = advance(runtime(), rollout_id)
+        ADVANCES.labels(acted=str(result.acted).lower()).inc()
+        sentence = redact(result.sentence())
         log.info("advance", result=sentence)
         return sentence
 

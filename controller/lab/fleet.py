@@ -54,12 +54,14 @@ class FleetLab(ControllerProcesses):
         services: list[FleetService],
         settings: LabSettings | None = None,
         rps_per_service: float = 5.0,
+        scrape_interval: str = "2s",
     ) -> None:
         super().__init__(workdir, settings or LabSettings())
         if not services:
             raise LabError("a fleet needs at least one service")
         self.services = {service.name: service for service in services}
         self.rps_per_service = rps_per_service
+        self.scrape_interval = scrape_interval
         self.postgres: PostgresServer | None = None
         self.fleet: ManagedProcess | None = None
         self.addresses: dict[str, dict[str, str]] = {}  # service -> slot -> host:port
@@ -83,7 +85,7 @@ class FleetLab(ControllerProcesses):
             self._wait_all_servers_up()
             targets = [address for slots in self.addresses.values() for address in slots.values()]
             self.prometheus = self.group.add(
-                start_prometheus(self.workdir, targets, scrape_interval="2s")
+                start_prometheus(self.workdir, targets, scrape_interval=self.scrape_interval)
             )
             load = LoadGenerator(
                 [

@@ -157,7 +157,9 @@ def claim(
         _lease_free(lease_now, owner),
     ]
     if due_only:
-        conditions.append(Rollout.next_check_at <= now)
+        # An advance queued to start at its due time may find this host's clock a
+        # little behind the one that queued it: that is still the due check.
+        conditions.append(Rollout.next_check_at <= now + EARLY_START_TOLERANCE)
     result = session.execute(
         update(Rollout)
         .where(*conditions)
@@ -334,24 +336,36 @@ def due_for_rollback(session: Session, now: datetime, limit: int = 500) -> Seque
     return _due(session, _ROLLING_BACK, now, limit)
 
 
+# How early (by this host's clock) an advance queued for its due time may start.
+EARLY_START_TOLERANCE = timedelta(milliseconds=500)
+
+
 def take_due_advances(
-    session: Session, now: datetime, redispatch_after: timedelta, limit: int = 500
-) -> list[str]:
-    """Due rollouts not already queued, each marked ``dispatched_at`` as it is taken.
+    session: Session,
+    now: datetime,
+    redispatch_after: timedelta,
+    limit: int = 500,
+    lookahead: timedelta = timedelta(0),
+) -> list[tuple[str, datetime]]:
+    """Rollouts due by ``now + lookahead`` and not already queued, with their due
+    times, each marked ``dispatched_at`` as it is taken.
 
     A queued advance is queued once: the next ticks skip it until an advance claims
     the rollout (which clears the mark) or ``redispatch_after`` passes, when the
-    message is presumed lost (a broker restart) and it is queued again.
+    message is presumed lost (a broker restart) and it is queued again. With a
+    lookahead of one reconcile interval, a check due before the next tick is queued
+    now to start at its due time, instead of up to a tick late.
     """
     stale = now - redispatch_after
     not_queued = or_(Rollout.dispatched_at.is_(None), Rollout.dispatched_at < stale)
     candidates = [
-        rollout_id for rollout_id in _due(session, and_(_WATCHED, not_queued), now, limit)
+        rollout_id
+        for rollout_id in _due(session, and_(_WATCHED, not_queued), now + lookahead, limit)
     ]
     if not candidates:
         session.commit()
         return []
-    taken = session.scalars(
+    taken = session.execute(
         update(Rollout)
         .where(
             Rollout.id.in_(candidates),
@@ -359,11 +373,11 @@ def take_due_advances(
             _lease_free(database_now(session, now)),
         )
         .values(dispatched_at=now)
-        .returning(Rollout.id)
+        .returning(Rollout.id, Rollout.next_check_at)
         .execution_options(synchronize_session=False)
     ).all()
     session.commit()
-    return list(taken)
+    return [(rollout_id, due) for rollout_id, due in taken]
 
 
 def record_router_weight(

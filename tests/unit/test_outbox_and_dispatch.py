@@ -32,21 +32,25 @@ def rolled_back_with_messages_lost(runtime, clock) -> str:  # type: ignore[no-un
     return rollout_id
 
 
+def taken_ids(session, now):  # type: ignore[no-untyped-def]
+    return [rollout_id for rollout_id, _ in repository.take_due_advances(session, now, LOST)]
+
+
 def test_a_queued_advance_is_queued_once_until_presumed_lost(world) -> None:
     runtime, _, _, clock, _ = world
     rollout_id = start(runtime, make_plan())
     with runtime.sessions() as session:
-        assert repository.take_due_advances(session, clock.now, LOST) == [rollout_id]
+        assert taken_ids(session, clock.now) == [rollout_id]
         clock.now += timedelta(seconds=2)
-        assert repository.take_due_advances(session, clock.now, LOST) == []
+        assert taken_ids(session, clock.now) == []
         clock.now += LOST  # the message never arrived (a broker restart)
-        assert repository.take_due_advances(session, clock.now, LOST) == [rollout_id]
+        assert taken_ids(session, clock.now) == [rollout_id]
     advance(runtime, rollout_id)  # claiming it clears the mark
     rollout, _ = state(runtime, rollout_id)
     assert rollout.dispatched_at is None
     clock.now = rollout.next_check_at
     with runtime.sessions() as session:
-        assert repository.take_due_advances(session, clock.now, LOST) == [rollout_id]
+        assert taken_ids(session, clock.now) == [rollout_id]
 
 
 def test_a_rollback_promises_its_runbook_and_sends_it_until_done(world) -> None:
@@ -169,3 +173,27 @@ def test_a_row_delivered_twice_at_once_runs_once_and_a_dead_delivery_frees_it(wo
     assert outbox.run_outbox_row(runtime, row.id).startswith("runbook: 5 step(s)")
     _, events = state(runtime, rollout_id)
     assert len([e for e in events if e.kind == "runbook" and e.data["step"] == 5]) == 1
+
+
+def test_a_check_due_before_the_next_tick_is_queued_for_its_due_time(world) -> None:
+    """With a lookahead of one reconcile interval, reconcile hands out a check due
+    within it together with its due time (it is sent to start then), and not one
+    due later; an advance that starts a moment early by its host's clock still
+    claims it."""
+    runtime, _, _, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    advance(runtime, rollout_id)
+    rollout, _ = state(runtime, rollout_id)
+    due = rollout.next_check_at
+    ahead = timedelta(seconds=2)
+    with runtime.sessions() as session:
+        early = due - timedelta(seconds=3)
+        assert repository.take_due_advances(session, early, LOST, lookahead=ahead) == []
+        tick = due - timedelta(seconds=1)
+        assert repository.take_due_advances(session, tick, LOST, lookahead=ahead) == [
+            (rollout_id, due)
+        ]
+    clock.now = due - timedelta(milliseconds=200)  # this host's clock, a little behind
+    assert advance(runtime, rollout_id).acted
+    rollout, _ = state(runtime, rollout_id)
+    assert rollout.next_check_at == due + timedelta(seconds=5)  # the plan's clock kept

@@ -1,0 +1,271 @@
+"""The scale scenario: many concurrent rollouts, each to be checked on the plan's clock.
+
+A fleet of healthy services (``FleetLab``), one rollout each, held at a 10 % canary
+for an hour with a 10 s analysis interval, under the default worker layout: two
+``rollouts`` workers of concurrency 2, one worker for ``rollback`` and
+``reconcile``, one for runbooks and notifications, beat and the API. Once every
+rollout carries canary traffic the store is watched for a window, and these are
+measured:
+
+- checks_per_min: checks (advances that measured) per rollout per minute;
+- lag_p50_s / lag_p99_s: check start minus the time it was due (``next_check_at``,
+  sampled from the store every 0.25 s: each value lasts a whole interval);
+- noop_advances: advance tasks that did nothing (not due, lease held elsewhere),
+  by the workers' ``canary_advances_total{acted="false"}``;
+- prom_queries_per_round: queries Prometheus answered per round (one check of
+  every rollout);
+- per_rollout_queries_per_round: the same for the per-rollout path (equal until
+  checks are batched across rollouts);
+- worker_rss_mb: resident memory of all worker processes and their children;
+- redis_keys: keys in the broker's Redis;
+- metrics_scrape_ms: the median of five ``GET /metrics`` on the API.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from bisect import bisect_right
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
+
+from config import PLANS_DIR
+from config.settings import Settings
+from controller.lab.controllers import LabSettings
+from controller.lab.fleet import CANARY_VERSION, STABLE_VERSION, FleetLab, FleetService
+from controller.operations import start_rollout
+from controller.plan import Plan
+from controller.plan_loader import load_plan
+from controller.store.db import session_factory
+from controller.store.models import Event, Rollout
+
+INTERVAL_S = 10.0
+DEFAULT_RECONCILE_S = Settings.model_fields["reconcile_interval_seconds"].default
+
+
+def scale_plan() -> Plan:
+    """The demo plan for a fleet held at its canary: no gates, approvals or soak, a
+    10 s interval over a 40 s window, a canary held for an hour."""
+    data = load_plan(PLANS_DIR / "demo.yaml").model_dump(mode="json")
+    data["gates"] = {"recheck_interval": "10s"}
+    data["analysis"].update(interval=f"{INTERVAL_S:g}s", window="40s")
+    stages = [stage for stage in data["stages"] if stage["kind"] != "soak"]
+    for stage in stages:
+        stage.pop("approval", None)
+        if stage["kind"] == "canary":
+            stage.update(weight=10, hold="1h")
+    data["stages"] = stages
+    for criterion in data["stop_criteria"]:
+        if "min_requests" in criterion:
+            criterion["min_requests"] = 1
+        if criterion["judge"] == "rising_trend":
+            criterion.update(step="10s", min_points=4)
+    return Plan.from_data(data)
+
+
+@dataclass
+class ScaleFigures:
+    rollouts: int
+    checks_per_min: float
+    lag_p50_s: float
+    lag_p99_s: float
+    noop_advances: int
+    prom_queries_per_round: float
+    per_rollout_queries_per_round: float
+    worker_rss_mb: float
+    redis_keys: int
+    metrics_scrape_ms: float
+
+    def line(self) -> str:
+        return "scale " + " ".join(
+            f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+            for key, value in asdict(self).items()
+        )
+
+
+def check_lags(checks: dict[str, list[datetime]], dues: dict[str, set[datetime]]) -> list[float]:
+    """Seconds from due to start of each check: its due time is the latest
+    ``next_check_at`` seen for the rollout at or before the check began."""
+    lags = []
+    for rollout_id, starts in checks.items():
+        seen = sorted(dues.get(rollout_id, ()))
+        for began in starts:
+            index = bisect_right(seen, began) - 1
+            if index >= 0:
+                lags.append((began - seen[index]).total_seconds())
+    return lags
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class DueSampler:
+    """Samples every rollout's ``next_check_at`` from the store in a thread."""
+
+    def __init__(self, database_url: str, every: float = 0.25) -> None:
+        self.sessions = session_factory(database_url)
+        self.every = every
+        self.dues: dict[str, set[datetime]] = defaultdict(set)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            with self.sessions() as session:
+                for rollout_id, due in session.execute(select(Rollout.id, Rollout.next_check_at)):
+                    self.dues[rollout_id].add(due)
+
+
+def idle_advances(lab: FleetLab) -> float:
+    """Advance tasks that did nothing so far (``canary_advances_total{acted="false"}``),
+    by every worker's own counter."""
+    total = 0.0
+    for address in lab.worker_metrics.values():
+        text = httpx.get(f"http://{address}/metrics", trust_env=False, timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "canary_advances_total" and sample.labels.get("acted") == "false":
+                    total += sample.value
+    return total
+
+
+def prometheus_queries(url: str) -> float:
+    """Instant and range queries Prometheus has answered since it started."""
+    text = httpx.get(f"{url}/metrics", trust_env=False, timeout=10).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "prometheus_http_requests_total" and sample.labels.get("handler") in (
+                "/api/v1/query",
+                "/api/v1/query_range",
+            ):
+                total += sample.value
+    return total
+
+
+def tree_rss_mb(pids: list[int]) -> float:
+    """Resident memory of ``pids`` and all their descendants, from /proc."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children[int(fields[1])].append(int(stat.parent.name))
+    seen, todo = set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            todo += children.get(pid, [])
+    kib = 0
+    for pid in seen:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    kib += int(line.split()[1])
+        except OSError:
+            continue
+    return kib / 1024
+
+
+def run_scale(
+    workdir: Path, rollouts: int, window_s: float = 60.0, say: Callable[[str], None] = print
+) -> ScaleFigures:
+    plan = scale_plan()
+    services = [FleetService(f"svc-{index:04d}") for index in range(rollouts)]
+    settings = LabSettings(reconcile_interval_seconds=DEFAULT_RECONCILE_S)
+    with FleetLab(workdir, services, settings, rps_per_service=1.0, scrape_interval="5s") as lab:
+        lab.start_worker("rollouts-1", "rollouts", concurrency=2)
+        lab.start_worker("rollouts-2", "rollouts", concurrency=2)
+        lab.start_worker("rollback", "rollback,reconcile", concurrency=2)
+        lab.start_worker("aftercare", "runbook,notify", concurrency=1)
+        lab.start_beat()
+        api = lab.start_api()
+        sessions = session_factory(lab.database_url)
+        for name in lab.services:
+            with sessions() as session:
+                start_rollout(
+                    session,
+                    plan,
+                    service=name,
+                    version=CANARY_VERSION,
+                    stable=STABLE_VERSION,
+                    created_by="bench",
+                    now=datetime.now(UTC),
+                    router_for=lab.router_for,
+                    variables=lab.plan_variables(name),
+                )
+        say(f"{rollouts} rollouts started; waiting for every canary to take traffic")
+        deadline = time.monotonic() + max(120.0, rollouts * 0.5)
+        while time.monotonic() < deadline:
+            with sessions() as session:
+                at_canary = (
+                    session.scalar(select(Rollout.id).where(Rollout.weight != 10).limit(1)) is None
+                )
+            if at_canary:
+                break
+            time.sleep(1)
+        say("measuring" if at_canary else "measuring (not every canary took traffic)")
+        sampler = DueSampler(lab.database_url)
+        sampler.start()
+        time.sleep(INTERVAL_S)  # every rollout's current due time sampled
+        idle_before, queries_before = idle_advances(lab), prometheus_queries(lab.prometheus.url)
+        began = datetime.now(UTC)
+        time.sleep(window_s)
+        ended = datetime.now(UTC)
+        idle_after, queries_after = idle_advances(lab), prometheus_queries(lab.prometheus.url)
+        sampler.stop()
+        with sessions() as session:
+            written = session.execute(
+                select(Event.rollout_id, Event.at, Event.kind).where(
+                    Event.at >= began, Event.at < ended
+                )
+            ).all()
+        checks: dict[str, list[datetime]] = defaultdict(list)
+        for rollout_id, at in sorted({(r, a) for r, a, kind in written if kind == "measurement"}):
+            checks[rollout_id].append(at)
+        checked = sum(len(starts) for starts in checks.values())
+        rounds = checked / rollouts if rollouts else 0.0
+        lags = check_lags(checks, sampler.dues)
+        queries = queries_after - queries_before
+        scrapes = []
+        for _ in range(5):
+            began_scrape = time.perf_counter()
+            httpx.get(f"{api}/metrics", trust_env=False, timeout=30)
+            scrapes.append((time.perf_counter() - began_scrape) * 1000)
+        assert lab.redis is not None
+        keys = redis.Redis.from_url(lab.redis.url).dbsize()
+        workers = [lab.workers[name].pid for name in lab.worker_metrics]
+        return ScaleFigures(
+            rollouts=rollouts,
+            checks_per_min=round(checked / rollouts / (window_s / 60), 2),
+            lag_p50_s=round(statistics.median(lags), 2) if lags else float("nan"),
+            lag_p99_s=round(percentile(lags, 0.99), 2),
+            noop_advances=round(idle_after - idle_before),
+            prom_queries_per_round=round(queries / rounds, 1) if rounds else float("nan"),
+            per_rollout_queries_per_round=round(queries / rounds, 1) if rounds else float("nan"),
+            worker_rss_mb=round(tree_rss_mb(workers), 1),
+            redis_keys=int(keys),
+            metrics_scrape_ms=round(statistics.median(scrapes), 1),
+        )
