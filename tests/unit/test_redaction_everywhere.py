@@ -290,6 +290,8 @@ def test_advance_and_rollback_tasks_return_masked_sentences(
     import tasks.rollout
 
     class Result:
+        acted = True
+
         def sentence(self) -> str:
             return leaky("ro-1 running at canary:")
 
