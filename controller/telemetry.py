@@ -81,8 +81,16 @@ class StoreCollector(Collector):
             "Limit of each stop criterion at its last measurement.",
             labels=["rollout_id", "service", "criterion"],
         )
-        rollouts = session.scalars(
-            select(Rollout).where(Rollout.state.in_([str(s) for s in ACTIVE_STATES]))
+        # Only the columns shown: a rollout's plan is kilobytes of JSON to parse.
+        rollouts = session.execute(
+            select(
+                Rollout.id,
+                Rollout.service,
+                Rollout.canary_version,
+                Rollout.state,
+                Rollout.weight,
+                Rollout.analysis,
+            ).where(Rollout.state.in_([str(s) for s in ACTIVE_STATES]))
         ).all()
         for rollout in rollouts:
             if rollout.weight is not None:
@@ -163,8 +171,10 @@ class StoreCollector(Collector):
             labels=["rollout_id", "service", "state"],
         )
         held = [RolloutState.PAUSED, RolloutState.BLOCKED, *ROLLBACK_STATES]
-        for rollout in session.scalars(
-            select(Rollout).where(Rollout.state.in_([str(s) for s in held]))
+        for rollout in session.execute(
+            select(
+                Rollout.id, Rollout.service, Rollout.state, Rollout.weight, Rollout.analysis
+            ).where(Rollout.state.in_([str(s) for s in held]))
         ):
             analysis = rollout.analysis or {}
             labels = [rollout.id, rollout.service, rollout.state]

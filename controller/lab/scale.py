@@ -42,7 +42,7 @@ from config import PLANS_DIR
 from config.settings import Settings
 from controller.lab.controllers import LabSettings
 from controller.lab.fleet import CANARY_VERSION, STABLE_VERSION, FleetLab, FleetService
-from controller.operations import start_rollout
+from controller.operations import OperationError, start_rollout
 from controller.plan import Plan
 from controller.plan_loader import load_plan
 from controller.store.db import session_factory
@@ -204,18 +204,7 @@ def run_scale(
         api = lab.start_api()
         sessions = session_factory(lab.database_url)
         for name in lab.services:
-            with sessions() as session:
-                start_rollout(
-                    session,
-                    plan,
-                    service=name,
-                    version=CANARY_VERSION,
-                    stable=STABLE_VERSION,
-                    created_by="bench",
-                    now=datetime.now(UTC),
-                    router_for=lab.router_for,
-                    variables=lab.plan_variables(name),
-                )
+            _start(lab, plan, name)
         say(f"{rollouts} rollouts started; waiting for every canary to take traffic")
         deadline = time.monotonic() + max(120.0, rollouts * 0.5)
         while time.monotonic() < deadline:
@@ -269,3 +258,27 @@ def run_scale(
             redis_keys=int(keys),
             metrics_scrape_ms=round(statistics.median(scrapes), 1),
         )
+
+
+def _start(lab: FleetLab, plan: Plan, service: str, attempts: int = 10) -> None:
+    """Start one rollout as the CLI would; a router too busy to answer the start's
+    read-back in time (hundreds of services starting at once) is asked again."""
+    for attempt in range(attempts):
+        try:
+            with session_factory(lab.database_url)() as session:
+                start_rollout(
+                    session,
+                    plan,
+                    service=service,
+                    version=CANARY_VERSION,
+                    stable=STABLE_VERSION,
+                    created_by="bench",
+                    now=datetime.now(UTC),
+                    router_for=lab.router_for,
+                    variables=lab.plan_variables(service),
+                )
+            return
+        except OperationError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1)
