@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from functools import wraps
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,9 +34,11 @@ from controller.backtest import (
     time_range,
 )
 from controller.durations import format_duration, parse_duration
+from controller.exit_codes import ExitCode, for_http_status, table
 from controller.lab.errors import LabError
-from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
+from controller.metrics.prometheus import PrometheusProvider, RetryPolicy, redact_url
 from controller.operations import (
+    OperationConflict,
     OperationError,
     OperationOutcome,
     abort_rollout,
@@ -71,9 +74,30 @@ from controller.views import DetailFollower, event_view, rollout_summary
 
 app = typer.Typer(
     no_args_is_help=True,
-    add_completion=False,
     help="Canary rollouts judged by Prometheus, driven by Celery workers.",
+    epilog="Exit codes:\n\n" + table().replace("\n", "\n\n"),
 )
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON; an error as JSON on stderr")]
+
+
+def _version(show: bool) -> None:
+    if show:
+        print(f"canary {package_version('canary-controller')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Canary rollouts judged by Prometheus, driven by Celery workers."""
+
+
 plan_app = typer.Typer(no_args_is_help=True, help="Work with plan files.")
 db_app = typer.Typer(no_args_is_help=True, help="The state store.")
 app.add_typer(plan_app, name="plan")
@@ -86,33 +110,68 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the errors people can act on into a message and exit code 2."""
+    """Turn the errors people can act on into a message on stderr (JSON with
+    ``--json``) and the exit code of the table (``controller.exit_codes``)."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (SettingsError, OperationError, LabError) as exc:
-            err.print(f"error: {exc}", markup=False, highlight=False)
-            raise typer.Exit(2) from None
-        except PlanError as exc:
-            err.print(
-                f"plan is not valid ({len(exc.problems)} problem(s)):\n{exc}",
-                markup=False,
-                highlight=False,
-            )
-            raise typer.Exit(2) from None
-        except OperationalError as exc:
-            err.print(f"error: cannot use the database: {exc.orig}", markup=False)
-            raise typer.Exit(1) from None
-        except ApiRefused as exc:
-            err.print(f"error: the API refused ({exc.status}): {exc}", markup=False)
-            raise typer.Exit(2) from None
-        except ApiUnavailable as exc:
-            err.print(f"error: {exc}", markup=False)
-            raise typer.Exit(1) from None
+        except (
+            SettingsError,
+            OperationError,
+            LabError,
+            PlanError,
+            OperationalError,
+            ApiRefused,
+            ApiUnavailable,
+        ) as exc:
+            code, message = _classify(exc)
+            _fail(code, message, as_json=bool(kwargs.get("as_json")), problems=_problems(exc))
 
     return wrapper
+
+
+def _classify(exc: Exception) -> tuple[ExitCode, str]:
+    """The exit code of an error, and what to say."""
+    if isinstance(exc, OperationalError):
+        return ExitCode.UNAVAILABLE, f"cannot use the database: {exc.orig}"
+    if isinstance(exc, ApiRefused):
+        return for_http_status(exc.status), f"the API refused ({exc.status}): {exc}"
+    if isinstance(exc, ApiUnavailable):
+        return ExitCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, PlanError):
+        return ExitCode.BAD_INPUT, f"plan is not valid ({len(exc.problems)} problem(s)):\n{exc}"
+    if isinstance(exc, LabError):
+        return ExitCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, OperationError) and str(exc).startswith("id: no "):
+        return ExitCode.NOT_FOUND, str(exc)
+    if isinstance(exc, OperationConflict):
+        return ExitCode.REFUSED, str(exc)  # as the API's 409: another rollout is active
+    return ExitCode.BAD_INPUT, str(exc)
+
+
+def _problems(exc: Exception) -> list[dict[str, Any]] | None:
+    if isinstance(exc, PlanError):
+        return [{"path": p.path, "line": p.line, "message": p.message} for p in exc.problems]
+    return None
+
+
+def _fail(
+    code: ExitCode,
+    message: str,
+    as_json: bool = False,
+    problems: list[dict[str, Any]] | None = None,
+) -> None:
+    """Say what went wrong on stderr and exit with ``code``."""
+    if as_json:
+        error: dict[str, Any] = {"code": int(code), "kind": code.name.lower(), "message": message}
+        if problems is not None:
+            error["problems"] = problems
+        print(json.dumps({"error": error}), file=sys.stderr)
+    else:
+        err.print(f"error: {message}", markup=False, highlight=False)
+    raise typer.Exit(int(code))
 
 
 def _sessions():
@@ -197,6 +256,7 @@ def plan_validate(
         list[str] | None,
         typer.Option(help="With --check-against: a plan variable, name=value (repeatable)"),
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Check a plan file; report every problem with its field path and line.
 
@@ -204,15 +264,28 @@ def plan_validate(
     matcher is parsed with Alertmanager's grammar, as when a rollout starts."""
     loaded = load_plan(plan)
     steps = loaded.steps()
-    out.print(
-        f"{plan}: plan {loaded.name!r} is valid: {len(steps)} steps, "
-        f"{len(loaded.stop_criteria)} stop criteria",
-        markup=False,
-    )
-    for step in steps:
+    report: dict[str, Any] = {
+        "file": str(plan),
+        "name": loaded.name,
+        "valid": True,
+        "steps": [
+            {"index": step.index, "label": step.label, "hold": format_duration(step.hold)}
+            for step in steps
+        ],
+        "stop_criteria": [c.name for c in loaded.stop_criteria],
+    }
+    if not as_json:
         out.print(
-            f"  {step.index + 1}. {step.label:<24} hold {format_duration(step.hold)}", markup=False
+            f"{plan}: plan {loaded.name!r} is valid: {len(steps)} steps, "
+            f"{len(loaded.stop_criteria)} stop criteria",
+            markup=False,
         )
+        for step in steps:
+            out.print(
+                f"  {step.index + 1}. {step.label:<24} hold {format_duration(step.hold)}",
+                markup=False,
+            )
+    failing = False
     if check_against is not None:
         overrides = _variables(var)
         undeclared = sorted(set(overrides) - set(loaded.variables))
@@ -230,23 +303,40 @@ def plan_validate(
             stable_version=stable,
             overrides=overrides,
         )
-        if not _check_queries(check_against, plan_queries(loaded, values)):
-            raise typer.Exit(1)
+        results = _check_queries(check_against, plan_queries(loaded, values))
+        failing = any(r.status == "failing" for r in results)
+        report["queries"] = [
+            {
+                "path": r.query.path,
+                "owner": r.query.owner,
+                "status": r.status,
+                "detail": r.detail,
+                "query": r.query.text,
+            }
+            for r in results
+        ]
+        if not as_json:
+            _print_checks(check_against, results)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    if failing:
+        raise typer.Exit(int(ExitCode.REFUSED))
 
 
-def _check_queries(url: str, queries: list[PlanQuery]) -> bool:
-    """Print what Prometheus answers to each query; True when none failed."""
+def _check_queries(url: str, queries: list[PlanQuery]) -> list[Any]:
+    """What Prometheus answers to each query (ok, empty or failing)."""
     try:
         prometheus = PrometheusProvider(url, timeout_seconds=5.0, retry=RetryPolicy(attempts=1))
     except ValueError as exc:
         raise OperationError(f"check-against: {exc}") from None
     with prometheus:
-        out.print(
-            f"checking {len(queries)} queries against {prometheus.url}:",
-            markup=False,
-            highlight=False,
-        )
-        results = check_queries(queries, prometheus)
+        return check_queries(queries, prometheus)
+
+
+def _print_checks(url: str, results: list[Any]) -> None:
+    out.print(
+        f"checked {len(results)} queries against {redact_url(url)}:", markup=False, highlight=False
+    )
     for result in results:
         owner = f" ({result.query.owner})" if result.query.owner else ""
         note = " (warning)" if result.status == "empty" else ""
@@ -264,7 +354,6 @@ def _check_queries(url: str, queries: list[PlanQuery]) -> bool:
         markup=False,
         highlight=False,
     )
-    return counts["failing"] == 0
 
 
 @db_app.command("upgrade")
@@ -313,11 +402,63 @@ def start(
             "expects; the reason is recorded"
         ),
     ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Follow it to the end; exit 0 if it succeeded, 1 if it was rolled back or aborted",
+        ),
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Refresh interval of --wait, seconds")] = 2.0,
+    as_json: JsonFlag = False,
 ) -> None:
     """Start a rollout; prints its id. Workers pick it up within seconds.
 
     It starts only when the router gives the stable slot all traffic and the other
     slot none, and the stable version is the one the store records."""
+    rollout_id = _start(plan, service, version, stable, var, force)
+    if as_json and not wait:
+        print(json.dumps({"id": rollout_id}))
+    elif not wait:
+        print(rollout_id)
+    if wait:
+        final = _watch(_reader(rollout_id), _reader(rollout_id)(), as_json, max(interval, 0.2))
+        if final["state"] != "succeeded":
+            _fail(
+                ExitCode.REFUSED,
+                f"rollout {rollout_id} {final['state']}: {final.get('reason') or ''}".rstrip(),
+                as_json=as_json,
+            )
+
+
+def _reader(rollout_id: str, events: int = 15) -> Callable[[], dict[str, Any]]:
+    """How to read where a rollout stands: from the API when configured, else from
+    the database (only the events since the last read)."""
+    client = _api_client()
+    if client is not None:
+        return lambda: client.call("GET", f"/api/v1/rollouts/{rollout_id}")
+    sessions = _sessions()
+    follower = DetailFollower(rollout_id, event_limit=events)
+
+    def read() -> dict[str, Any]:
+        with sessions() as session:
+            rollout = repository.get_rollout(session, rollout_id)
+            if rollout is None:
+                raise OperationError(f"id: no rollout {rollout_id!r}")
+            return follower.read(session, rollout)
+
+    return read
+
+
+def _start(
+    plan: str,
+    service: str,
+    version: str,
+    stable: str | None,
+    var: list[str] | None,
+    force: str | None,
+) -> str:
+    """Create the rollout (through the API when configured); its id."""
     variables = _variables(var)
     client = _api_client()
     if client is not None:
@@ -334,8 +475,7 @@ def start(
                 "force": force,
             },
         )
-        print(answer["id"])
-        return
+        return str(answer["id"])
     created_by = _os_user()
     with _sessions()() as session:
         if Path(plan).exists():
@@ -357,7 +497,7 @@ def start(
             url_policy=HostPolicy.from_setting(get_settings().allowed_url_hosts),
             plan_origin=origin,
         )
-        print(rollout.id)
+        return rollout.id
 
 
 def _variables(var: list[str] | None) -> dict[str, str]:
@@ -433,9 +573,8 @@ def status(
     """Show rollouts, or one rollout: where it stands, criteria against limits, events."""
     if rollout_id is None and watch:
         raise OperationError("id: --watch follows one rollout; give its id")
-    sessions = _sessions()
     if rollout_id is None:
-        with sessions() as session:
+        with _sessions()() as session:
             rows = [rollout_summary(r) for r in repository.list_rollouts(session)]
         if as_json:
             print(json.dumps(rows, indent=2))
@@ -443,16 +582,7 @@ def status(
             out.print(rollout_table(rows))
         return
 
-    follower = DetailFollower(rollout_id, event_limit=events)
-
-    def read() -> dict[str, Any]:
-        """Where the rollout stands, reading only the events since the last read."""
-        with sessions() as session:
-            rollout = repository.get_rollout(session, rollout_id)
-            if rollout is None:
-                raise OperationError(f"id: no rollout {rollout_id!r}")
-            return follower.read(session, rollout)
-
+    read = _reader(rollout_id, events)
     detail = read()
     if not watch:
         if as_json:
@@ -463,29 +593,43 @@ def status(
     _watch(read, detail, as_json, max(interval, 0.2))
 
 
+FINAL = ("succeeded", "rolled_back", "aborted")
+
+
 def _watch(
     read: Callable[[], dict[str, Any]], detail: dict[str, Any], as_json: bool, interval: float
-) -> None:
-    """Redraw (or, with --json, print a line per change) until the rollout ends."""
-    final = ("succeeded", "rolled_back", "aborted")
+) -> dict[str, Any]:
+    """Follow the rollout until it ends; its last detail. On a terminal the view is
+    redrawn in place; with --json, or when stdout is not a terminal (CI logs, ssh
+    pipes, files), one line is printed per change instead."""
+    live_view = not as_json and out.is_terminal
     last = None
     with (
         Live(detail_view(detail), console=out, auto_refresh=False, transient=False)
-        if not as_json
+        if live_view
         else nullcontext() as live
     ):
         while True:
-            if as_json:
-                line = json.dumps(detail)
+            if live_view:
+                live.update(detail_view(detail), refresh=True)
+            else:
+                line = json.dumps(detail) if as_json else progress_line(detail)
                 if line != last:
                     print(line, flush=True)
                     last = line
-            else:
-                live.update(detail_view(detail), refresh=True)
-            if detail["state"] in final:
-                return
+            if detail["state"] in FINAL:
+                return detail
             time.sleep(interval)
             detail = read()
+
+
+def progress_line(detail: dict[str, Any]) -> str:
+    """One line of where a rollout stands, for logs: printed when it changes."""
+    current = next((s["label"] for s in detail["steps"] if s["status"] == "current"), "-")
+    latest = detail["events"][-1]["message"] if detail.get("events") else ""
+    return (
+        f"{detail['id']} {detail['state']} step={current} weight={detail.get('weight')}% {latest}"
+    ).rstrip()
 
 
 @app.command()
@@ -510,6 +654,7 @@ def history(
 def abort(
     rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
     reason: Annotated[str, typer.Option(help="Why (kept in the event log)")] = "manual abort",
+    as_json: JsonFlag = False,
 ) -> None:
     """Stop a rollout and send all traffic back to stable."""
     _act(
@@ -518,6 +663,7 @@ def abort(
         lambda session, actor: abort_rollout(
             session, rollout_id, reason=reason, actor=actor, now=utcnow()
         ),
+        as_json=as_json,
     )
 
 
@@ -526,6 +672,7 @@ def abort(
 def rollback(
     rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
     reason: Annotated[str, typer.Option(help="Why (kept in the incident)")],
+    as_json: JsonFlag = False,
 ) -> None:
     """Roll back now: traffic to stable, the runbook, an incident."""
     _act(
@@ -534,6 +681,7 @@ def rollback(
         lambda session, actor: rollback_rollout(
             session, rollout_id, reason=reason, actor=actor, now=utcnow()
         ),
+        as_json=as_json,
     )
 
 
@@ -542,6 +690,7 @@ def rollback(
 def pause(
     rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
     reason: Annotated[str, typer.Option(help="Why")] = "manual pause",
+    as_json: JsonFlag = False,
 ) -> None:
     """Stop advancing; traffic stays where it is."""
     _act(
@@ -551,18 +700,22 @@ def pause(
             session, rollout_id, reason=reason, actor=actor, now=utcnow()
         ),
         enqueue=False,
+        as_json=as_json,
     )
 
 
 @app.command()
 @friendly_errors
-def resume(rollout_id: Annotated[str, typer.Argument(help="Rollout id")]) -> None:
+def resume(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id")], as_json: JsonFlag = False
+) -> None:
     """Carry on a paused rollout from where it stands."""
     _act(
         f"/api/v1/rollouts/{rollout_id}/resume",
         None,
         lambda session, actor: resume_rollout(session, rollout_id, actor=actor, now=utcnow()),
         enqueue=False,
+        as_json=as_json,
     )
 
 
@@ -575,6 +728,7 @@ def approve(
         str | None,
         typer.Option(help="Gate to approve: preflight or a stage (default: the one it waits at)"),
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Approve the gate a rollout waits at. The approver is who you are, never a name
     typed: the API token's name with CANARY_API_URL and CANARY_TOKEN set, else your
@@ -592,18 +746,22 @@ def approve(
             via="database (OS user)",
         ),
         enqueue=False,
+        as_json=as_json,
     )
 
 
 @app.command()
 @friendly_errors
-def recheck(rollout_id: Annotated[str, typer.Argument(help="Rollout id")]) -> None:
+def recheck(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id")], as_json: JsonFlag = False
+) -> None:
     """Check a blocked rollout's gates again now."""
     _act(
         f"/api/v1/rollouts/{rollout_id}/recheck",
         None,
         lambda session, actor: recheck_rollout(session, rollout_id, actor=actor, now=utcnow()),
         enqueue=False,
+        as_json=as_json,
     )
 
 
@@ -612,6 +770,7 @@ def recheck(rollout_id: Annotated[str, typer.Argument(help="Rollout id")]) -> No
 def reconcile_done(
     service: Annotated[str, typer.Argument(help="The service whose data was reconciled")],
     note: Annotated[str, typer.Option(help="What was reconciled and how (the audit trail)")],
+    as_json: JsonFlag = False,
 ) -> None:
     """Record that a failed-writes rollback's data was reconciled; the service's next
     rollout waits for this."""
@@ -622,6 +781,7 @@ def reconcile_done(
             session, service, note=note, actor=actor, now=utcnow()
         ),
         enqueue=False,
+        as_json=as_json,
     )
 
 
@@ -630,6 +790,7 @@ def reconcile_done(
 def promote(
     rollout_id: Annotated[str, typer.Argument(help="Rollout id")],
     reason: Annotated[str, typer.Option(help="Why the hold is cut short")],
+    as_json: JsonFlag = False,
 ) -> None:
     """Skip the rest of the current hold (the criteria must still pass)."""
     _act(
@@ -639,6 +800,7 @@ def promote(
             session, rollout_id, actor=actor, reason=reason, now=utcnow()
         ),
         enqueue=False,
+        as_json=as_json,
     )
 
 
@@ -668,6 +830,7 @@ def _act(
     body: dict[str, Any] | None,
     direct: Callable[[Any, str], OperationOutcome],
     enqueue: bool = True,
+    as_json: bool = False,
 ) -> None:
     """One mutating command: through the API when configured (the API records the
     token's identity and hands rollbacks over itself), else on the database as the
@@ -678,11 +841,12 @@ def _act(
         _report(
             OperationOutcome(answer["rollout_id"], answer["accepted"], answer["message"]),
             enqueue=False,
+            as_json=as_json,
         )
         return
     actor = _os_user()
     with _sessions()() as session:
-        _report(direct(session, actor), enqueue=enqueue)
+        _report(direct(session, actor), enqueue=enqueue, as_json=as_json)
 
 
 @incident_app.command("show")
@@ -726,12 +890,16 @@ def api(
     )
 
 
-def _report(outcome: OperationOutcome, enqueue: bool = True) -> None:
-    """Print what happened; hand an accepted rollback straight to the rollback queue
-    (the reconcile loop picks it up anyway if the broker cannot be reached)."""
-    out.print(outcome.message, markup=False)
+def _report(outcome: OperationOutcome, enqueue: bool = True, as_json: bool = False) -> None:
+    """Print what happened (a refusal on stderr, exit 1); hand an accepted rollback
+    straight to the rollback queue (the reconcile loop picks it up anyway if the
+    broker cannot be reached)."""
     if not outcome.accepted:
-        raise typer.Exit(1)
+        _fail(ExitCode.REFUSED, outcome.message, as_json=as_json)
+    if as_json:
+        print(json.dumps(_outcome_json(outcome)))
+    else:
+        out.print(outcome.message, markup=False)
     if enqueue:
         try:
             from tasks.dispatch import enqueue_rollback
@@ -743,6 +911,14 @@ def _report(outcome: OperationOutcome, enqueue: bool = True) -> None:
                 "reconcile loop will start the rollback",
                 markup=False,
             )
+
+
+def _outcome_json(outcome: OperationOutcome) -> dict[str, Any]:
+    return {
+        "rollout_id": outcome.rollout_id,
+        "accepted": outcome.accepted,
+        "message": outcome.message,
+    }
 
 
 @app.command()

@@ -41,6 +41,11 @@ class OperationError(Exception):
     """A request that cannot be carried out; the message says which field and why."""
 
 
+class OperationConflict(OperationError):
+    """Refused by the state of things, not by the input: another rollout of the
+    service is active (the API's 409, the CLI's exit 1)."""
+
+
 def check_identifier(field: str, value: str) -> str:
     if not _IDENTIFIER.match(value or ""):
         raise OperationError(
@@ -145,7 +150,7 @@ def start_rollout(
         )
     ).first()
     if active:
-        raise OperationError(
+        raise OperationConflict(
             f"service: {service} already has an active rollout ({active}); "
             "abort it or wait for it to finish"
         )
@@ -167,7 +172,7 @@ def start_rollout(
         # Another start of the same service won the race between our check and our
         # insert: the database's one-active-rollout index refused this one.
         session.rollback()
-        raise OperationError(
+        raise OperationConflict(
             f"service: {service} already has an active rollout (started concurrently); "
             "abort it or wait for it to finish"
         ) from None

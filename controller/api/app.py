@@ -213,7 +213,8 @@ def create_app(
 
     @app.exception_handler(operations.OperationError)
     async def _operation_error(_request: Request, exc: operations.OperationError) -> JSONResponse:
-        code = 404 if str(exc).startswith("id: no ") else 409 if "already" in str(exc) else 422
+        conflict = isinstance(exc, operations.OperationConflict)
+        code = 404 if str(exc).startswith("id: no ") else 409 if conflict else 422
         field, _, message = str(exc).partition(": ")
         return JSONResponse({"detail": [{"loc": [field], "msg": message}]}, status_code=code)
 

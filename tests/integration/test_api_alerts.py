@@ -364,14 +364,14 @@ def test_operators_start_from_plans_an_admin_registered(stack) -> None:
     inline = canary(
         "start", str(PLANS_DIR / "demo.yaml"), "--service", "x", "--version", "2", env=as_olga
     )
-    assert inline.returncode == 2 and "an inline plan needs admin" in inline.stderr
+    assert inline.returncode == 5 and "an inline plan needs admin" in inline.stderr  # not allowed
     paused = canary("pause", rollout_id, "--reason", "look", env=as_olga)
     assert paused.returncode == 0, paused.stderr
     events = call("GET", f"{api}/api/v1/rollouts/{rollout_id}/events", VIEWER).json()
     assert [e["actor"] for e in events if e["kind"] == "paused"] == ["olga"]
     aborted = canary("abort", rollout_id, env={"CANARY_API_URL": api, "CANARY_TOKEN": VIEWER})
     assert (
-        aborted.returncode == 2 and "(403)" in aborted.stderr and "needs operator" in aborted.stderr
+        aborted.returncode == 5 and "(403)" in aborted.stderr and "needs operator" in aborted.stderr
     )
     aborted = canary("abort", rollout_id, "--reason", "done", env=as_olga)
     assert aborted.returncode == 0, aborted.stderr

@@ -91,14 +91,26 @@ def test_start_status_abort_on_postgres(postgres_url: str, slots: HAProxyServer)
     again = canary(
         "start", plan, "--service", "checkout", "--version", "2.0.1", "--stable", "1.0.0", env=env
     )
-    assert again.returncode == 2 and "already has an active rollout" in again.stderr
+    assert again.returncode == 1 and "already has an active rollout" in again.stderr  # refused
 
     listed = json.loads(canary("status", "--json", env=env).stdout)
     assert [r["id"] for r in listed] == [rollout_id]
     assert listed[0]["state"] == "pending" and listed[0]["created_by"] == me
 
-    aborted = canary("abort", rollout_id, "--reason", "wrong build", env=env)
-    assert aborted.returncode == 0 and "abort accepted" in aborted.stdout
+    aborted = canary("abort", rollout_id, "--reason", "wrong build", "--json", env=env)
+    assert aborted.returncode == 0, aborted.stderr
+    assert json.loads(aborted.stdout) == {
+        "rollout_id": rollout_id,
+        "accepted": True,
+        "message": json.loads(aborted.stdout)["message"],
+    }
+    assert "abort accepted" in json.loads(aborted.stdout)["message"]
+    # Refused by the state: on stderr, exit 1; with --json, as JSON on stderr.
+    refused = canary("resume", rollout_id, env=env)
+    assert refused.returncode == 1 and refused.stderr.strip() and not refused.stdout.strip()
+    refused = canary("pause", rollout_id, "--json", env=env)
+    error = json.loads(refused.stderr.strip().splitlines()[-1])["error"]
+    assert refused.returncode == 1 and error["code"] == 1 and error["kind"] == "refused"
     detail = json.loads(canary("status", rollout_id, "--json", env=env).stdout)
     assert detail["state"] == "rolling_back"
     assert detail["reason"] == f"aborted by {me}: wrong build"
@@ -108,7 +120,13 @@ def test_start_status_abort_on_postgres(postgres_url: str, slots: HAProxyServer)
     assert human.returncode == 0 and "rolling_back" in human.stdout
 
     missing = canary("status", "r-nope", env=env)
-    assert missing.returncode == 2 and "no rollout 'r-nope'" in missing.stderr
+    assert missing.returncode == 3 and "no rollout 'r-nope'" in missing.stderr  # not found
+    missing = canary("status", "r-nope", "--json", env=env)
+    assert json.loads(missing.stderr)["error"] == {
+        "code": 3,
+        "kind": "not_found",
+        "message": "id: no rollout 'r-nope'",
+    }
     unwatchable = canary("status", "--watch", env=env)
     assert unwatchable.returncode == 2 and "--watch follows one rollout" in unwatchable.stderr
 
@@ -196,3 +214,19 @@ def test_reconcile_done_says_when_there_is_nothing_to_record(sqlite_url: str) ->
     assert "checkout has no reconciliation pending" in nothing.stderr
     bad = canary("reconcile-done", "check out", "--note", "x", env=env)
     assert bad.returncode == 2 and "service: 'check out' is not allowed" in bad.stderr
+
+
+def test_version_json_plan_check_and_the_exit_code_table(tmp_path: Path) -> None:
+    version = canary("--version")
+    assert version.returncode == 0 and version.stdout.startswith("canary ")
+    assert "Exit codes" in canary("--help").stdout
+    valid = canary("plan", "validate", str(PLANS_DIR / "demo.yaml"), "--json")
+    report = json.loads(valid.stdout)
+    assert valid.returncode == 0 and report["valid"] and report["name"] == "demo"
+    assert len(report["steps"]) == 6 and len(report["stop_criteria"]) == 6
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nstages: []\n")
+    invalid = canary("plan", "validate", str(bad), "--json")
+    error = json.loads(invalid.stderr)["error"]
+    assert invalid.returncode == 2 and error["kind"] == "bad_input" and not invalid.stdout
+    assert any(p["path"] == "stages" for p in error["problems"])

@@ -22,7 +22,9 @@ def test_require_binary_says_how_to_install(monkeypatch: pytest.MonkeyPatch, nam
         require_binary(name)
 
 
-def test_demo_turns_a_missing_binary_into_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_turns_a_missing_binary_into_exit_4_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def no_haproxy(**_kwargs: object) -> dict:
         raise MissingBinaryError(
             "'haproxy' is not installed or not on PATH; install it with: apt-get install -y haproxy"
@@ -30,6 +32,6 @@ def test_demo_turns_a_missing_binary_into_exit_2(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(controller.demo.runner, "run_demo", no_haproxy)
     result = CliRunner().invoke(app, ["demo", "--json"])
-    assert result.exit_code == 2
+    assert result.exit_code == 4
     assert "apt-get install -y haproxy" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -532,3 +532,34 @@ def test_following_a_rollout_reads_only_new_events_and_misses_none(world) -> Non
         )
         followed = follower.read(session, repository.get_rollout(session, rollout_id), clock.now)
     assert late.id in [e["id"] for e in followed["events"]]
+
+
+def test_following_without_a_terminal_prints_one_line_per_change(capsys) -> None:
+    """``status --watch`` / ``start --wait`` in a CI log or a pipe: a line when
+    something changes, not a redraw, and it returns the final detail."""
+    from controller.cli import _watch
+
+    def detail(state: str, weight: int, message: str) -> dict:
+        return {
+            "id": "r-1",
+            "state": state,
+            "weight": weight,
+            "steps": [{"label": "canary 10%", "status": "current"}],
+            "events": [{"message": message}],
+        }
+
+    frames = iter(
+        [
+            detail("running", 10, "weight 10%"),
+            detail("running", 10, "weight 10%"),
+            detail("succeeded", 100, "rollout succeeded"),
+        ]
+    )
+    final = _watch(lambda: next(frames), detail("pending", 0, "created"), False, 0)
+    lines = capsys.readouterr().out.splitlines()
+    assert final["state"] == "succeeded"
+    assert lines == [
+        "r-1 pending step=canary 10% weight=0% created",
+        "r-1 running step=canary 10% weight=10% weight 10%",
+        "r-1 succeeded step=canary 10% weight=100% rollout succeeded",
+    ]
