@@ -21,11 +21,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.table import Table
 
 from config import PLANS_DIR
+from config.settings import get_settings
 from controller.lab.stack import LabSettings, RolloutLab
 from controller.operations import approve_rollout, start_rollout
 from controller.plan import Plan
@@ -130,7 +132,12 @@ def run_demo(workdir: Path | None = None, console: Console | None = None) -> dic
     console = console or Console()
     plan = load_plan(DEMO_PLAN)
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="canary-demo-"))
-    settings = LabSettings(service="checkout", stable_version="1.0.0", canary_version="1.1.0")
+    settings = LabSettings(
+        service="checkout",
+        stable_version="1.0.0",
+        canary_version="1.1.0",
+        redis_db=redis_db_of(get_settings().broker_url),
+    )
     started = time.monotonic()
     console.print(f"[bold]canary demo[/]: starting the lab in {base}")
     with RolloutLab(base, settings) as lab:
@@ -236,3 +243,9 @@ def _print_summary(console: Console, results: list[dict[str, Any]], seconds: flo
     console.print(table)
     for r in results:
         console.print(f"{r['id']} {r['state']}: {r['reason']}", markup=False)
+
+
+def redis_db_of(url: str) -> int:
+    """The database number of a ``redis://host:port/N`` URL (0 when it has none)."""
+    path = urlsplit(url).path.strip("/")
+    return int(path) if path.isdigit() else 0

@@ -32,6 +32,9 @@ class LabSettings:
     lease_seconds: float = 45.0
     task_time_limit_seconds: float = 40.0
     own_redis: bool = False
+    # The database of a borrowed Redis (the one on 6379): the demo takes it from the
+    # settings' broker URL, so it lands where the operator said.
+    redis_db: int = 9
     # Like a service using labelled prometheus_client counters without pre-creating
     # them: error series appear only once the first error happens.
     lazy_error_series: bool = False

@@ -25,7 +25,6 @@ from controller.runtime import haproxy_router_factory
 from controller.traffic.base import TrafficRouter
 from controller.traffic.haproxy import HAProxyRouter
 
-DEMO_DB = 9  # Redis database the lab uses when it borrows a running Redis
 SLOTS = ("blue", "green")  # the two HAProxy servers of the service; blue starts stable
 
 
@@ -45,7 +44,7 @@ class RolloutLab(ControllerProcesses):
         """Start Redis, the demo services, HAProxy, Prometheus and the load."""
         s = self.settings
         try:
-            self.redis = self.group.add(ensure_redis(self.workdir, db=DEMO_DB, own=s.own_redis))
+            self.redis = self.group.add(ensure_redis(self.workdir, db=s.redis_db, own=s.own_redis))
             blue, green = SLOTS
             self.instances = {
                 blue: self._start_instance(s.stable_version, "production"),

@@ -48,3 +48,11 @@ def test_good_settings_load(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = get_settings()
     assert settings.database_url.startswith("postgresql+psycopg://")
     assert settings.flower_password.get_secret_value() == "s3cr3t:with-colon"
+
+
+def test_the_demo_borrows_the_redis_database_of_the_broker_url() -> None:
+    from controller.demo.runner import redis_db_of
+
+    assert redis_db_of("redis://127.0.0.1:6379/3") == 3
+    assert redis_db_of("redis://127.0.0.1:6379") == 0
+    assert redis_db_of("redis://:secret@redis:6379/12") == 12
