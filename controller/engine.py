@@ -363,8 +363,10 @@ class _Advance:
         rollout.state = RolloutState.BLOCKED
         rollout.reason = reason
         rollout.next_check_at = self.now + self.plan.gates.recheck_interval
-        self.event("blocked", reason, {"gate": gate, "checks": [r.as_dict() for r in results]})
         if first:
+            # One event per change of reason: a gate rechecked every few seconds
+            # for an hour would otherwise fill the log with the same sentence.
+            self.event("blocked", reason, {"gate": gate, "checks": [r.as_dict() for r in results]})
             self.lifecycle.append("blocked")
         self.commit()
         return self.result(f"blocked: {reason}")
