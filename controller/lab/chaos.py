@@ -35,11 +35,15 @@ from typing import Any
 
 from sqlalchemy import select
 
-from config import PLANS_DIR
-from controller.lab.fleet import CANARY_VERSION, STABLE_VERSION, FleetLab, FleetService
+from controller.lab.fleet import (
+    CANARY_VERSION,
+    STABLE_VERSION,
+    FleetLab,
+    FleetService,
+    fleet_plan_data,
+)
 from controller.operations import start_rollout
 from controller.plan import Plan
-from controller.plan_loader import load_plan
 from controller.store.db import session_factory
 from controller.store.models import FINAL_STATES, Event, Outbox, Rollout
 
@@ -97,24 +101,19 @@ def chaos_plan() -> Plan:
     no staging slot), a 2 s interval and trend step (the fleet's scrape interval),
     and the standard plan's patience with a metrics outage (an error limit above a
     30 s Prometheus outage)."""
-    data = load_plan(PLANS_DIR / "demo.yaml").model_dump(mode="json")
+    data = fleet_plan_data(
+        canary_weight=20,
+        canary_hold="12s",
+        min_requests=5,  # a 20 % canary of 5 requests/s
+        trend_step="2s",  # the fleet is scraped every 2 s
+        min_points=5,
+    )
     gates = data["gates"]
     data["gates"] = {
         "recheck_interval": gates["recheck_interval"],
         "http": [g for g in gates["http"] if g["name"] == "stable-health"],
     }
     data["analysis"].update(interval="2s", window="10s", error_limit=40, inconclusive_limit=40)
-    stages = [stage for stage in data["stages"] if stage["kind"] != "soak"]
-    for stage in stages:
-        stage.pop("approval", None)
-        if stage["kind"] == "canary":
-            stage.update(weight=20, hold="12s")
-    data["stages"] = stages
-    for criterion in data["stop_criteria"]:
-        if "min_requests" in criterion:
-            criterion["min_requests"] = 5  # a 20 % canary of 5 requests/s
-        if criterion["judge"] == "rising_trend":
-            criterion.update(step="2s", min_points=5)  # the fleet is scraped every 2 s
     return Plan.from_data(data)
 
 

@@ -13,7 +13,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from config import PLANS_DIR
 from controller.demo.loadgen import LoadGenerator
 from controller.lab.controllers import ControllerProcesses, LabSettings
 from controller.lab.demo import PROJECT_ROOT, child_env
@@ -24,6 +26,7 @@ from controller.lab.process import ManagedProcess
 from controller.lab.prometheus import LAB_JOB, start_prometheus
 from controller.lab.redis import ensure_redis
 from controller.plan import Plan
+from controller.plan_loader import load_plan
 from controller.runtime import haproxy_router_factory
 from controller.store.db import migrate
 from controller.traffic.base import TrafficRouter
@@ -43,6 +46,27 @@ class FleetService:
     @property
     def faulty(self) -> bool:
         return any(value > 0 for value in self.faults.values())
+
+
+def fleet_plan_data(
+    canary_weight: int, canary_hold: str, min_requests: int, trend_step: str, min_points: int
+) -> dict[str, Any]:
+    """The demo plan as data, for a fleet: no staging soak (no staging slot) and no
+    approvals (nobody to approve), its canary, request minimums and trend step set
+    for the fleet's traffic and scrape interval. Callers change what else differs."""
+    data = load_plan(PLANS_DIR / "demo.yaml").model_dump(mode="json")
+    stages = [stage for stage in data["stages"] if stage["kind"] != "soak"]
+    for stage in stages:
+        stage.pop("approval", None)
+        if stage["kind"] == "canary":
+            stage.update(weight=canary_weight, hold=canary_hold)
+    data["stages"] = stages
+    for criterion in data["stop_criteria"]:
+        if "min_requests" in criterion:
+            criterion["min_requests"] = min_requests
+        if criterion["judge"] == "rising_trend":
+            criterion.update(step=trend_step, min_points=min_points)
+    return data
 
 
 class FleetLab(ControllerProcesses):

@@ -38,13 +38,17 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from config import PLANS_DIR
 from config.settings import Settings
 from controller.lab.controllers import LabSettings
-from controller.lab.fleet import CANARY_VERSION, STABLE_VERSION, FleetLab, FleetService
+from controller.lab.fleet import (
+    CANARY_VERSION,
+    STABLE_VERSION,
+    FleetLab,
+    FleetService,
+    fleet_plan_data,
+)
 from controller.operations import OperationError, start_rollout
 from controller.plan import Plan
-from controller.plan_loader import load_plan
 from controller.store.db import session_factory
 from controller.store.models import Event, Rollout
 
@@ -55,20 +59,11 @@ DEFAULT_RECONCILE_S = Settings.model_fields["reconcile_interval_seconds"].defaul
 def scale_plan() -> Plan:
     """The demo plan for a fleet held at its canary: no gates, approvals or soak, a
     10 s interval over a 40 s window, a canary held for an hour."""
-    data = load_plan(PLANS_DIR / "demo.yaml").model_dump(mode="json")
+    data = fleet_plan_data(
+        canary_weight=10, canary_hold="1h", min_requests=1, trend_step="10s", min_points=4
+    )
     data["gates"] = {"recheck_interval": "10s"}
     data["analysis"].update(interval=f"{INTERVAL_S:g}s", window="40s")
-    stages = [stage for stage in data["stages"] if stage["kind"] != "soak"]
-    for stage in stages:
-        stage.pop("approval", None)
-        if stage["kind"] == "canary":
-            stage.update(weight=10, hold="1h")
-    data["stages"] = stages
-    for criterion in data["stop_criteria"]:
-        if "min_requests" in criterion:
-            criterion["min_requests"] = 1
-        if criterion["judge"] == "rising_trend":
-            criterion.update(step="10s", min_points=4)
     return Plan.from_data(data)
 
 
