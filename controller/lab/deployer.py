@@ -19,7 +19,7 @@ _VALUE = re.compile(r"^[A-Za-z0-9_.:+-]{1,128}$")
 
 
 class Deployer:
-    """The HTTP server and the deploys it ran, ``[(slot, version), ...]``."""
+    """The HTTP server and the deploys asked of it, ``[(slot, version), ...]``."""
 
     def __init__(self, redeploy: Callable[[str, str], None]):
         self.redeploy = redeploy
@@ -30,9 +30,11 @@ class Deployer:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def _deploy(self, slot: str, version: str) -> None:
+        # Recorded when asked, before it runs: the slot serves the new version (and the
+        # rollout can finish) before ``redeploy`` returns.
+        self.deploys.append((slot, version))
         try:
             self.redeploy(slot, version)
-            self.deploys.append((slot, version))
         except Exception as exc:  # the slot's version check shows the deploy failed
             log.warning("lab_deploy_failed", slot=slot, version=version, error=str(exc))
 
