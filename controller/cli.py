@@ -52,6 +52,7 @@ from controller.operations import (
     rollback_rollout,
     start_rollout,
 )
+from controller.plan import plan_json_schema
 from controller.plan_checks import (
     SAMPLE_CANARY_VERSION,
     SAMPLE_SERVICE,
@@ -227,6 +228,15 @@ def plan_list() -> None:
             f"{row['registered_at']} {row['note']}".rstrip(),
             markup=False,
         )
+
+
+@plan_app.command("schema")
+@friendly_errors
+def plan_schema() -> None:
+    """Print the JSON Schema of a plan file, for editors (e.g. the YAML language
+    server: ``# yaml-language-server: $schema=plan.schema.json`` at the top of a plan).
+    It checks shapes and types; ``canary plan validate`` checks everything."""
+    print(json.dumps(plan_json_schema(), indent=2))
 
 
 @plan_app.command("validate")

@@ -22,11 +22,13 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import GenerateJsonSchema
 
-from controller.durations import format_duration, parse_duration
+from controller.durations import DURATION_PATTERN, format_duration, parse_duration
 from controller.notifications import NotificationTarget
 from controller.numbers import Count, Number
 from controller.regex_input import PatternError, compile_pattern
@@ -35,6 +37,14 @@ Duration = Annotated[
     timedelta,
     BeforeValidator(lambda v: v if isinstance(v, timedelta) else parse_duration(v)),
     PlainSerializer(format_duration, return_type=str),
+    # As plans spell it, for editors using ``canary plan schema`` (not ISO 8601).
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "description": "A duration: numbers with units ms, s, m, h, d, e.g. 30m, 90s, 1h30m",
+        }
+    ),
 ]
 
 
@@ -769,3 +779,18 @@ class Step:
     @property
     def label(self) -> str:
         return f"{self.stage} {self.weight}%" if self.kind in ("canary", "ramp") else self.stage
+
+
+class _PlanSchema(GenerateJsonSchema):
+    """Defaults as plans write them: ``1m``, not ISO 8601's ``PT1M``."""
+
+    def encode_default(self, dft: Any) -> Any:
+        if isinstance(dft, timedelta):
+            return format_duration(dft)
+        return super().encode_default(dft)
+
+
+def plan_json_schema() -> dict[str, Any]:
+    """JSON Schema of a plan file, for editors (``canary plan schema``)."""
+    schema = Plan.model_json_schema(schema_generator=_PlanSchema)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
