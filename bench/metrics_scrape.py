@@ -20,22 +20,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
-from sqlalchemy import create_engine, func, insert, select, text  # noqa: E402
+from sqlalchemy import func, insert, select, text  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 from config import PLANS_DIR  # noqa: E402
+from controller.lab.postgres import own_schema  # noqa: E402
 from controller.plan_loader import load_plan  # noqa: E402
 from controller.store import repository  # noqa: E402
 from controller.store.db import migrate, session_factory  # noqa: E402
@@ -47,21 +46,6 @@ DEFAULT_URL = os.environ.get(
 )
 CRITERIA = [c.name for c in load_plan(PLANS_DIR / "standard.yaml").stop_criteria]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-@contextmanager
-def own_schema(admin_url: str) -> Iterator[str]:
-    schema = f"bench_metrics_{secrets.token_hex(4)}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in admin_url else "?"
-    try:
-        yield f"{admin_url}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def fill(sessions: sessionmaker[Session], finished: int, active: int, checks: int) -> int:
@@ -194,7 +178,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--database-url", default=DEFAULT_URL)
     args = parser.parse_args()
-    with own_schema(args.database_url) as url:
+    with own_schema(args.database_url, prefix="bench_metrics") as url:
         migrate(url)
         sessions = session_factory(url)
         began = time.monotonic()

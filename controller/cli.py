@@ -427,18 +427,17 @@ def start(
     It starts only when the router gives the stable slot all traffic and the other
     slot none, and the stable version is the one the store records."""
     rollout_id = _start(plan, service, version, stable, var, force)
-    if as_json and not wait:
-        print(json.dumps({"id": rollout_id}))
-    elif not wait:
-        print(rollout_id)
-    if wait:
-        final = _watch(_reader(rollout_id), _reader(rollout_id)(), as_json, max(interval, 0.2))
-        if final["state"] != "succeeded":
-            _fail(
-                ExitCode.REFUSED,
-                f"rollout {rollout_id} {final['state']}: {final.get('reason') or ''}".rstrip(),
-                as_json=as_json,
-            )
+    if not wait:
+        print(json.dumps({"id": rollout_id}) if as_json else rollout_id)
+        return
+    read = _reader(rollout_id)
+    final = _watch(read, read(), as_json, max(interval, 0.2))
+    if final["state"] != "succeeded":
+        _fail(
+            ExitCode.REFUSED,
+            f"rollout {rollout_id} {final['state']}: {final.get('reason') or ''}".rstrip(),
+            as_json=as_json,
+        )
 
 
 def _reader(rollout_id: str, events: int = 15) -> Callable[[], dict[str, Any]]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+
+from controller.lab.postgres import own_schema
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "CANARY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -23,20 +23,12 @@ def postgres_schema() -> Iterator[str]:
     Each test gets its own schema (through ``search_path``) so tests never see
     each other's rows and nothing is left in the shared ``test`` database.
     """
-    schema = f"canary_test_{secrets.token_hex(4)}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:  # a clear failure, never a skip
-        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is needed: {exc}", pytrace=False)
-    separator = "&" if "?" in POSTGRES_ADMIN_URL else "?"
-    try:
-        yield f"{POSTGRES_ADMIN_URL}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(own_schema(POSTGRES_ADMIN_URL, prefix="canary_test"))
+        except Exception as exc:  # a clear failure, never a skip
+            pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is needed: {exc}", pytrace=False)
+        yield url
 
 
 @pytest.fixture

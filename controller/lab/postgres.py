@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import glob
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy import create_engine, text
 
 from controller.lab.binaries import require_binary
 from controller.lab.errors import LabError, MissingBinaryError
@@ -147,3 +152,25 @@ def start_postgres(workdir: Path, timeout: float = 60.0) -> PostgresServer:
         server.stop()
         raise
     return server
+
+
+@contextmanager
+def own_schema(admin_url: str, prefix: str = "canary") -> Iterator[str]:
+    """A URL into a fresh, empty schema of the PostgreSQL at ``admin_url`` (through
+    ``search_path``), dropped afterwards: a test or a benchmark sees only its own rows
+    and leaves nothing in a shared database."""
+    schema = f"{prefix}_{secrets.token_hex(4)}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except BaseException:
+        admin.dispose()
+        raise
+    separator = "&" if "?" in admin_url else "?"
+    try:
+        yield f"{admin_url}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

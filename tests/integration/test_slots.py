@@ -8,13 +8,18 @@ one service, a pause in the middle, an HAProxy reload, a redeploy of the stable 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from controller.lab.stack import RolloutLab
 from controller.operations import abort_rollout, pause_rollout
@@ -229,3 +234,35 @@ def test_redeploy_mode_ends_with_the_stable_slot_serving_the_new_version(lab: Ro
     shifts = [e.data["weight"] for e in events if e.kind == "weight_set"]
     assert shifts[-2:] == [100, 0]  # canary to 100 %, then all back to the stable slot
     assert any(e.kind == "redeploy" and e.data["ok"] for e in events)
+
+
+def test_start_wait_follows_a_release_to_its_end_in_a_log(lab: RolloutLab, tmp_path: Path) -> None:
+    """`canary start --wait` as a CI job runs it: stdout is a pipe, so one line per
+    change; exit 0 once the release succeeded, on the real workers and router (a
+    service whose error series appear only with the first error)."""
+    data = PLAN.model_dump(mode="json")
+    data["gates"].pop("approvals", None)
+    for stage in data["stages"]:
+        stage.pop("approval", None)
+    plan_file = tmp_path / "release.yaml"
+    plan_file.write_text(yaml.safe_dump(data))
+    version = deploy(lab)
+    with session_factory(lab.database_url)() as session:
+        known = repository.stable_release(session, lab.settings.service)
+    stable = known.stable_version if known else STABLE
+    variables = [f"--var={name}={value}" for name, value in lab.plan_variables().items()]
+    done = subprocess.run(
+        [sys.executable, "-m", "controller", "start", str(plan_file)]
+        + ["--service", lab.settings.service, "--version", version, "--stable", stable]
+        + [*variables, "--wait", "--interval", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, **lab.env()},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) >= 3 and "\x1b" not in done.stdout  # lines, not a redrawn screen
+    assert lines[-1].split()[1] == "succeeded"
+    assert len(set(lines)) == len(lines)  # a line per change, no repeats
+    assert versions_served(lab) == {version}
