@@ -179,8 +179,9 @@ def test_an_haproxy_reload_keeps_weights_and_a_careless_one_is_a_drift(lab: Roll
         lab.haproxy.reload(keep_state=True)  # the documented way: state file saved first
         assert lab.router().get_canary_weight() == weight
 
-        lab.haproxy.reload(keep_state=False)  # weights back to the config's
-        assert lab.router().get_canary_weight() == 0
+        # Weights back to the config's. Not read back here: the controller may already have
+        # seen the drift and re-asserted its weight; the drift event records what it read.
+        lab.haproxy.reload(keep_state=False)
         drift = wait_for(lab, rollout_id, lambda r, ev: any(e.kind == "drift" for e in ev))
         _, events = snapshot(lab, rollout_id)
         event = next(e for e in events if e.kind == "drift")
