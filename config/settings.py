@@ -43,6 +43,14 @@ class Settings(BaseSettings):
         "/run/haproxy/admin.sock", description="HAProxy runtime API socket (level admin)."
     )
     haproxy_timeout_seconds: float = Field(2.0, gt=0, le=30)
+    query_batch_slot_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=60,
+        description="Stop-criterion queries shared by many rollouts are asked once per slot "
+        "of this many seconds (at most half a plan's interval) for all of them; 0 asks "
+        "every rollout's queries on their own.",
+    )
     reconcile_interval_seconds: float = Field(
         2.0, gt=0, le=60, description="How often beat fires the reconcile task."
     )

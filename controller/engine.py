@@ -634,6 +634,8 @@ class _Advance:
             self.plan.analysis.window,
             self.now,
             previous_baselines=baselines,
+            shared=self.runtime.shared_answers,
+            interval=self.plan.analysis.interval,
         )
         for criterion, m in zip(criteria, measurements, strict=True):
             measured_baseline = m.judgement.details.get("measured_baseline")

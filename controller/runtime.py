@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
+from controller.analysis.batching import SharedAnswers
 from controller.analysis.runner import MetricsProvider
 from controller.incidents import post_incident
 from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
@@ -59,6 +60,9 @@ class Runtime:
     # task on the runbook or notify queue, so that a slow runbook or a dead endpoint
     # never delays a step, let alone a rollback. In-process by default.
     send_outbox: Callable[[int, str, str], object] = field(default=None)  # type: ignore[assignment]
+    # Answers of stop-criterion queries shared by every rollout this process checks
+    # (controller.analysis.batching); None asks each rollout's queries on their own.
+    shared_answers: SharedAnswers | None = None
 
     def __post_init__(self) -> None:
         if self.send_outbox is None:
@@ -66,13 +70,16 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
+        metrics = PrometheusProvider(
+            settings.prometheus_url,
+            timeout_seconds=settings.prometheus_timeout_seconds,
+            retry=RetryPolicy(attempts=settings.prometheus_attempts),
+        )
+        slot = settings.query_batch_slot_seconds
         return cls(
             sessions=session_factory(settings.database_url),
-            metrics=PrometheusProvider(
-                settings.prometheus_url,
-                timeout_seconds=settings.prometheus_timeout_seconds,
-                retry=RetryPolicy(attempts=settings.prometheus_attempts),
-            ),
+            metrics=metrics,
+            shared_answers=SharedAnswers(metrics, timedelta(seconds=slot)) if slot > 0 else None,
             router_for=router_factory(settings),
             lease=timedelta(seconds=settings.lease_seconds),
             rollback_attempts=settings.rollback_attempts,

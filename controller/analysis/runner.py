@@ -18,6 +18,7 @@ import structlog
 
 from controller import timeouts
 from controller.analysis import judges
+from controller.analysis.batching import SharedAnswers, batch_form
 from controller.analysis.verdict import Judgement, Verdict
 from controller.durations import format_duration
 from controller.metrics.prometheus import MetricsError, Sample, Series
@@ -50,6 +51,10 @@ class Measurement:
     queries: dict[str, str]
     inputs: dict[str, float | None]
     judgement: Judgement
+    # When the shared answers of batched queries were evaluated (None: asked per
+    # rollout, at the check's own time) and which roles were batched.
+    batched_at: datetime | None = None
+    batched_roles: tuple[str, ...] = ()
 
     @property
     def verdict(self) -> Verdict:
@@ -58,6 +63,16 @@ class Measurement:
     def as_event(self) -> dict:
         """The event-log payload: enough to re-check the decision by hand."""
         j = self.judgement
+        batched = (
+            {
+                "batched": {
+                    "evaluated_at": self.batched_at.isoformat(),
+                    "roles": list(self.batched_roles),
+                }
+            }
+            if self.batched_at is not None
+            else {}
+        )
         return {
             "criterion": self.criterion,
             "judge": self.judge,
@@ -68,6 +83,7 @@ class Measurement:
             "queries": self.queries,
             "inputs": {k: _json_number(v) for k, v in self.inputs.items()},
             "details": {k: _json_number(v) for k, v in j.details.items()},
+            **batched,
         }
 
 
@@ -99,18 +115,26 @@ def measure(
     default_window: timedelta,
     now: datetime,
     previous_baseline: float | None = None,
+    shared: SharedAnswers | None = None,
+    interval: timedelta | None = None,
 ) -> Measurement:
     """Measure ``criterion`` at ``now``; never raises for provider or data problems
-    (only when the task runs out of time, which is no verdict)."""
+    (only when the task runs out of time, which is no verdict).
+
+    With ``shared`` answers (and the plan's ``interval``), queries that can be asked
+    once for every rollout are (``controller.analysis.batching``); the others, and
+    every query without ``shared``, are asked for this rollout alone."""
     window = criterion.window or default_window
     values = {**variables, "window": format_duration(window)}
-    queries = {role: render_template(t, values) for role, t in criterion.queries().items()}
+    templates = criterion.queries()
+    queries = {role: render_template(t, values) for role, t in templates.items()}
+    asker = _Asker(provider, values, now, shared, interval)
     inputs: dict[str, float | None] = {}
     try:
         with timeouts.running(f"stop criterion {criterion.name}"):
             if isinstance(criterion, RisingTrend):
-                series = provider.range(
-                    queries["series"], now - window, now, criterion.step.total_seconds()
+                series = asker.range(
+                    "series", templates["series"], queries["series"], window, criterion.step
                 )
                 if len(series) > 1:
                     raise _SeriesShapeError(
@@ -122,7 +146,7 @@ def measure(
                 judgement = judges.rising_trend(criterion, points, criterion.step.total_seconds())
             else:
                 for role, query in queries.items():
-                    inputs[role] = _scalar(provider.instant(query, at=now))
+                    inputs[role] = _scalar(asker.instant(role, templates[role], query))
                 counted = _absent_errors_as_zero(criterion, inputs)
                 judgement = _with_notes(
                     _judge_scalars(criterion, inputs, previous_baseline), counted
@@ -136,7 +160,61 @@ def measure(
     except Exception as exc:  # a bug here must hold the rollout, never crash or promote it
         log.exception("measurement failed", criterion=criterion.name)
         judgement = Judgement(Verdict.ERROR, f"measurement failed: {type(exc).__name__}: {exc}")
-    return Measurement(criterion.name, criterion.judge, queries, inputs, judgement)
+    return Measurement(
+        criterion.name,
+        criterion.judge,
+        queries,
+        inputs,
+        judgement,
+        batched_at=asker.batched_at,
+        batched_roles=tuple(asker.batched_roles),
+    )
+
+
+class _Asker:
+    """Asks one criterion's queries: batched through ``shared`` where a query can be,
+    per rollout otherwise; remembers which were batched and when they were evaluated."""
+
+    def __init__(
+        self,
+        provider: MetricsProvider,
+        values: dict[str, str],
+        now: datetime,
+        shared: SharedAnswers | None,
+        interval: timedelta | None,
+    ) -> None:
+        self.provider = provider
+        self.values = values
+        self.now = now
+        self.shared = shared if interval is not None else None
+        self.interval = interval or timedelta(0)
+        self.batched_at: datetime | None = None
+        self.batched_roles: list[str] = []
+
+    def instant(self, role: str, template: str, query: str) -> list[Sample]:
+        batched = batch_form(template, self.values) if self.shared else None
+        if batched is None or self.shared is None:
+            return self.provider.instant(query, at=self.now)
+        samples, evaluated_at = self.shared.instant(batched, self.now, self.interval)
+        self._batched(role, evaluated_at)
+        return samples
+
+    def range(
+        self, role: str, template: str, query: str, window: timedelta, step: timedelta
+    ) -> list[Series]:
+        batched = batch_form(template, self.values) if self.shared else None
+        if batched is None or self.shared is None:
+            return self.provider.range(query, self.now - window, self.now, step.total_seconds())
+        series, evaluated_at = self.shared.range(
+            batched, self.now, window, step.total_seconds(), self.interval
+        )
+        self._batched(role, evaluated_at)
+        return series
+
+    def _batched(self, role: str, evaluated_at: datetime) -> None:
+        self.batched_roles.append(role)
+        if self.batched_at is None or evaluated_at < self.batched_at:
+            self.batched_at = evaluated_at
 
 
 # Criteria of one check measured at the same time: each waits on Prometheus, and one
@@ -152,6 +230,8 @@ def measure_all(
     default_window: timedelta,
     now: datetime,
     previous_baselines: dict[str, float] | None = None,
+    shared: SharedAnswers | None = None,
+    interval: timedelta | None = None,
 ) -> list[Measurement]:
     """``measure`` for each criterion, concurrently, in the order given."""
     if not criteria:
@@ -166,6 +246,8 @@ def measure_all(
             default_window,
             now,
             previous_baseline=baselines.get(criterion.name),
+            shared=shared,
+            interval=interval,
         )
 
     pool = ThreadPoolExecutor(

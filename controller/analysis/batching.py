@@ -1,0 +1,336 @@
+"""Batched queries: one Prometheus query answers a criterion for every rollout at once.
+
+A plan's query template names its rollout through label matchers
+(``service="{{ service }}"``). Rendered per rollout, N rollouts ask N queries that
+differ only in those values: N × queries per check, every round. Rendered with those
+matchers lifted (``service!=""``) and every aggregation grouped ``by`` the lifted
+labels, one query answers all of them, and each rollout picks its own series by its
+label values. Judges stay per rollout; only the asking is shared.
+
+Not every query keeps its meaning when lifted: ``absent()`` answers for the rollout
+only when it names it, ``label_replace`` and ``on()``/``ignoring()`` matching move
+labels, an aggregation ``without`` labels or a selector that does not name the
+rollout mixes rollouts together. The rewrite is kept only when the rewritten query
+parses into the same tree as the rollout's own query, except for the lifted matchers
+and the added grouping labels, and uses only label-preserving functions; any other
+query is asked per rollout, as before. Correctness over savings.
+
+Answers are shared on a clock grid (``SharedAnswers``): a batched query is evaluated
+at the start of the current slot, and every check in that slot reads that answer.
+The slot is at most half the plan's interval, so a rollout never judges the same
+answer twice; the data a check judges is at most one slot old, and the measurement
+records when it was evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Protocol
+
+import promql_parser
+
+from controller.metrics.prometheus import Sample, Series
+from controller.plan import render_template, template_variables
+
+__all__ = ["BatchedQuery", "SharedAnswers", "batch_form"]
+
+_SENTINEL = "__canary_batch_{}__"
+_SENTINEL_ANYWHERE = re.compile(r"__canary_batch_([A-Za-z0-9_]+?)__")
+_SENTINEL_MATCHER = re.compile(
+    r"([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!=|!~|=)\s*([\"'`])__canary_batch_([A-Za-z0-9_]+?)__\3"
+)
+# An aggregation in prefix form, with or without a ``by`` clause; the suffix form
+# (``sum(x) by (le)``) is not rewritten, and the tree comparison then refuses it.
+_AGGREGATION = re.compile(
+    r"\b(sum|min|max|avg|count|group|stddev|stdvar|quantile|topk|bottomk)\s*"
+    r"(?:by\s*\(([^()]*)\)\s*)?\("
+)
+_GROUPING_AGGREGATIONS = frozenset(
+    {"sum", "min", "max", "avg", "count", "group", "stddev", "stdvar", "quantile", "topk",
+     "bottomk"}
+)  # fmt: skip
+# Functions whose answer for a series depends on that series alone (labels kept or,
+# for histogram_quantile, only ``le`` dropped): lifting the rollout's matchers and
+# picking its series afterwards gives what its own query gives.
+_SERIES_WISE_FUNCTIONS = frozenset(
+    {
+        "abs", "ceil", "floor", "round", "exp", "ln", "log2", "log10", "sqrt", "sgn",
+        "clamp", "clamp_min", "clamp_max", "rate", "irate", "increase", "delta", "idelta",
+        "deriv", "predict_linear", "resets", "changes", "histogram_quantile",
+        "histogram_count", "histogram_sum", "histogram_fraction", "avg_over_time",
+        "min_over_time", "max_over_time", "sum_over_time", "count_over_time",
+        "quantile_over_time", "stddev_over_time", "stdvar_over_time", "last_over_time",
+        "present_over_time",
+    }
+)  # fmt: skip
+# Characters that PromQL string escaping would read differently from the label value.
+_UNSAFE_VALUE = re.compile(r"[\\\"'`\n\r]")
+
+
+@dataclass(frozen=True)
+class BatchedQuery:
+    """The query for every rollout, and which of its series are this rollout's."""
+
+    query: str
+    labels: tuple[tuple[str, str], ...]
+
+    def picks(self, series_labels: dict[str, str]) -> bool:
+        return all(series_labels.get(label) == value for label, value in self.labels)
+
+
+def batch_form(template: str, values: dict[str, str]) -> BatchedQuery | None:
+    """The batched form of ``template`` for a rollout with ``values``, or None when the
+    query cannot be shared without changing what it means."""
+    used = set(template_variables(template))
+    return _batch_form(template, tuple(sorted((k, v) for k, v in values.items() if k in used)))
+
+
+@lru_cache(maxsize=16384)
+def _batch_form(template: str, items: tuple[tuple[str, str], ...]) -> BatchedQuery | None:
+    values = dict(items)
+    candidates = {
+        name
+        for name in template_variables(template)
+        if name != "window" and _liftable(values.get(name))
+    }
+    while candidates:
+        rendered = render_template(
+            template, {**values, **{name: _SENTINEL.format(name) for name in candidates}}
+        )
+        lifted, refused = _lifted_matchers(rendered)
+        if not refused:
+            break
+        candidates -= refused
+    else:
+        return None
+    if not lifted:
+        return None
+    query = _lift(rendered, lifted)
+    original = render_template(template, values)
+    labels = {label: values[name] for label, name in lifted.items()}
+    if not _same_but_lifted(original, query, labels):
+        return None
+    return BatchedQuery(query, tuple(sorted(labels.items())))
+
+
+def _liftable(value: str | None) -> bool:
+    return bool(value) and not _UNSAFE_VALUE.search(value or "")
+
+
+def _lifted_matchers(rendered: str) -> tuple[dict[str, str], set[str]]:
+    """Label → variable of each ``label="<variable>"`` matcher, and the variables that
+    cannot be lifted (used another way, or a label matched against two of them)."""
+    lifted: dict[str, str] = {}
+    refused: set[str] = set()
+    for match in _SENTINEL_MATCHER.finditer(rendered):
+        label, op, _, name = match.groups()
+        if op != "=":
+            refused.add(name)
+        elif lifted.setdefault(label, name) != name:
+            refused.update({name, lifted[label]})
+    elsewhere = _SENTINEL_ANYWHERE.findall(_SENTINEL_MATCHER.sub("", rendered))
+    refused.update(elsewhere)
+    return {label: name for label, name in lifted.items() if name not in refused}, refused
+
+
+def _lift(rendered: str, lifted: dict[str, str]) -> str:
+    """Each lifted matcher becomes ``label!=""``; each aggregation groups by them."""
+    lifted_labels = list(lifted)
+
+    def matcher(match: re.Match[str]) -> str:
+        return f'{match.group(1)}!=""'
+
+    def aggregation(match: re.Match[str]) -> str:
+        existing = [label.strip() for label in (match.group(2) or "").split(",") if label.strip()]
+        grouping = existing + [label for label in lifted_labels if label not in existing]
+        return f"{match.group(1)} by ({', '.join(grouping)}) ("
+
+    return _AGGREGATION.sub(aggregation, _SENTINEL_MATCHER.sub(matcher, rendered))
+
+
+def _same_but_lifted(original: str, rewritten: str, labels: dict[str, str]) -> bool:
+    try:
+        before, after = promql_parser.parse(original), promql_parser.parse(rewritten)
+    except Exception:  # the native parser raises its own error types
+        return False
+    return _Comparison(labels).same(before, after)
+
+
+class _Comparison:
+    """Walks the rollout's query and the batched one side by side."""
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        self.labels = labels
+
+    def same(self, a: object, b: object) -> bool:
+        kind = type(a).__name__
+        if kind != type(b).__name__:
+            return False
+        check: Callable[[object, object], bool] | None = getattr(self, f"_{kind}", None)
+        return check is not None and check(a, b)
+
+    def _NumberLiteral(self, a, b) -> bool:  # noqa: N802 (named after the node type)
+        return a.val == b.val or (math.isnan(a.val) and math.isnan(b.val))
+
+    def _ParenExpr(self, a, b) -> bool:  # noqa: N802
+        return self.same(a.expr, b.expr)
+
+    def _UnaryExpr(self, a, b) -> bool:  # noqa: N802
+        return self.same(a.expr, b.expr)
+
+    def _Call(self, a, b) -> bool:  # noqa: N802
+        return (
+            a.func.name == b.func.name
+            and a.func.name in _SERIES_WISE_FUNCTIONS
+            and len(a.args) == len(b.args)
+            and all(self.same(x, y) for x, y in zip(a.args, b.args, strict=True))
+        )
+
+    def _AggregateExpr(self, a, b) -> bool:  # noqa: N802
+        if str(a.op) != str(b.op) or str(a.op) not in _GROUPING_AGGREGATIONS:
+            return False
+        grouped_by = set(a.modifier.labels) if a.modifier is not None else set()
+        if a.modifier is not None and "By" not in str(a.modifier.type):
+            return False  # ``without``: the rollout's labels would be grouped away
+        if b.modifier is None or "By" not in str(b.modifier.type):
+            return False
+        if set(b.modifier.labels) != grouped_by | set(self.labels):
+            return False
+        if (a.param is None) != (b.param is None):
+            return False
+        return (a.param is None or self.same(a.param, b.param)) and self.same(a.expr, b.expr)
+
+    def _BinaryExpr(self, a, b) -> bool:  # noqa: N802
+        if str(a.op) != str(b.op):
+            return False
+        for modifier in (a.modifier, b.modifier):
+            if modifier is not None and (modifier.matching is not None or modifier.card is None):
+                return False  # on()/ignoring() or group_left/right move labels
+        if (a.modifier is None) != (b.modifier is None):
+            return False
+        if a.modifier is not None and (
+            a.modifier.return_bool != b.modifier.return_bool
+            or str(a.modifier.card) != str(b.modifier.card)
+        ):
+            return False
+        return self.same(a.lhs, b.lhs) and self.same(a.rhs, b.rhs)
+
+    def _MatrixSelector(self, a, b) -> bool:  # noqa: N802
+        return a.range == b.range and self.same(a.vector_selector, b.vector_selector)
+
+    def _VectorSelector(self, a, b) -> bool:  # noqa: N802
+        if a.name != b.name or a.offset != b.offset or a.at is not None or b.at is not None:
+            return False
+        if a.matchers.or_matchers or b.matchers.or_matchers:
+            return False
+        mine = [(m.name, str(m.op), m.value) for m in a.matchers.matchers]
+        shared = [(m.name, str(m.op), m.value) for m in b.matchers.matchers]
+        equal, not_equal = str(promql_parser.MatchOp.Equal), str(promql_parser.MatchOp.NotEqual)
+        expected = [
+            (name, not_equal, "") if name in self.labels and op == equal else (name, op, value)
+            for name, op, value in mine
+        ]
+        # Every selector must name the rollout by every lifted label, or the batched
+        # query would read other rollouts' series into this one's numbers.
+        named = {name for name, op, _ in mine if op == equal and name in self.labels}
+        return shared == expected and named == set(self.labels)
+
+
+class _Provider(Protocol):
+    def instant(self, query: str, at: datetime | None = None) -> list[Sample]: ...
+
+    def range(
+        self, query: str, start: datetime, end: datetime, step_seconds: float
+    ) -> list[Series]: ...
+
+
+@dataclass(frozen=True)
+class SharedAnswer:
+    """What a batched query answered, and when it was evaluated."""
+
+    evaluated_at: datetime
+    samples: list[Sample]
+    series: list[Series]
+
+
+class SharedAnswers:
+    """Answers of batched queries in this process, one per query per slot of the clock.
+
+    Threads of one check (and checks of one process) asking the same query in the
+    same slot wait for one request instead of sending their own. ``max_slot`` caps the
+    slot (default 5 s); a plan's slot is at most half its interval. Failures are not
+    kept: the next asker tries again.
+    """
+
+    def __init__(self, provider: _Provider, max_slot: timedelta = timedelta(seconds=5)) -> None:
+        self.provider = provider
+        self.max_slot = max_slot
+        self.asked = 0  # requests sent to Prometheus (for the scale benchmark's figures)
+        self._answers: dict[tuple, SharedAnswer] = {}
+        self._locks: dict[tuple, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def slot_for(self, interval: timedelta) -> timedelta:
+        return min(self.max_slot, interval / 2)
+
+    def instant(
+        self, batched: BatchedQuery, now: datetime, interval: timedelta
+    ) -> tuple[list[Sample], datetime]:
+        at = _slot_start(now, self.slot_for(interval))
+        answer = self._answer(
+            ("instant", batched.query, at),
+            lambda: SharedAnswer(at, self.provider.instant(batched.query, at=at), []),
+        )
+        return [s for s in answer.samples if batched.picks(s.labels)], answer.evaluated_at
+
+    def range(
+        self,
+        batched: BatchedQuery,
+        now: datetime,
+        window: timedelta,
+        step_seconds: float,
+        interval: timedelta,
+    ) -> tuple[list[Series], datetime]:
+        at = _slot_start(now, self.slot_for(interval))
+        answer = self._answer(
+            ("range", batched.query, at, window, step_seconds),
+            lambda: SharedAnswer(
+                at, [], self.provider.range(batched.query, at - window, at, step_seconds)
+            ),
+        )
+        return [s for s in answer.series if batched.picks(s.labels)], answer.evaluated_at
+
+    def _answer(self, key: tuple, ask: Callable[[], SharedAnswer]) -> SharedAnswer:
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._guard:
+                known = self._answers.get(key)
+            if known is not None:
+                return known
+            answer = ask()
+            with self._guard:
+                self.asked += 1
+                self._answers[key] = answer
+                self._forget_before(answer.evaluated_at - 4 * self.max_slot)
+            return answer
+
+    def _forget_before(self, moment: datetime) -> None:
+        for key in [k for k, a in self._answers.items() if a.evaluated_at < moment]:
+            del self._answers[key]
+            self._locks.pop(key, None)
+
+
+def _slot_start(now: datetime, slot: timedelta) -> datetime:
+    """The start of the slot of the clock grid ``now`` falls in (UTC, from the epoch)."""
+    seconds = slot.total_seconds()
+    if seconds <= 0:
+        return now
+    epoch = now.timestamp()
+    return datetime.fromtimestamp(epoch - math.fmod(epoch, seconds), tz=UTC)
