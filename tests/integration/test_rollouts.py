@@ -58,6 +58,10 @@ def test_healthy_canary_goes_to_100_and_succeeds(lab: RolloutLab) -> None:
     assert_no_step_done_twice(events)
     verdicts = {e.data["verdict"] for e in events if e.kind == "measurement"}
     assert "fail" not in verdicts and "error" not in verdicts
+    # The workers ask the demo plan's criteria as batched queries (one for every
+    # rollout), each measurement saying when its shared answer was evaluated.
+    measured = [e.data for e in events if e.kind == "measurement" and e.data.get("queries")]
+    assert measured and all(set(m["batched"]["roles"]) == set(m["queries"]) for m in measured)
 
 
 @pytest.mark.parametrize(
