@@ -75,10 +75,15 @@ class ControllerProcesses:
         }
 
     def start_worker(
-        self, name: str, queues: str = "rollouts", concurrency: int = 2
+        self,
+        name: str,
+        queues: str = "rollouts",
+        concurrency: int = 2,
+        env: dict[str, str] | None = None,
     ) -> ManagedProcess:
         """A Celery worker process (``canary worker``) serving its metrics on a free
-        port (``worker_metrics[name]``); waits until it consumes."""
+        port (``worker_metrics[name]``), with ``env`` over the lab's settings; waits
+        until it consumes."""
         port = free_port()
         self.worker_metrics[name] = f"127.0.0.1:{port}"
         process = ManagedProcess(
@@ -98,11 +103,16 @@ class ControllerProcesses:
                 str(port),
             ],
             self.workdir / "workers",
-            env=self.env(),
+            env={**self.env(), **(env or {})},
         )
         self.workers[name] = self.group.add(process)
         process.wait_ready(lambda: b"ready." in process.log_path.read_bytes(), timeout=60)
         return process
+
+    def stop_worker(self, name: str) -> None:
+        """Stop a worker for good (a warm shutdown: tasks in hand finish first)."""
+        self.workers.pop(name).stop(grace=30.0)
+        self.worker_metrics.pop(name, None)
 
     def restart_worker(self, name: str, down_seconds: float = 1.0) -> ManagedProcess:
         """SIGKILL a worker (a crash, an OOM kill) and start it again after

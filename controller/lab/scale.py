@@ -4,8 +4,10 @@ A fleet of healthy services (``FleetLab``), one rollout each, held at a 10 % can
 for an hour with a 10 s analysis interval, under the default worker layout: two
 ``rollouts`` workers of concurrency 2, one worker for ``rollback`` and
 ``reconcile``, one for runbooks and notifications, beat and the API. Once every
-rollout carries canary traffic the store is watched for a window, and these are
-measured:
+rollout carries canary traffic the store is watched for a window with every
+rollout's queries asked on their own, then, the ``rollouts`` workers restarted with
+batched queries (the default), for a second window; these are measured (all but
+one from the second window):
 
 - checks_per_min: checks (advances that measured) per rollout per minute;
 - lag_p50_s / lag_p99_s: check start minus the time it was due (``next_check_at``,
@@ -14,8 +16,8 @@ measured:
   by the workers' ``canary_advances_total{acted="false"}``;
 - prom_queries_per_round: queries Prometheus answered per round (one check of
   every rollout);
-- per_rollout_queries_per_round: the same for the per-rollout path (equal until
-  checks are batched across rollouts);
+- per_rollout_queries_per_round: the same with every rollout's queries asked on
+  their own (batching off), measured in a first window of the same run;
 - worker_rss_mb: resident memory of all worker processes and their children;
 - redis_keys: keys in the broker's Redis;
 - metrics_scrape_ms: the median of five ``GET /metrics`` on the API.
@@ -184,15 +186,68 @@ def tree_rss_mb(pids: list[int]) -> float:
     return kib / 1024
 
 
+@dataclass
+class Window:
+    """What one measured window of the fleet showed."""
+
+    checks: dict[str, list[datetime]]
+    lags: list[float]
+    rounds: float
+    queries: float
+    idle_advances: float
+
+
+def measure_window(lab: FleetLab, rollouts: int, window_s: float) -> Window:
+    """Watch the store and the counters for ``window_s`` seconds of steady state."""
+    sessions = session_factory(lab.database_url)
+    sampler = DueSampler(lab.database_url)
+    sampler.start()
+    time.sleep(INTERVAL_S)  # every rollout's current due time sampled
+    idle_before, queries_before = idle_advances(lab), prometheus_queries(lab.prometheus.url)
+    began = datetime.now(UTC)
+    time.sleep(window_s)
+    ended = datetime.now(UTC)
+    idle_after, queries_after = idle_advances(lab), prometheus_queries(lab.prometheus.url)
+    sampler.stop()
+    with sessions() as session:
+        written = session.execute(
+            select(Event.rollout_id, Event.at, Event.kind).where(
+                Event.at >= began, Event.at < ended
+            )
+        ).all()
+    checks: dict[str, list[datetime]] = defaultdict(list)
+    for rollout_id, at in sorted({(r, a) for r, a, kind in written if kind == "measurement"}):
+        checks[rollout_id].append(at)
+    checked = sum(len(starts) for starts in checks.values())
+    return Window(
+        checks=checks,
+        lags=check_lags(checks, sampler.dues),
+        rounds=checked / rollouts if rollouts else 0.0,
+        queries=queries_after - queries_before,
+        idle_advances=idle_after - idle_before,
+    )
+
+
+def start_rollout_workers(lab: FleetLab, suffix: str, env: dict[str, str]) -> list[str]:
+    """The default layout's two ``rollouts`` workers of concurrency 2."""
+    names = [f"rollouts-{index}{suffix}" for index in (1, 2)]
+    for name in names:
+        lab.start_worker(name, "rollouts", concurrency=2, env=env)
+    return names
+
+
 def run_scale(
     workdir: Path, rollouts: int, window_s: float = 60.0, say: Callable[[str], None] = print
 ) -> ScaleFigures:
+    """Two windows in one run, on one fleet: first with every rollout's queries asked
+    on their own (``CANARY_QUERY_BATCH_SLOT_SECONDS=0``), then, with the ``rollouts``
+    workers restarted, with the default batched queries. Every figure but
+    ``per_rollout_queries_per_round`` is the second window's."""
     plan = scale_plan()
     services = [FleetService(f"svc-{index:04d}") for index in range(rollouts)]
     settings = LabSettings(reconcile_interval_seconds=DEFAULT_RECONCILE_S)
     with FleetLab(workdir, services, settings, rps_per_service=1.0, scrape_interval="5s") as lab:
-        lab.start_worker("rollouts-1", "rollouts", concurrency=2)
-        lab.start_worker("rollouts-2", "rollouts", concurrency=2)
+        per_rollout = start_rollout_workers(lab, "", {"CANARY_QUERY_BATCH_SLOT_SECONDS": "0"})
         lab.start_worker("rollback", "rollback,reconcile", concurrency=2)
         lab.start_worker("aftercare", "runbook,notify", concurrency=1)
         lab.start_beat()
@@ -211,28 +266,16 @@ def run_scale(
                 break
             time.sleep(1)
         say("measuring" if at_canary else "measuring (not every canary took traffic)")
-        sampler = DueSampler(lab.database_url)
-        sampler.start()
-        time.sleep(INTERVAL_S)  # every rollout's current due time sampled
-        idle_before, queries_before = idle_advances(lab), prometheus_queries(lab.prometheus.url)
-        began = datetime.now(UTC)
-        time.sleep(window_s)
-        ended = datetime.now(UTC)
-        idle_after, queries_after = idle_advances(lab), prometheus_queries(lab.prometheus.url)
-        sampler.stop()
-        with sessions() as session:
-            written = session.execute(
-                select(Event.rollout_id, Event.at, Event.kind).where(
-                    Event.at >= began, Event.at < ended
-                )
-            ).all()
-        checks: dict[str, list[datetime]] = defaultdict(list)
-        for rollout_id, at in sorted({(r, a) for r, a, kind in written if kind == "measurement"}):
-            checks[rollout_id].append(at)
-        checked = sum(len(starts) for starts in checks.values())
-        rounds = checked / rollouts if rollouts else 0.0
-        lags = check_lags(checks, sampler.dues)
-        queries = queries_after - queries_before
+        alone = measure_window(lab, rollouts, window_s)
+        say(
+            f"per-rollout queries: checks_per_min="
+            f"{_per_min(alone, rollouts, window_s):g} lag_p99_s={percentile(alone.lags, 0.99):.2f} "
+            f"prom_queries_per_round={_per_round(alone):g}; restarting workers with batching"
+        )
+        for name in per_rollout:
+            lab.stop_worker(name)
+        start_rollout_workers(lab, "-batched", {})
+        batched = measure_window(lab, rollouts, window_s)
         scrapes = []
         for _ in range(5):
             began_scrape = time.perf_counter()
@@ -241,18 +284,28 @@ def run_scale(
         assert lab.redis is not None
         keys = redis.Redis.from_url(lab.redis.url).dbsize()
         workers = [lab.workers[name].pid for name in lab.worker_metrics]
+        lags = batched.lags
         return ScaleFigures(
             rollouts=rollouts,
-            checks_per_min=round(checked / rollouts / (window_s / 60), 2),
+            checks_per_min=_per_min(batched, rollouts, window_s),
             lag_p50_s=round(statistics.median(lags), 2) if lags else float("nan"),
             lag_p99_s=round(percentile(lags, 0.99), 2),
-            noop_advances=round(idle_after - idle_before),
-            prom_queries_per_round=round(queries / rounds, 1) if rounds else float("nan"),
-            per_rollout_queries_per_round=round(queries / rounds, 1) if rounds else float("nan"),
+            noop_advances=round(batched.idle_advances),
+            prom_queries_per_round=_per_round(batched),
+            per_rollout_queries_per_round=_per_round(alone),
             worker_rss_mb=round(tree_rss_mb(workers), 1),
             redis_keys=int(keys),
             metrics_scrape_ms=round(statistics.median(scrapes), 1),
         )
+
+
+def _per_min(window: Window, rollouts: int, window_s: float) -> float:
+    checked = sum(len(starts) for starts in window.checks.values())
+    return round(checked / rollouts / (window_s / 60), 2) if rollouts else float("nan")
+
+
+def _per_round(window: Window) -> float:
+    return round(window.queries / window.rounds, 1) if window.rounds else float("nan")
 
 
 def _start(lab: FleetLab, plan: Plan, service: str, attempts: int = 10) -> None:
