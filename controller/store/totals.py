@@ -36,19 +36,23 @@ def _add_to_totals(session: Session) -> None:
         return
     dialect = session.get_bind().dialect.name
     # In key order, so that two commits never wait on each other's rows in a cycle.
-    for (criterion, verdict), count in sorted(pending.items()):
-        if dialect in ("postgresql", "sqlite"):
-            insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-            statement = insert(MeasurementTotal).values(
-                criterion=criterion, verdict=verdict, count=count
+    rows = [
+        {"criterion": criterion, "verdict": verdict, "count": count}
+        for (criterion, verdict), count in sorted(pending.items())
+    ]
+    if dialect in ("postgresql", "sqlite"):
+        # One statement for the whole check (one round trip, not one per criterion).
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        statement = insert(MeasurementTotal).values(rows)
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["criterion", "verdict"],
+                set_={"count": MeasurementTotal.count + statement.excluded.count},
             )
-            session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["criterion", "verdict"],
-                    set_={"count": MeasurementTotal.count + statement.excluded.count},
-                )
-            )
-            continue
+        )
+        return
+    for row in rows:
+        criterion, verdict, count = row["criterion"], row["verdict"], row["count"]
         updated = session.execute(
             update(MeasurementTotal)
             .where(MeasurementTotal.criterion == criterion, MeasurementTotal.verdict == verdict)

@@ -1,0 +1,31 @@
+"""One HTTP client per process for the calls every check makes.
+
+``httpx.get`` builds a client, and with it a TLS context that loads the system's CA
+bundle, for every call: about 60 ms of CPU each, even for plain-HTTP URLs. A check
+that asks both slots their version paid that twice, and at hundreds of rollouts a
+minute it was most of a worker's time. The shared client is built once per process
+(again after a fork: a Celery pool child must not share its parent's connections)
+and is safe to use from several threads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import httpx
+
+_lock = threading.Lock()
+_client: httpx.Client | None = None
+_pid: int | None = None
+
+
+def shared_client() -> httpx.Client:
+    """This process's client: no proxies from the environment, no redirects followed
+    (a redirect to another host is not the slot we asked); callers pass a timeout."""
+    global _client, _pid
+    with _lock:
+        if _client is None or _pid != os.getpid():
+            _client = httpx.Client(trust_env=False, follow_redirects=False)
+            _pid = os.getpid()
+        return _client
