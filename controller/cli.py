@@ -1004,6 +1004,9 @@ def beat(
     # Beat sends nothing but the reconcile tick, which must not fill Flower's task list
     # (the task itself sends no events either); its health is canary_reconcile_lag_seconds.
     celery_app.conf.task_send_sent_event = False
+    # Write the schedule file after every tick sent (not every 3 minutes), so that its
+    # age tells how long ago beat last fired: `python -m controller.probe beat`.
+    celery_app.conf.beat_sync_every = 1
 
     celery_app.start(["beat", f"--schedule={schedule}", f"--loglevel={loglevel}"])
 
@@ -1059,6 +1062,21 @@ def demo_service(
     from controller.demo.service import serve
 
     serve(port=port, service=service, version=version, environment=environment, host=host)
+
+
+@app.command("demo-load")
+def demo_load(
+    target: Annotated[
+        list[str], typer.Option(help="URL=RPS: GET the URL this many times a second (repeatable)")
+    ],
+) -> None:
+    """Send steady synthetic traffic to the demo service, so its canary has requests to be
+    judged on (stops on SIGTERM and prints the counts as JSON)."""
+    from controller.demo.loadgen import main as loadgen
+
+    code = loadgen([arg for value in target for arg in ("--target", value)])
+    if code:
+        raise typer.Exit(code)
 
 
 def main() -> None:
