@@ -20,10 +20,12 @@ def schema() -> dict:
 
 def test_the_shipped_plans_fit_the_schema() -> None:
     validator = jsonschema_rs.validator_for(schema())
-    for name in ("standard", "demo"):
-        data = yaml.safe_load((PLANS_DIR / f"{name}.yaml").read_text())
+    paths = sorted(PLANS_DIR.glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"standard", "demo", "compose"}
+    for path in paths:
+        data = yaml.safe_load(path.read_text())
         errors = [str(e) for e in validator.iter_errors(data)]
-        assert not errors, (name, errors[:3])
+        assert not errors, (path.name, errors[:3])
 
 
 def test_the_schema_refuses_what_the_loader_refuses() -> None:
