@@ -121,6 +121,13 @@ def test_every_command_answers_help_as_a_process() -> None:
         assert f"Usage: canary {' '.join(path)}" in result.stdout, path
 
 
+def test_our_image_is_built_here_and_never_pulled() -> None:
+    for name, spec in SERVICES.items():
+        if spec.get("image") == OUR_IMAGE and not spec.get("build"):
+            assert spec.get("pull_policy") == "never", name
+    assert all(spec["build"] == "." for spec in controller_services().values())
+
+
 def test_every_queue_has_a_worker_of_its_own() -> None:
     queues = {
         name: cmd[cmd.index("--queues") + 1]
