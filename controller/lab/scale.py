@@ -32,13 +32,13 @@ from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import redis
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from config.settings import Settings
 from controller.lab.controllers import LabSettings
@@ -228,6 +228,23 @@ def measure_window(lab: FleetLab, rollouts: int, window_s: float) -> Window:
     )
 
 
+def settle(lab: FleetLab, say: Callable[[str], None], within_s: float = 90.0) -> None:
+    """Wait until the checks missed while the workers restarted are caught up: no
+    rollout more than 2 s overdue (or ``within_s`` passed, and say so)."""
+    sessions = session_factory(lab.database_url)
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        overdue_before = datetime.now(UTC) - timedelta(seconds=2)
+        with sessions() as session:
+            overdue = session.scalar(
+                select(func.count()).where(Rollout.next_check_at < overdue_before)
+            )
+        if not overdue:
+            return
+        time.sleep(1)
+    say(f"{overdue} rollout(s) still overdue after {within_s:g} s; measuring anyway")
+
+
 def start_rollout_workers(lab: FleetLab, suffix: str, env: dict[str, str]) -> list[str]:
     """The default layout's two ``rollouts`` workers of concurrency 2."""
     names = [f"rollouts-{index}{suffix}" for index in (1, 2)]
@@ -275,6 +292,7 @@ def run_scale(
         for name in per_rollout:
             lab.stop_worker(name)
         start_rollout_workers(lab, "-batched", {})
+        settle(lab, say)
         batched = measure_window(lab, rollouts, window_s)
         scrapes = []
         for _ in range(5):

@@ -50,9 +50,7 @@ def test_the_rollout_matchers_are_lifted_and_the_aggregation_grouped_by_them() -
 
 
 def test_existing_grouping_is_kept() -> None:
-    template = (
-        'histogram_quantile(0.99, sum by (le) (rate(d_bucket{service="{{ service }}"}[5m])))'
-    )
+    template = 'histogram_quantile(0.99, sum by (le) (rate(d_bucket{service="{{ service }}"}[5m])))'
     batched = batch_form(template, VALUES)
     assert batched is not None
     assert batched.query == (
