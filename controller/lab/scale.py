@@ -25,6 +25,7 @@ one from the second window):
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -160,8 +161,8 @@ def prometheus_queries(url: str) -> float:
     return total
 
 
-def tree_rss_mb(pids: list[int]) -> float:
-    """Resident memory of ``pids`` and all their descendants, from /proc."""
+def _descendants(pids: list[int]) -> set[int]:
+    """``pids`` and all their descendants (Celery's pool children), from /proc."""
     children: dict[int, list[int]] = defaultdict(list)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -175,8 +176,13 @@ def tree_rss_mb(pids: list[int]) -> float:
         if pid not in seen:
             seen.add(pid)
             todo += children.get(pid, [])
+    return seen
+
+
+def tree_rss_mb(pids: list[int]) -> float:
+    """Resident memory of ``pids`` and all their descendants, from /proc."""
     kib = 0
-    for pid in seen:
+    for pid in _descendants(pids):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -184,6 +190,18 @@ def tree_rss_mb(pids: list[int]) -> float:
         except OSError:
             continue
     return kib / 1024
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) ``pids`` and their living descendants have used."""
+    ticks = 0
+    for pid in _descendants(pids):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -195,6 +213,7 @@ class Window:
     rounds: float
     queries: float
     idle_advances: float
+    worker_cpu_s: float
 
 
 def measure_window(lab: FleetLab, rollouts: int, window_s: float) -> Window:
@@ -203,10 +222,13 @@ def measure_window(lab: FleetLab, rollouts: int, window_s: float) -> Window:
     sampler = DueSampler(lab.database_url)
     sampler.start()
     time.sleep(INTERVAL_S)  # every rollout's current due time sampled
+    workers = [lab.workers[name].pid for name in lab.worker_metrics]
     idle_before, queries_before = idle_advances(lab), prometheus_queries(lab.prometheus.url)
+    cpu_before = tree_cpu_seconds(workers)
     began = datetime.now(UTC)
     time.sleep(window_s)
     ended = datetime.now(UTC)
+    cpu_after = tree_cpu_seconds(workers)
     idle_after, queries_after = idle_advances(lab), prometheus_queries(lab.prometheus.url)
     sampler.stop()
     with sessions() as session:
@@ -225,6 +247,7 @@ def measure_window(lab: FleetLab, rollouts: int, window_s: float) -> Window:
         rounds=checked / rollouts if rollouts else 0.0,
         queries=queries_after - queries_before,
         idle_advances=idle_after - idle_before,
+        worker_cpu_s=cpu_after - cpu_before,
     )
 
 
@@ -294,6 +317,7 @@ def run_scale(
         start_rollout_workers(lab, "-batched", {})
         settle(lab, say)
         batched = measure_window(lab, rollouts, window_s)
+        say(capacity_line(alone, batched))
         scrapes = []
         for _ in range(5):
             began_scrape = time.perf_counter()
@@ -315,6 +339,24 @@ def run_scale(
             redis_keys=int(keys),
             metrics_scrape_ms=round(statistics.median(scrapes), 1),
         )
+
+
+def capacity_line(alone: Window, batched: Window) -> str:
+    """Worker CPU per check on each path, and what 10,000 rollouts at the scale plan's
+    interval would need in worker cores at the batched path's cost (a simulation from
+    this run's figure: checks are independent, and Celery spreads them over hosts)."""
+
+    def per_check_ms(window: Window) -> float:
+        checked = sum(len(starts) for starts in window.checks.values())
+        return window.worker_cpu_s / checked * 1000 if checked else float("nan")
+
+    batched_ms = per_check_ms(batched)
+    cores = 10_000 / INTERVAL_S * batched_ms / 1000
+    return (
+        f"capacity worker_cpu_ms_per_check={batched_ms:.1f} "
+        f"per_rollout_worker_cpu_ms_per_check={per_check_ms(alone):.1f} "
+        f"simulated_worker_cores_for_10000={cores:.0f}"
+    )
 
 
 def _per_min(window: Window, rollouts: int, window_s: float) -> float:

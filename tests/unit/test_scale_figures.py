@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from controller.lab.scale import ScaleFigures, check_lags, percentile, scale_plan
+from controller.lab.scale import (
+    ScaleFigures,
+    Window,
+    capacity_line,
+    check_lags,
+    percentile,
+    scale_plan,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -41,3 +48,15 @@ def test_the_scale_plan_holds_at_the_canary_with_a_ten_second_interval() -> None
     assert [s.kind for s in plan.steps()][:2] == ["canary", "ramp"]
     assert plan.steps()[0].hold == timedelta(hours=1)
     assert not plan.gates.approvals
+
+
+def test_capacity_is_worker_cpu_per_check_scaled_to_ten_thousand_rollouts() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    alone = Window({"r1": [at] * 10}, [], 1.0, 130.0, 0.0, worker_cpu_s=2.0)
+    batched = Window({"r1": [at] * 20}, [], 2.0, 26.0, 0.0, worker_cpu_s=1.0)
+    line = capacity_line(alone, batched)
+    # 50 ms a check; 10,000 rollouts every 10 s are 1,000 checks a second: 50 cores.
+    assert line == (
+        "capacity worker_cpu_ms_per_check=50.0 per_rollout_worker_cpu_ms_per_check=200.0 "
+        "simulated_worker_cores_for_10000=50"
+    )
