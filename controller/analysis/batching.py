@@ -31,11 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Protocol
 
 import promql_parser
 
 from controller.metrics.prometheus import Sample, Series
+from controller.metrics.provider import MetricsProvider
 from controller.plan import render_template, template_variables
 
 __all__ = ["BatchedQuery", "SharedAnswers", "batch_form"]
@@ -242,14 +242,6 @@ class _Comparison:
         return shared == expected and named == set(self.labels)
 
 
-class _Provider(Protocol):
-    def instant(self, query: str, at: datetime | None = None) -> list[Sample]: ...
-
-    def range(
-        self, query: str, start: datetime, end: datetime, step_seconds: float
-    ) -> list[Series]: ...
-
-
 @dataclass(frozen=True)
 class SharedAnswer:
     """What a batched query answered, and when it was evaluated."""
@@ -268,7 +260,9 @@ class SharedAnswers:
     kept: the next asker tries again.
     """
 
-    def __init__(self, provider: _Provider, max_slot: timedelta = timedelta(seconds=5)) -> None:
+    def __init__(
+        self, provider: MetricsProvider, max_slot: timedelta = timedelta(seconds=5)
+    ) -> None:
         self.provider = provider
         self.max_slot = max_slot
         self.asked = 0  # requests sent to Prometheus (for the scale benchmark's figures)

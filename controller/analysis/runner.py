@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Protocol
 
 import structlog
 
@@ -22,6 +21,7 @@ from controller.analysis.batching import SharedAnswers, batch_form
 from controller.analysis.verdict import Judgement, Verdict
 from controller.durations import format_duration
 from controller.metrics.prometheus import MetricsError, Sample, Series
+from controller.metrics.provider import MetricsProvider
 from controller.plan import (
     Criterion,
     LatencyToBaseline,
@@ -32,14 +32,6 @@ from controller.plan import (
 )
 
 log = structlog.get_logger(__name__)
-
-
-class MetricsProvider(Protocol):
-    def instant(self, query: str, at: datetime | None = None) -> list[Sample]: ...
-
-    def range(
-        self, query: str, start: datetime, end: datetime, step_seconds: float
-    ) -> list[Series]: ...
 
 
 @dataclass(frozen=True)
