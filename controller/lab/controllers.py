@@ -80,6 +80,7 @@ class ControllerProcesses:
         queues: str = "rollouts",
         concurrency: int = 2,
         env: dict[str, str] | None = None,
+        ready_within: float = 60.0,
     ) -> ManagedProcess:
         """A Celery worker process (``canary worker``) serving its metrics on a free
         port (``worker_metrics[name]``), with ``env`` over the lab's settings; waits
@@ -106,7 +107,7 @@ class ControllerProcesses:
             env={**self.env(), **(env or {})},
         )
         self.workers[name] = self.group.add(process)
-        process.wait_ready(lambda: b"ready." in process.log_path.read_bytes(), timeout=60)
+        process.wait_ready(lambda: b"ready." in process.log_path.read_bytes(), timeout=ready_within)
         return process
 
     def stop_worker(self, name: str) -> None:

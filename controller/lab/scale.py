@@ -269,10 +269,11 @@ def settle(lab: FleetLab, say: Callable[[str], None], within_s: float = 90.0) ->
 
 
 def start_rollout_workers(lab: FleetLab, suffix: str, env: dict[str, str]) -> list[str]:
-    """The default layout's two ``rollouts`` workers of concurrency 2."""
+    """The default layout's two ``rollouts`` workers of concurrency 2 (a fleet of
+    hundreds keeps the machine busy: they may take minutes to start)."""
     names = [f"rollouts-{index}{suffix}" for index in (1, 2)]
     for name in names:
-        lab.start_worker(name, "rollouts", concurrency=2, env=env)
+        lab.start_worker(name, "rollouts", concurrency=2, env=env, ready_within=300.0)
     return names
 
 
@@ -288,8 +289,8 @@ def run_scale(
     settings = LabSettings(reconcile_interval_seconds=DEFAULT_RECONCILE_S)
     with FleetLab(workdir, services, settings, rps_per_service=1.0, scrape_interval="5s") as lab:
         per_rollout = start_rollout_workers(lab, "", {"CANARY_QUERY_BATCH_SLOT_SECONDS": "0"})
-        lab.start_worker("rollback", "rollback,reconcile", concurrency=2)
-        lab.start_worker("aftercare", "runbook,notify", concurrency=1)
+        lab.start_worker("rollback", "rollback,reconcile", concurrency=2, ready_within=300.0)
+        lab.start_worker("aftercare", "runbook,notify", concurrency=1, ready_within=300.0)
         lab.start_beat()
         api = lab.start_api()
         sessions = session_factory(lab.database_url)
