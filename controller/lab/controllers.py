@@ -140,7 +140,7 @@ class ControllerProcesses:
             revived.append(f"{name} exited on its own (code {code}: {last_error}), restarted")
         return revived
 
-    def start_beat(self) -> ManagedProcess:
+    def start_beat(self, ready_within: float = 30.0) -> ManagedProcess:
         process = ManagedProcess(
             "beat",
             [
@@ -155,7 +155,9 @@ class ControllerProcesses:
             env=self.env(),
         )
         self.workers["beat"] = self.group.add(process)
-        process.wait_ready(lambda: b"beat: Starting" in process.log_path.read_bytes(), timeout=30)
+        process.wait_ready(
+            lambda: b"beat: Starting" in process.log_path.read_bytes(), timeout=ready_within
+        )
         return process
 
     def start_controller(self) -> None:
@@ -167,7 +169,12 @@ class ControllerProcesses:
         self.start_worker("aftercare", "runbook,notify", concurrency=2)
         self.start_beat()
 
-    def start_api(self, name: str = "api", overrides: dict[str, str] | None = None) -> str:
+    def start_api(
+        self,
+        name: str = "api",
+        overrides: dict[str, str] | None = None,
+        ready_within: float = 30.0,
+    ) -> str:
         """The HTTP API (``canary api``) on a free port; returns its base URL.
         ``overrides`` replace settings of this one process (a broker that is down)."""
         port = free_port()
@@ -179,7 +186,7 @@ class ControllerProcesses:
         )
         self.workers[name] = self.group.add(process)
         url = f"http://127.0.0.1:{port}"
-        process.wait_ready(lambda: http_ready(f"{url}/healthz"), timeout=30)
+        process.wait_ready(lambda: http_ready(f"{url}/healthz"), timeout=ready_within)
         return url
 
     def start_flower(self) -> str:

@@ -291,8 +291,8 @@ def run_scale(
         per_rollout = start_rollout_workers(lab, "", {"CANARY_QUERY_BATCH_SLOT_SECONDS": "0"})
         lab.start_worker("rollback", "rollback,reconcile", concurrency=2, ready_within=300.0)
         lab.start_worker("aftercare", "runbook,notify", concurrency=1, ready_within=300.0)
-        lab.start_beat()
-        api = lab.start_api()
+        lab.start_beat(ready_within=300.0)
+        api = lab.start_api(ready_within=300.0)
         sessions = session_factory(lab.database_url)
         for name in lab.services:
             _start(lab, plan, name)
