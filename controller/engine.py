@@ -627,6 +627,13 @@ class _Advance:
         state = dict(self.rollout.analysis or {})
         baselines = state.get("baselines", {})
         criteria = self.plan.criteria_for(step.stage)
+        # Shared answers must be newer than the last this rollout judged and than its
+        # step's start (its current weight): never the same data twice.
+        last_shared = state.get("batched_at")
+        moments = [
+            self.rollout.step_started_at,
+            datetime.fromisoformat(last_shared) if last_shared else None,
+        ]
         measurements = measure_all(
             criteria,
             self.runtime.metrics,
@@ -636,7 +643,11 @@ class _Advance:
             previous_baselines=baselines,
             shared=self.runtime.shared_answers,
             interval=self.plan.analysis.interval,
+            not_before=max((m for m in moments if m is not None), default=None),
         )
+        shared_at = [m.batched_at for m in measurements if m.batched_at is not None]
+        if shared_at:
+            state["batched_at"] = max(shared_at).isoformat()
         for criterion, m in zip(criteria, measurements, strict=True):
             measured_baseline = m.judgement.details.get("measured_baseline")
             if measured_baseline is not None:

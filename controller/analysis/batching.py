@@ -28,6 +28,7 @@ import math
 import re
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -41,10 +42,13 @@ from controller.plan import render_template, template_variables
 __all__ = ["BatchedQuery", "SharedAnswers", "batch_form"]
 
 _SENTINEL = "__canary_batch_{}__"
-_SENTINEL_ANYWHERE = re.compile(r"__canary_batch_([A-Za-z0-9_]+?)__")
+_SENTINEL_ANYWHERE = re.compile(r"__canary_batch_([0-9]+)__")
 _SENTINEL_MATCHER = re.compile(
-    r"([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!=|!~|=)\s*([\"'`])__canary_batch_([A-Za-z0-9_]+?)__\3"
+    r"([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!=|!~|=)\s*([\"'`])__canary_batch_([0-9]+)__\3"
 )
+# The metric name selects what is measured, and histogram_quantile consumes ``le``:
+# neither names a rollout.
+_NEVER_LIFTED = frozenset({"__name__", "le"})
 # An aggregation in prefix form, with or without a ``by`` clause; the suffix form
 # (``sum(x) by (le)``) is not rewritten, and the tree comparison then refuses it.
 _AGGREGATION = re.compile(
@@ -91,22 +95,26 @@ def batch_form(template: str, values: dict[str, str]) -> BatchedQuery | None:
     return _batch_form(template, tuple(sorted((k, v) for k, v in values.items() if k in used)))
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=65536)
 def _batch_form(template: str, items: tuple[tuple[str, str], ...]) -> BatchedQuery | None:
     values = dict(items)
-    candidates = {
+    candidates = sorted(
         name
         for name in template_variables(template)
         if name != "window" and _liftable(values.get(name))
-    }
+    )
     while candidates:
-        rendered = render_template(
-            template, {**values, **{name: _SENTINEL.format(name) for name in candidates}}
-        )
-        lifted, refused = _lifted_matchers(rendered)
+        # Sentinels by index: a variable's name may itself contain "__".
+        sentinels = {name: _SENTINEL.format(index) for index, name in enumerate(candidates)}
+        rendered = render_template(template, {**values, **sentinels})
+        by_index = dict(enumerate(candidates))
+        lifted, refused = _lifted_matchers(rendered, by_index)
         if not refused:
             break
-        candidates -= refused
+        remaining = [name for name in candidates if name not in refused]
+        if len(remaining) == len(candidates):
+            return None  # a sentinel we cannot account for: never guess
+        candidates = remaining
     else:
         return None
     if not lifted:
@@ -120,22 +128,28 @@ def _batch_form(template: str, items: tuple[tuple[str, str], ...]) -> BatchedQue
 
 
 def _liftable(value: str | None) -> bool:
-    return bool(value) and not _UNSAFE_VALUE.search(value or "")
+    return (
+        bool(value)
+        and not _UNSAFE_VALUE.search(value or "")
+        and not _SENTINEL_ANYWHERE.search(value or "")
+    )
 
 
-def _lifted_matchers(rendered: str) -> tuple[dict[str, str], set[str]]:
+def _lifted_matchers(rendered: str, by_index: dict[int, str]) -> tuple[dict[str, str], set[str]]:
     """Label → variable of each ``label="<variable>"`` matcher, and the variables that
-    cannot be lifted (used another way, or a label matched against two of them)."""
+    cannot be lifted (used another way, matched by a label that is not an ordinary
+    one, or a label matched against two of them)."""
     lifted: dict[str, str] = {}
     refused: set[str] = set()
     for match in _SENTINEL_MATCHER.finditer(rendered):
-        label, op, _, name = match.groups()
-        if op != "=":
+        label, op, _, index = match.groups()
+        name = by_index.get(int(index), "")
+        if op != "=" or label in _NEVER_LIFTED:
             refused.add(name)
         elif lifted.setdefault(label, name) != name:
             refused.update({name, lifted[label]})
-    elsewhere = _SENTINEL_ANYWHERE.findall(_SENTINEL_MATCHER.sub("", rendered))
-    refused.update(elsewhere)
+    for index in _SENTINEL_ANYWHERE.findall(_SENTINEL_MATCHER.sub("", rendered)):
+        refused.add(by_index.get(int(index), ""))
     return {label: name for label, name in lifted.items() if name not in refused}, refused
 
 
@@ -219,7 +233,31 @@ class _Comparison:
             or str(a.modifier.card) != str(b.modifier.card)
         ):
             return False
+        # Matching a side that names the rollout with one aggregated away from it
+        # answers nothing on its own; batched, both would carry the lifted labels and
+        # match. Between two vectors, both sides keep the labels or both lose them.
+        vectors = not (_is_scalar(a.lhs) or _is_scalar(a.rhs))
+        if vectors and self._keeps(a.lhs) != self._keeps(a.rhs):
+            return False
         return self.same(a.lhs, b.lhs) and self.same(a.rhs, b.rhs)
+
+    def _keeps(self, node: object) -> bool:
+        """Whether the rollout's own query keeps the lifted labels on ``node``'s series."""
+        kind = type(node).__name__
+        if kind in ("VectorSelector", "MatrixSelector"):
+            return True
+        if kind in ("ParenExpr", "UnaryExpr"):
+            return self._keeps(node.expr)
+        if kind == "Call":
+            vectors = [arg for arg in node.args if not _is_scalar(arg)]
+            return bool(vectors) and all(self._keeps(arg) for arg in vectors)
+        if kind == "AggregateExpr":
+            grouped = set(node.modifier.labels) if node.modifier is not None else set()
+            return set(self.labels) <= grouped
+        if kind == "BinaryExpr":
+            sides = [side for side in (node.lhs, node.rhs) if not _is_scalar(side)]
+            return bool(sides) and all(self._keeps(side) for side in sides)
+        return False
 
     def _MatrixSelector(self, a, b) -> bool:  # noqa: N802
         return a.range == b.range and self.same(a.vector_selector, b.vector_selector)
@@ -242,6 +280,18 @@ class _Comparison:
         return shared == expected and named == set(self.labels)
 
 
+def _is_scalar(node: object) -> bool:
+    """A number, or arithmetic of numbers: matched against every series alike."""
+    kind = type(node).__name__
+    if kind == "NumberLiteral":
+        return True
+    if kind in ("ParenExpr", "UnaryExpr"):
+        return _is_scalar(node.expr)
+    if kind == "BinaryExpr":
+        return _is_scalar(node.lhs) and _is_scalar(node.rhs)
+    return False
+
+
 @dataclass(frozen=True)
 class SharedAnswer:
     """What a batched query answered, and when it was evaluated."""
@@ -255,19 +305,19 @@ class SharedAnswers:
     """Answers of batched queries in this process, one per query per slot of the clock.
 
     Threads of one check (and checks of one process) asking the same query in the
-    same slot wait for one request instead of sending their own. ``max_slot`` caps the
-    slot (default 5 s); a plan's slot is at most half its interval. Failures are not
-    kept: the next asker tries again.
+    same slot wait for one request instead of sending their own; a failure reaches
+    the askers already waiting and is not kept, so the next asker tries again (and
+    the caller asks per rollout meanwhile). ``max_slot`` caps the slot (default
+    5 s); a plan's slot is at most half its interval. Answers are per process: under
+    Celery's prefork pool each pool process keeps its own.
     """
 
-    def __init__(
-        self, provider: MetricsProvider, max_slot: timedelta = timedelta(seconds=5)
-    ) -> None:
+    def __init__(self, provider: MetricsProvider, max_slot: timedelta = timedelta(seconds=5)):
         self.provider = provider
         self.max_slot = max_slot
-        self.asked = 0  # requests sent to Prometheus (for the scale benchmark's figures)
+        self.asked = 0  # requests sent to Prometheus (for tests and benchmarks)
         self._answers: dict[tuple, SharedAnswer] = {}
-        self._locks: dict[tuple, threading.Lock] = {}
+        self._in_flight: dict[tuple, Future[SharedAnswer]] = {}
         self._guard = threading.Lock()
 
     def slot_for(self, interval: timedelta) -> timedelta:
@@ -300,29 +350,47 @@ class SharedAnswers:
         )
         return [s for s in answer.series if batched.picks(s.labels)], answer.evaluated_at
 
+    def evaluated_at(self, now: datetime, interval: timedelta) -> datetime:
+        """When an answer shared at ``now`` would have been evaluated."""
+        return _slot_start(now, self.slot_for(interval))
+
     def _answer(self, key: tuple, ask: Callable[[], SharedAnswer]) -> SharedAnswer:
         with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            with self._guard:
-                known = self._answers.get(key)
+            known = self._answers.get(key)
             if known is not None:
                 return known
+            waiting = self._in_flight.get(key)
+            if waiting is None:
+                mine: Future[SharedAnswer] = Future()
+                self._in_flight[key] = mine
+        if waiting is not None:
+            return waiting.result()  # the asker's answer, or its failure
+        try:
             answer = ask()
+        except BaseException as exc:
             with self._guard:
+                del self._in_flight[key]
                 self.asked += 1
-                self._answers[key] = answer
-                self._forget_before(answer.evaluated_at - 4 * self.max_slot)
-            return answer
+            mine.set_exception(exc)
+            raise
+        with self._guard:
+            del self._in_flight[key]
+            self.asked += 1
+            self._answers[key] = answer
+            self._forget_before(answer.evaluated_at - 4 * self.max_slot)
+        mine.set_result(answer)
+        return answer
 
     def _forget_before(self, moment: datetime) -> None:
         for key in [k for k, a in self._answers.items() if a.evaluated_at < moment]:
             del self._answers[key]
-            self._locks.pop(key, None)
 
 
 def _slot_start(now: datetime, slot: timedelta) -> datetime:
-    """The start of the slot of the clock grid ``now`` falls in (UTC, from the epoch)."""
+    """The start of the slot of the clock grid ``now`` falls in (UTC, from the epoch).
+    A naive ``now`` is refused: Python would read it as the host's local time."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError(f"naive datetime {now.isoformat()}: pass a timezone-aware one")
     seconds = slot.total_seconds()
     if seconds <= 0:
         return now

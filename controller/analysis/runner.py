@@ -17,7 +17,7 @@ import structlog
 
 from controller import timeouts
 from controller.analysis import judges
-from controller.analysis.batching import SharedAnswers, batch_form
+from controller.analysis.batching import BatchedQuery, SharedAnswers, batch_form
 from controller.analysis.verdict import Judgement, Verdict
 from controller.durations import format_duration
 from controller.metrics.prometheus import MetricsError, Sample, Series
@@ -109,48 +109,48 @@ def measure(
     previous_baseline: float | None = None,
     shared: SharedAnswers | None = None,
     interval: timedelta | None = None,
+    not_before: datetime | None = None,
 ) -> Measurement:
     """Measure ``criterion`` at ``now``; never raises for provider or data problems
     (only when the task runs out of time, which is no verdict).
 
-    With ``shared`` answers (and the plan's ``interval``), queries that can be asked
-    once for every rollout are (``controller.analysis.batching``); the others, and
-    every query without ``shared``, are asked for this rollout alone."""
+    With ``shared`` answers (and the plan's ``interval``), a criterion whose queries
+    can all be asked once for every rollout is (``controller.analysis.batching``),
+    provided the shared answer was evaluated after ``not_before`` (this rollout's
+    last shared answer, or the start of its step: never the same data twice, nor
+    data from before a weight change). Otherwise, and when the batched query fails,
+    its queries are asked for this rollout alone, at ``now``."""
     window = criterion.window or default_window
     values = {**variables, "window": format_duration(window)}
     templates = criterion.queries()
     queries = {role: render_template(t, values) for role, t in templates.items()}
-    asker = _Asker(provider, values, now, shared, interval)
-    inputs: dict[str, float | None] = {}
+    forms = _shared_forms(templates, values, now, shared, interval, not_before)
+    asker = _Asker(provider, now, shared if forms else None, interval, forms or {})
     try:
         with timeouts.running(f"stop criterion {criterion.name}"):
-            if isinstance(criterion, RisingTrend):
-                series = asker.range(
-                    "series", templates["series"], queries["series"], window, criterion.step
+            try:
+                inputs, judgement = _measure_with(
+                    asker, criterion, queries, window, previous_baseline
                 )
-                if len(series) > 1:
-                    raise _SeriesShapeError(
-                        f"query returned {len(series)} series, expected one: aggregate it "
-                        "(max, sum)"
-                    )
-                points = series[0].points if series else []
-                inputs = {"points": float(len(points))}
-                judgement = judges.rising_trend(criterion, points, criterion.step.total_seconds())
-            else:
-                for role, query in queries.items():
-                    inputs[role] = _scalar(asker.instant(role, templates[role], query))
-                counted = _absent_errors_as_zero(criterion, inputs)
-                judgement = _with_notes(
-                    _judge_scalars(criterion, inputs, previous_baseline), counted
+            except _BatchFailed as failed:
+                log.warning(
+                    "batched query failed; asking per rollout",
+                    criterion=criterion.name,
+                    error=str(failed.error),
+                )
+                asker = _Asker(provider, now, None, interval, {})
+                inputs, judgement = _measure_with(
+                    asker, criterion, queries, window, previous_baseline
                 )
     except timeouts.out_of_time():
         raise  # the task's time is up: not a verdict of any kind (controller.timeouts)
     except MetricsError as exc:
-        judgement = Judgement(Verdict.ERROR, f"Prometheus: {exc}")
+        inputs, judgement = {}, Judgement(Verdict.ERROR, f"Prometheus: {exc}")
     except _SeriesShapeError as exc:
-        judgement = Judgement(Verdict.INCONCLUSIVE, str(exc))
+        inputs, judgement = {}, Judgement(Verdict.INCONCLUSIVE, str(exc))
     except Exception as exc:  # a bug here must hold the rollout, never crash or promote it
         log.exception("measurement failed", criterion=criterion.name)
+        inputs = {}
         judgement = Judgement(Verdict.ERROR, f"measurement failed: {type(exc).__name__}: {exc}")
     return Measurement(
         criterion.name,
@@ -163,43 +163,96 @@ def measure(
     )
 
 
+def _measure_with(
+    asker: _Asker,
+    criterion: Criterion,
+    queries: dict[str, str],
+    window: timedelta,
+    previous_baseline: float | None,
+) -> tuple[dict[str, float | None], Judgement]:
+    if isinstance(criterion, RisingTrend):
+        series = asker.range("series", queries["series"], window, criterion.step)
+        if len(series) > 1:
+            raise _SeriesShapeError(
+                f"query returned {len(series)} series, expected one: aggregate it (max, sum)"
+            )
+        points = series[0].points if series else []
+        inputs: dict[str, float | None] = {"points": float(len(points))}
+        return inputs, judges.rising_trend(criterion, points, criterion.step.total_seconds())
+    inputs = {role: _scalar(asker.instant(role, query)) for role, query in queries.items()}
+    counted = _absent_errors_as_zero(criterion, inputs)
+    return inputs, _with_notes(_judge_scalars(criterion, inputs, previous_baseline), counted)
+
+
+def _shared_forms(
+    templates: dict[str, str],
+    values: dict[str, str],
+    now: datetime,
+    shared: SharedAnswers | None,
+    interval: timedelta | None,
+    not_before: datetime | None,
+) -> dict[str, BatchedQuery] | None:
+    """The batched form of every query of a criterion, or None: all of its queries
+    are shared, or none (its numbers are then judged from one evaluation time)."""
+    if shared is None or interval is None:
+        return None
+    if not_before is not None and shared.evaluated_at(now, interval) <= not_before:
+        return None
+    forms = {role: batch_form(template, values) for role, template in templates.items()}
+    if any(form is None for form in forms.values()):
+        return None
+    return forms  # type: ignore[return-value]
+
+
+class _BatchFailed(Exception):
+    """A batched query failed: the criterion is asked per rollout instead."""
+
+    def __init__(self, error: MetricsError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Asker:
-    """Asks one criterion's queries: batched through ``shared`` where a query can be,
-    per rollout otherwise; remembers which were batched and when they were evaluated."""
+    """Asks one criterion's queries: through ``shared`` answers when ``forms`` has
+    them, per rollout otherwise; remembers which were shared and when evaluated."""
 
     def __init__(
         self,
         provider: MetricsProvider,
-        values: dict[str, str],
         now: datetime,
         shared: SharedAnswers | None,
         interval: timedelta | None,
+        forms: dict[str, BatchedQuery],
     ) -> None:
         self.provider = provider
-        self.values = values
         self.now = now
-        self.shared = shared if interval is not None else None
+        self.shared = shared
         self.interval = interval or timedelta(0)
+        self.forms = forms
         self.batched_at: datetime | None = None
         self.batched_roles: list[str] = []
 
-    def instant(self, role: str, template: str, query: str) -> list[Sample]:
-        batched = batch_form(template, self.values) if self.shared else None
+    def instant(self, role: str, query: str) -> list[Sample]:
+        batched = self.forms.get(role)
         if batched is None or self.shared is None:
             return self.provider.instant(query, at=self.now)
-        samples, evaluated_at = self.shared.instant(batched, self.now, self.interval)
+        try:
+            samples, evaluated_at = self.shared.instant(batched, self.now, self.interval)
+        except MetricsError as exc:
+            raise _BatchFailed(exc) from exc
         self._batched(role, evaluated_at)
         return samples
 
-    def range(
-        self, role: str, template: str, query: str, window: timedelta, step: timedelta
-    ) -> list[Series]:
-        batched = batch_form(template, self.values) if self.shared else None
+    def range(self, role: str, query: str, window: timedelta, step: timedelta) -> list[Series]:
+        batched = self.forms.get(role)
         if batched is None or self.shared is None:
             return self.provider.range(query, self.now - window, self.now, step.total_seconds())
-        series, evaluated_at = self.shared.range(
-            batched, self.now, window, step.total_seconds(), self.interval
-        )
+        try:
+            series, evaluated_at = self.shared.range(
+                batched, self.now, window, step.total_seconds(), self.interval
+            )
+        except MetricsError as exc:
+            raise _BatchFailed(exc) from exc
         self._batched(role, evaluated_at)
         return series
 
@@ -224,6 +277,7 @@ def measure_all(
     previous_baselines: dict[str, float] | None = None,
     shared: SharedAnswers | None = None,
     interval: timedelta | None = None,
+    not_before: datetime | None = None,
 ) -> list[Measurement]:
     """``measure`` for each criterion, concurrently, in the order given."""
     if not criteria:
@@ -240,6 +294,7 @@ def measure_all(
             previous_baseline=baselines.get(criterion.name),
             shared=shared,
             interval=interval,
+            not_before=not_before,
         )
 
     pool = ThreadPoolExecutor(

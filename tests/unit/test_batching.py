@@ -198,3 +198,61 @@ def test_old_answers_are_forgotten() -> None:
     for minute in range(30):
         shared.instant(QUERY, T0 + timedelta(minutes=minute), TEN_S)
     assert len(shared._answers) == 1
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # one side keeps the rollout's label, the other aggregates it away: alone
+        # they match nothing, batched they would match.
+        'sum(rate(errs{service="{{ service }}"}[5m])) / svc_rps{service="{{ service }}"}',
+        'sum by (service) (rate(e{service="{{ service }}"}[5m]))'
+        ' / sum(rate(e{service="{{ service }}"}[5m]))',
+        'sum(rate(a{service="{{ service }}"}[5m])) and b{service="{{ service }}"}',
+    ],
+)
+def test_binary_operations_whose_sides_differ_in_the_lifted_labels_are_not_batched(
+    template: str,
+) -> None:
+    assert batch_form(template, VALUES) is None
+
+
+def test_a_variable_name_with_underscores_terminates_and_stays_per_rollout() -> None:
+    values = {**VALUES, "env_": "x"}
+    batched = batch_form('sum(up{service="{{ service }}", job="api-{{ env_ }}"})', values)
+    assert batched is not None and batched.labels == (("service", "checkout"),)
+    assert 'job="api-x"' in batched.query
+
+
+def test_the_metric_name_is_never_lifted() -> None:
+    batched = batch_form(
+        'sum(rate({__name__="{{ metric }}", service="{{ service }}"}[5m]))',
+        {**VALUES, "metric": "m"},
+    )
+    assert batched is not None and '__name__="m"' in batched.query
+
+
+def test_naive_times_are_refused() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        SharedAnswers(CountingProvider()).instant(QUERY, datetime(2026, 1, 1), TEN_S)
+
+
+def test_a_failure_reaches_the_waiting_askers_and_is_not_kept() -> None:
+    provider = CountingProvider(fail=True)
+    provider.delay = 0.2
+    shared = SharedAnswers(provider)
+    errors: list[Exception] = []
+
+    def ask() -> None:
+        try:
+            shared.instant(QUERY, T0, TEN_S)
+        except MetricsError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 4 and len(provider.calls) == 1
+    assert not shared._in_flight and not shared._answers
