@@ -6,12 +6,18 @@ that asks both slots their version paid that twice, and at hundreds of rollouts 
 minute it was most of a worker's time. The shared client is built once per process
 (again after a fork: a Celery pool child must not share its parent's connections)
 and is safe to use from several threads.
+
+It keeps nothing between calls: no cookies (a slot's answer must not shape the next
+check's request) and no idle connections (a connection the slot closed between two
+checks would fail the next one; a new loopback or LAN connection costs little next
+to the TLS context the shared client saves).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
@@ -26,6 +32,11 @@ def shared_client() -> httpx.Client:
     global _client, _pid
     with _lock:
         if _client is None or _pid != os.getpid():
-            _client = httpx.Client(trust_env=False, follow_redirects=False)
+            _client = httpx.Client(
+                trust_env=False,
+                follow_redirects=False,
+                cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
             _pid = os.getpid()
         return _client
