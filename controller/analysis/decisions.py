@@ -82,7 +82,11 @@ def missing_data_streaks(
         inconclusive=streaks.inconclusive + 1 if Verdict.INCONCLUSIVE in verdicts else 0,
     )
     if after.error >= limits.error_limit:
-        return after, f"{after.error} checks in a row could not reach Prometheus"
+        last = next(m for m in measurements if m.verdict == Verdict.ERROR)
+        return after, (
+            f"{after.error} checks in a row ended in an error "
+            f"(last: {last.criterion}: {last.judgement.reason})"
+        )
     if after.inconclusive >= limits.inconclusive_limit:
         return after, f"{after.inconclusive} checks in a row were inconclusive (no data)"
     return after, None
