@@ -3,23 +3,25 @@
 A rollback that settled, or a rollout that changed stage, writes an outbox row in
 the same transaction as the change. The row is dispatched to the broker after the
 commit, and reconcile dispatches again any row not acknowledged done, so a broker
-restart or a killed worker delays the work but never loses it. Before acting, a
-runbook checks that its rollout is still the one it was written for: rolled back,
-and not superseded by a newer rollout of the same service (whose canary slot the
-old runbook's disable hook could otherwise switch off).
+restart or a killed worker delays the work but never loses it. Before each step,
+a runbook checks that it is still about the present: its row not expired, its
+rollout rolled back and not superseded by a newer rollout of the same service
+(whose canary slot the old runbook's disable hook could otherwise switch off). A
+newer rollout may start while a step runs, so the check is made again
+immediately before every step, not once per delivery.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from controller.runtime import Runtime
 from controller.store import repository
-from controller.store.models import ROLLBACK_STATES, Rollout, RolloutState
+from controller.store.models import ACTIVE_STATES, ROLLBACK_STATES, Rollout, RolloutState
 
 RUNBOOK_TTL = timedelta(minutes=15)
 NOTIFY_TTL = timedelta(minutes=10)
@@ -55,9 +57,7 @@ def run_outbox_row(runtime: Runtime, row_id: int) -> str:
         kind, rollout_id, payload = row.kind, row.rollout_id, dict(row.payload)
         if not repository.claim_outbox(session, row_id, runtime.clock(), CLAIMS[kind]):
             return f"outbox {row_id}: another delivery is running it"
-        stale = _stale_runbook(session, rollout_id) if kind == "runbook" else None
-        if row.expires_at < runtime.clock():
-            stale = "expired before it ran"
+        stale = why_not_run(session, row_id, runtime.clock())
     if stale:
         outcome = f"not run: {stale}"
         _record_skip(runtime, rollout_id, kind, outcome)
@@ -68,7 +68,13 @@ def run_outbox_row(runtime: Runtime, row_id: int) -> str:
             with runtime.sessions() as session:
                 repository.renew_outbox_claim(session, row_id, runtime.clock(), CLAIMS[kind])
 
-        outcome = run_runbook_now(runtime, rollout_id, payload, still_running=renew)
+        def why_stop() -> str | None:
+            with runtime.sessions() as session:
+                return why_not_run(session, row_id, runtime.clock())
+
+        outcome = run_runbook_now(
+            runtime, rollout_id, payload, still_running=renew, why_stop=why_stop
+        )
     else:
         from controller.lifecycle import send_notifications
 
@@ -78,6 +84,19 @@ def run_outbox_row(runtime: Runtime, row_id: int) -> str:
     return outcome
 
 
+def why_not_run(session: Session, row_id: int, now: datetime) -> str | None:
+    """Why the work of this row must not be done (any more), or None. A delivery asks
+    when it takes the row, and a runbook again immediately before each of its steps:
+    a step never acts for a rollout that has been superseded while an earlier step
+    ran, nor after its row expired."""
+    row = repository.get_outbox(session, row_id)
+    if row is None:
+        return "the outbox row is gone"
+    if row.expires_at < now:
+        return f"expired at {row.expires_at.isoformat()}"
+    return _stale_runbook(session, row.rollout_id) if row.kind == "runbook" else None
+
+
 def _stale_runbook(session: Session, rollout_id: str) -> str | None:
     """Why this runbook must not act any more, or None."""
     rollout = repository.get_rollout(session, rollout_id)
@@ -85,12 +104,14 @@ def _stale_runbook(session: Session, rollout_id: str) -> str | None:
         return "the rollout is gone"
     if rollout.state not in _RUNBOOK_STATES:
         return f"the rollout is {rollout.state}, not rolled back"
+    # Another active rollout of the service is newer whatever the clocks that stamped
+    # created_at say: one rollout of a service is active at a time, and this one was.
     newer = session.scalars(
         select(Rollout.id)
         .where(
             Rollout.service == rollout.service,
-            Rollout.created_at > rollout.created_at,
             Rollout.id != rollout.id,
+            or_(Rollout.created_at > rollout.created_at, Rollout.state.in_(ACTIVE_STATES)),
         )
         .limit(1)
     ).first()

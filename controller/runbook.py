@@ -9,6 +9,9 @@
 
 Every step is recorded as an event with its start and end. A step that fails is
 recorded and the next one still runs; nothing here can move traffic back.
+Immediately before each step the runbook asks whether it is still about the present
+(``why_stop``: the outbox checks the rollout and the row's expiry); if not, that step
+and the rest are recorded as skipped with the reason, and nothing more is done.
 """
 
 from __future__ import annotations
@@ -165,9 +168,12 @@ def run_runbook(
     post: Callable[[dict[str, Any]], str],
     traffic_on_stable: bool = True,
     still_running: Callable[[], None] = lambda: None,
+    why_stop: Callable[[], str | None] = lambda: None,
 ) -> list[StepResult]:
     """Steps 2–5 (and the record of step 1), each an event; returns what each did.
-    ``still_running`` is called after each step (the outbox renews its claim)."""
+    ``still_running`` is called after each step (the outbox renews its claim);
+    ``why_stop`` immediately before each step: a reason it gives stops the runbook
+    there, that step and the rest recorded as skipped (``not_run``) with it."""
     results: list[StepResult] = []
     with runtime.sessions() as session:
         rollout = repository.get_rollout(session, rollout_id)
@@ -243,6 +249,22 @@ def run_runbook(
         )
         session.commit()
 
+        def halted(remaining: list[tuple[int, str]]) -> bool:
+            """Asked immediately before a step: if the runbook is no longer about the
+            present (a newer rollout of the service started while the last step ran,
+            say), the step and the rest are recorded as not run, with why."""
+            reason = why_stop()
+            if reason is None:
+                return False
+            log.warning(
+                "runbook_stopped", rollout_id=rollout_id, step=remaining[0][0], reason=reason
+            )
+            for number, name in remaining:
+                detail, data = f"not run: {reason}", {"not_run": reason}
+                record(number, name, runtime.clock(), True, detail, data, skipped=True)
+            return True
+
+        incident_step = (5, "open incident")
         if traffic_on_stable:
             steps: list[tuple[int, str, Any, Callable[[], tuple[bool, str]]]] = [
                 (
@@ -264,7 +286,10 @@ def run_runbook(
                     lambda: disable_canary(plan.runbook.disable_canary, values),
                 ),
             ]
-            for number, name, configured, action in steps:
+            for index, (number, name, configured, action) in enumerate(steps):
+                later = [(n, step_name) for n, step_name, _, _ in steps[index:]]
+                if halted([*later, incident_step]):
+                    return results
                 started = runtime.clock()
                 if not configured:
                     record(number, name, started, True, "nothing in the plan", skipped=True)
@@ -276,6 +301,8 @@ def run_runbook(
                     ok, detail = False, f"{type(exc).__name__}: {exc}"
                 record(number, name, started, ok, detail)
 
+        if halted([incident_step]):
+            return results
         started = runtime.clock()
         # The snapshot shows the windows that led to the decision, not the quiet after it.
         trigger_at = (rollout.analysis or {}).get("trigger", {}).get("at")
@@ -299,8 +326,7 @@ def run_runbook(
         incident.webhook_status = post(incident_document(incident, rollout))
         session.commit()
         record(
-            5,
-            "open incident",
+            *incident_step,
             started,
             not incident.webhook_status.startswith("failed"),
             f"incident {incident.id} ({incident.webhook_status})",

@@ -128,6 +128,7 @@ def run_runbook_now(
     rollout_id: str,
     shift: dict[str, Any],
     still_running: Callable[[], None] = lambda: None,
+    why_stop: Callable[[], str | None] = lambda: None,
 ) -> str:
     """Run the runbook after a rollback in this process (see ``controller.runbook``);
     returns one line saying how each step went."""
@@ -142,10 +143,17 @@ def run_runbook_now(
         post=runtime.post_incident,
         traffic_on_stable=shift["traffic_on_stable"],
         still_running=still_running,
+        why_stop=why_stop,
     )
-    failed = [f"{r.number} {r.name}" for r in results if not r.ok]
-    return (
-        f"runbook: {len(results)} step(s), failed: {', '.join(failed)}"
+    ran = [r for r in results if "not_run" not in r.data]
+    failed = [f"{r.number} {r.name}" for r in ran if not r.ok]
+    line = (
+        f"runbook: {len(ran)} step(s), failed: {', '.join(failed)}"
         if failed
-        else f"runbook: {len(results)} step(s) ok"
+        else f"runbook: {len(ran)} step(s) ok"
     )
+    stopped = [r for r in results if "not_run" in r.data]
+    if stopped:
+        numbers = ", ".join(str(r.number) for r in stopped)
+        line += f"; step(s) {numbers} not run: {stopped[0].data['not_run']}"
+    return line

@@ -7,13 +7,24 @@ mix with another's.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+import httpx
 import pytest
 
 from controller.lab.stack import RolloutLab
+from controller.operations import abort_rollout, rollback_rollout
+from controller.plan import Plan
+from controller.runbook import find_incident
+from controller.runtime import utcnow
+from controller.store.db import session_factory
+from controller.store.models import Event, Rollout
 from tests.conftest import postgres_schema
 from tests.integration.rollout_helpers import (
+    PLAN,
     assert_no_step_done_twice,
     at_canary,
     begin,
@@ -95,3 +106,85 @@ def test_each_stop_criterion_rolls_back_to_stable(
     assert failing and all(e.data["criterion"] == criterion for e in failing)
     assert "{{" not in str(failing[0].data["queries"]) and version in str(failing[0].data)
     assert_no_step_done_twice(events)
+
+
+class HeldCheck:
+    """An HTTP endpoint a runbook check waits on until the test lets it answer."""
+
+    def __init__(self) -> None:
+        self.arrived, self.release = threading.Event(), threading.Event()
+        arrived, release = self.arrived, self.release
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                arrived.set()
+                release.wait(25)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hold"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def runbook_done(_rollout: Rollout, events: list[Event]) -> bool:
+    return any(e.kind == "runbook" and e.data["step"] == 5 for e in events)
+
+
+def test_a_runbook_overtaken_by_the_next_rollout_leaves_its_canary_alone(lab: RolloutLab) -> None:
+    """A rolled-back rollout's runbook is held in its smoke check (step 3) while the
+    operator deploys the next version into the same canary slot and starts its
+    rollout. When the check answers, the runbook sees the newer rollout before step
+    4 and stops: the disable hook (POST /admin/disable on the canary slot) never
+    reaches the new canary, and no incident is opened for the old one."""
+    held, newer = HeldCheck(), None
+    sessions = session_factory(lab.database_url)
+    try:
+        data = PLAN.model_dump(mode="json")
+        data["runbook"]["smoke_checks"] = [{"name": "held", "url": held.url, "timeout": "30s"}]
+        version = deploy(lab)
+        rollout_id = begin(lab, version, plan=Plan.from_data(data))
+        wait_for(lab, rollout_id, at_canary)
+        with sessions() as session:
+            assert rollback_rollout(
+                session, rollout_id, reason="bad smell", actor="pytest", now=utcnow()
+            ).accepted
+        assert held.arrived.wait(90), "the runbook never reached its smoke check"
+        rollout, _ = snapshot(lab, rollout_id)
+        assert rollout.state == "rolled_back" and lab.router().get_canary_weight() == 0
+
+        next_version = deploy(lab)  # into the slot the old runbook would disable
+        newer = begin(lab, next_version)
+        held.release.set()
+        wait_for(lab, rollout_id, runbook_done, timeout=60)
+        _, events = snapshot(lab, rollout_id)
+        steps = {e.data["step"]: e.data for e in events if e.kind == "runbook"}
+        assert steps[3]["ok"] and not steps[3].get("skipped"), steps[3]
+        reason = f"a newer rollout of {lab.settings.service} ({newer}) started since"
+        for number in (4, 5):
+            assert steps[number].get("not_run") == reason, steps[number]
+        canary = lab.instance("canary")
+        with httpx.Client(trust_env=False, timeout=5) as client:
+            assert client.get(f"{canary.url}/healthz").status_code == 200
+            assert client.get(f"{canary.url}/version").json()["version"] == next_version
+        with sessions() as session:
+            assert find_incident(session, rollout_id) is None
+    finally:
+        held.close()
+        if newer is not None:
+            # Leave the lab idle for the next test: the newer rollout aborted, and its
+            # own runbook (which disables its own canary) done.
+            with sessions() as session:
+                abort_rollout(session, newer, reason="test over", actor="pytest", now=utcnow())
+            wait_for(lab, newer, finished)
+            wait_for(lab, newer, runbook_done, timeout=90)

@@ -2,16 +2,21 @@
 
 What is checked is the bookkeeping that makes a lost message harmless: a queued
 advance is not queued again until presumed lost, outbox rows are sent until done,
-a duplicate delivery does nothing, and a stale runbook never acts.
+a duplicate delivery does nothing, and a stale runbook never acts, not even with a
+step that starts after the world moved on while an earlier one ran.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
-from controller import outbox
+import pytest
+
+from controller import outbox, runbook
 from controller.engine import advance
 from controller.operations import abort_rollout
+from controller.plan import Plan
 from controller.rollback import rollback
 from controller.store import repository
 from controller.store.models import Outbox
@@ -20,11 +25,11 @@ from tests.unit.test_state_machine import make_plan, start, state, with_notifica
 LOST = timedelta(seconds=20)
 
 
-def rolled_back_with_messages_lost(runtime, clock) -> str:  # type: ignore[no-untyped-def]
+def rolled_back_with_messages_lost(runtime, clock, plan: Plan | None = None) -> str:  # type: ignore[no-untyped-def]
     """A rollout aborted and rolled back while every broker message is lost: its
     runbook row waits in the outbox."""
     runtime.send_outbox = lambda row_id, kind, rollout_id: None
-    rollout_id = start(runtime, make_plan())
+    rollout_id = start(runtime, plan or make_plan())
     advance(runtime, rollout_id)
     with runtime.sessions() as session:
         abort_rollout(session, rollout_id, reason="x", actor="a", now=clock.now)
@@ -96,6 +101,72 @@ def test_a_runbook_of_a_superseded_rollout_never_acts(world) -> None:
     _, events = state(runtime, rollout_id)
     assert not [e for e in events if e.kind == "runbook"]
     assert any(e.kind == "runbook_skipped" for e in events)
+
+
+def with_every_runbook_step(plan: Plan, disabled: Path) -> Plan:
+    """The plan with checks in steps 2 and 3 and a disable hook that leaves a file."""
+    data = plan.model_dump(mode="json")
+    data["runbook"] = {
+        "stable_healthchecks": [{"name": "health", "url": "http://127.0.0.1:9/healthz"}],
+        "smoke_checks": [{"name": "journey", "url": "http://127.0.0.1:9/checkout"}],
+        "disable_canary": {"command": ["/bin/sh", "-c", f"touch {disabled}"]},
+    }
+    return Plan.from_data(data)
+
+
+@pytest.mark.parametrize("meanwhile", ["nothing", "a newer rollout starts", "the row expires"])
+def test_each_runbook_step_rechecks_and_the_rest_are_skipped_once_it_is_stale(
+    world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, meanwhile: str
+) -> None:
+    """The runbook was current when its delivery took it; while its step 2 ran, the
+    next rollout of the service started (or the row's time ran out). Steps 3 to 5
+    are recorded as not run, with why, and the disable hook never touches the canary
+    slot, which is now the newer rollout's."""
+    runtime, _, _, clock, _ = world
+    disabled = tmp_path / "canary-disabled"
+    plan = with_every_runbook_step(make_plan(), disabled)
+    rollout_id = rolled_back_with_messages_lost(runtime, clock, plan)
+    with runtime.sessions() as session:
+        row = session.query(Outbox).filter_by(rollout_id=rollout_id, kind="runbook").one()
+        row_id, expires_at = row.id, row.expires_at
+    newer: list[str] = []
+
+    def checks_while_the_world_moves_on(checks, values):  # type: ignore[no-untyped-def]
+        if meanwhile == "a newer rollout starts" and not newer:  # at the same clock time
+            newer.append(start(runtime, make_plan()))
+        if meanwhile == "the row expires":
+            clock.now = expires_at + timedelta(seconds=1)
+        return True, f"{len(checks)} check(s) passed"
+
+    monkeypatch.setattr(runbook, "run_checks", checks_while_the_world_moves_on)
+    outcome = outbox.run_outbox_row(runtime, row_id)
+
+    _, events = state(runtime, rollout_id)
+    steps = {e.data["step"]: e for e in events if e.kind == "runbook"}
+    assert sorted(steps) == [1, 2, 3, 4, 5]
+    assert steps[2].data["ok"] and not steps[2].data.get("skipped")
+    with runtime.sessions() as session:
+        incident = runbook.find_incident(session, rollout_id)
+    if meanwhile == "nothing":
+        assert outcome == "runbook: 5 step(s) ok"
+        assert disabled.exists() and incident is not None
+        return
+    reason = (
+        f"a newer rollout of api ({newer[0]}) started since"
+        if newer
+        else f"expired at {expires_at.isoformat()}"
+    )
+    assert outcome == f"runbook: 2 step(s) ok; step(s) 3, 4, 5 not run: {reason}"
+    assert not disabled.exists(), "the disable hook ran for a stale runbook"
+    assert incident is None
+    for number in (3, 4, 5):
+        assert steps[number].data["skipped"] and steps[number].data["not_run"] == reason
+        assert steps[number].message.endswith(f"skipped: not run: {reason}")
+    # The row is done: stopping is its outcome, not a failure to send again.
+    clock.now += outbox.REDISPATCH_AFTER * 2
+    assert row_id not in outbox.dispatch_due(runtime)
+    with runtime.sessions() as session:
+        assert repository.get_outbox(session, row_id).outcome == outcome
 
 
 def test_an_outbox_row_past_its_expiry_is_given_up_loudly(world) -> None:
