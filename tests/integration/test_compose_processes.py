@@ -4,11 +4,12 @@ There is no Docker engine here, so this is the closest run of the compose system
 each controller service's own command (`canary db upgrade`, `api`, a worker per
 queue, `beat`, `flower`) runs with the service's own environment from the compose
 file, only its addresses mapped to the lab's loopback servers (PostgreSQL, Redis,
-Prometheus, HAProxy and the demo service's slots and staging). Each is then judged
-healthy by the very healthcheck command the compose file declares. Finally the
-compose plan (config/plans/compose.yaml) runs end to end through those processes,
-started and approved through the API as an operator would, with its URL variables
-overridden to the lab's slots.
+Prometheus, HAProxy and the demo service's slots and staging, so the URL allow-list
+names loopback instead of the demo services). Each is then judged healthy by the
+very healthcheck command the compose file declares. Finally the compose plan
+(config/plans/compose.yaml) runs end to end through those processes, started and
+approved through the API as an operator would, with its URL variables overridden
+to the lab's slots.
 
 What differs from a container, on purpose: ports and the beat schedule path are
 free ones of this machine (the containers each have their own), workers get a node
@@ -104,6 +105,9 @@ def lab_addresses(lab: RolloutLab) -> dict[str, str]:
         "CANARY_BROKER_URL": lab.redis.url,
         "CANARY_PROMETHEUS_URL": lab.prometheus.url,
         "CANARY_HAPROXY_SOCKET": lab.haproxy.socket_path,
+        # The compose plan's slots and staging (demo-blue, ...) are the lab's
+        # loopback instances.
+        "CANARY_ALLOWED_URL_HOSTS": "127.0.0.1",
     }
 
 
