@@ -11,8 +11,11 @@ What one advance does, as the engine runs it:
 
 * the preflight gates, in an advance of their own when the plan has any that take
   time (HTTP checks, commands, Prometheus queries);
-* the first advance of a step: the stage's smoke suite, and the soak's first load
-  burst (one second's worth);
+* the first advance of a step: the soak's first load burst (one second's worth);
+* the advances of a step until its smoke suite has run: as many of its checks as
+  fit beside the rest of the advance's work, at least one (``smoke_allowance``), so
+  a suite longer than one advance is spread over several and only its longest check
+  counts here;
 * every advance: the soak's healthchecks and a load burst (up to
   ``MAX_BURST_SECONDS`` worth), every stop criterion that applies to the stage,
   the exit checks at the end of a hold (``alerts_quiet``, ``backlog``), the slots'
@@ -31,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from controller import soak
-from controller.checks import wait_seconds
+from controller.checks import check_seconds, smoke_checks, wait_seconds
 from controller.plan import (
     CanaryDisable,
     CommandCheck,
@@ -45,6 +48,7 @@ from controller.plan import (
 from controller.timeouts import STEP_BUDGET_SECONDS
 
 QUERY_ALLOWANCE_SECONDS = 1.0  # what one Prometheus query counts for in the budget
+SMOKE = "longest smoke check"
 
 Loc = tuple[str | int, ...]
 
@@ -82,16 +86,15 @@ def step_work(plan: Plan, step: Step, first: bool) -> list[Work]:
     here: Loc = ("stages", index)
     work = []
     smoke = getattr(stage, "smoke", None)
-    if first and smoke:
-        seconds = sum(wait_seconds(c) for c in smoke.http) + sum(
-            c.timeout.total_seconds() for c in smoke.commands
-        )
+    if smoke and (smoke.http or smoke.commands):
+        # A suite is spread over as many advances as it needs, at least one check
+        # each: only its longest check must fit beside the rest of an advance's work.
         work.append(
             Work(
-                "smoke suite",
+                SMOKE,
                 (*here, "smoke"),
-                seconds,
-                "shorten its timeouts, or move the suite to CI and gate on its status",
+                max(check_seconds(c) for c in smoke_checks(smoke)),
+                "shorten its timeout, or move it to CI and gate on its status",
             )
         )
     if isinstance(stage, SoakStage):
@@ -114,6 +117,17 @@ def step_work(plan: Plan, step: Step, first: bool) -> list[Work]:
     work += _exit_checks(stage, here)
     work += _slot_work(plan, last=step.index == len(plan.steps()) - 1)
     return work
+
+
+def smoke_allowance(plan: Plan, step: Step) -> float:
+    """Seconds one advance of ``step`` may spend on its smoke suite: the budget less
+    the most the rest of an advance can take. At least one check runs per advance;
+    a plan whose longest check does not fit in this is refused when it loads."""
+    rest = [
+        sum(w.seconds for w in step_work(plan, step, first) if w.what != SMOKE)
+        for first in (True, False)
+    ]
+    return STEP_BUDGET_SECONDS - max(rest)
 
 
 def budget_problems(plan: Plan) -> list[tuple[Loc, str]]:

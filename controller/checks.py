@@ -119,8 +119,22 @@ def run_http(checks: list[HttpCheck], values: dict[str, str]) -> list[CheckResul
         ]
 
 
-def run_smoke(suite: SmokeSuite, values: dict[str, str]) -> list[CheckResult]:
-    return run_http(suite.http, values) + [run_command(c, values) for c in suite.commands]
+def smoke_checks(suite: SmokeSuite) -> list[HttpCheck | CommandCheck]:
+    """The checks of a smoke suite in the order they run: HTTP checks, then commands."""
+    return [*suite.http, *suite.commands]
+
+
+def check_seconds(check: HttpCheck | CommandCheck) -> float:
+    """The longest one check can take: what the step's time budget counts for it."""
+    if isinstance(check, HttpCheck):
+        return wait_seconds(check)
+    return check.timeout.total_seconds()
+
+
+def run_smoke_check(check: HttpCheck | CommandCheck, values: dict[str, str]) -> CheckResult:
+    if isinstance(check, HttpCheck):
+        return run_http([check], values)[0]
+    return run_command(check, values)
 
 
 def targets_up(gate: TargetsUp, metrics: MetricsProvider, values: dict[str, str]) -> CheckResult:

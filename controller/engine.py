@@ -22,7 +22,7 @@ from controller import checks, outbox, timeouts
 from controller.analysis.decisions import Streaks, missing_data_streaks, update_breaches
 from controller.analysis.runner import Measurement, measure_all
 from controller.analysis.verdict import Judgement, Verdict
-from controller.budget import gates_work
+from controller.budget import gates_work, smoke_allowance
 from controller.checks import CheckResult
 from controller.durations import format_duration
 from controller.hooks import run_hook
@@ -217,6 +217,7 @@ class _Advance:
         self.pending_rollback: tuple[str, dict[str, Any], str | None] | None = None
         self.router_gave_up: str | None = None
         self.router_moved_to: int | None = None  # set once this advance moved traffic
+        self.smoke_left = 0  # checks of the step's smoke suite left for later advances
 
     def next_tick(self, interval: timedelta) -> datetime:
         """The check after this one by the plan's clock: the due time plus the
@@ -350,6 +351,8 @@ class _Advance:
         limited = self.over_missing_data_limit(measurements)
         if limited:
             return limited
+        if self.smoke_left:
+            return self.hold_for_smoke(step)
         if (rollout.analysis or {}).get("redeploy"):
             return self.finish(step)
         return self.hold_or_promote(step, measurements)
@@ -447,32 +450,72 @@ class _Advance:
     # -- soak and verification --------------------------------------------------
 
     def smoke(self, step: Step) -> str | None:
-        """Run the stage's smoke suite once, when the step begins; the failure if any."""
+        """Run the stage's smoke suite when the step begins; the failure if any.
+
+        Each advance runs as many of its checks as fit in what the step's time budget
+        leaves (``controller.budget.smoke_allowance``), at least one, and keeps the
+        results in ``analysis["smoke_progress"]``: a suite longer than one task's time
+        limit is spread over several advances instead of being cut off by it. Until
+        the whole suite has passed, ``smoke_left`` holds the step (it is still
+        measured, never promoted); a failed check rolls back at the end of its advance.
+        """
         stage = self.stage_of(step)
         suite = getattr(stage, "smoke", None)
         analysis = dict(self.rollout.analysis or {})
         done = analysis.get("smoke_done", [])
         if not suite or step.index in done:
             return None
-        results = checks.run_smoke(suite, rollout_variables(self.plan, self.rollout, step))
+        suite_checks = checks.smoke_checks(suite)
+        progress = analysis.get("smoke_progress") or {}
+        results = list(progress.get("results", [])) if progress.get("step") == step.index else []
+        values = rollout_variables(self.plan, self.rollout, step)
+        allowance, spent, ran = smoke_allowance(self.plan, step), 0.0, 0
+        for check in suite_checks[len(results) :]:
+            seconds = checks.check_seconds(check)
+            if ran and spent + seconds > allowance:
+                break
+            results.append(checks.run_smoke_check(check, values).as_dict())
+            spent, ran = spent + seconds, ran + 1
+        failed = [r for r in results if not r["ok"]]
+        left = len(suite_checks) - len(results)
+        if left and not failed:
+            analysis["smoke_progress"] = {"step": step.index, "results": results}
+            self.rollout.analysis = analysis
+            self.smoke_left = left
+            self.event(
+                "smoke",
+                f"smoke suite at {step.label}: {len(results)} of {len(suite_checks)} checks "
+                f"passed so far; {left} more at the next advance",
+                {"ok": True, "complete": False, "checks": results},
+            )
+            return None
+        analysis.pop("smoke_progress", None)
         analysis["smoke_done"] = [*done, step.index]
         self.rollout.analysis = analysis
-        failed = [r for r in results if not r.ok]
         self.event(
             "smoke",
             f"smoke suite at {step.label}: "
             + (
                 "passed"
                 if not failed
-                else "FAILED: " + "; ".join(f"{r.name}: {r.detail}" for r in failed)
+                else "FAILED: " + "; ".join(f"{r['name']}: {r['detail']}" for r in failed)
             ),
-            {"ok": not failed, "checks": [r.as_dict() for r in results]},
+            {"ok": not failed, "complete": True, "checks": results},
         )
         if failed:
             return f"smoke suite failed at {step.label}: " + "; ".join(
-                f"{r.name}: {r.detail}" for r in failed
+                f"{r['name']}: {r['detail']}" for r in failed
             )
         return None
+
+    def hold_for_smoke(self, step: Step) -> AdvanceResult:
+        """The step's smoke suite has checks left: run them at the next advance, which
+        is due at once, and promote nothing until they have passed."""
+        self.rollout.next_check_at = self.now
+        self.commit()
+        return self.result(
+            f"holding at {step.label}: {self.smoke_left} smoke check(s) left for the next advance"
+        )
 
     def soak_load(self, step: Step) -> None:
         """Send the synthetic load due since the last advance (bounded per advance)."""
