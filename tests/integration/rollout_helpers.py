@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ from controller.runtime import utcnow
 from controller.store import repository
 from controller.store.db import migrate, session_factory
 from controller.store.models import FINAL_STATES, Event, Rollout
+from tests.conftest import postgres_schema
 
 PLAN = load_plan(PLANS_DIR / "demo.yaml")
 STABLE = "1.0.0"
@@ -38,6 +40,19 @@ def start_lab(workdir: Path, database_url: str, **overrides: object) -> RolloutL
         pytest.fail(str(exc), pytrace=False)
     migrate(database_url)
     return lab
+
+
+@contextmanager
+def controller_lab(workdir: Path, **overrides: object) -> Iterator[RolloutLab]:
+    """A lab on a PostgreSQL schema of its own with the controller's workers and beat
+    running; stopped, and the schema dropped, on leaving."""
+    with postgres_schema() as url:
+        lab = start_lab(workdir, url, **overrides)
+        try:
+            lab.start_controller()
+            yield lab
+        finally:
+            lab.stop()
 
 
 def deploy(lab: RolloutLab) -> str:

@@ -27,16 +27,15 @@ from controller.plan import Plan
 from controller.runtime import utcnow
 from controller.store import repository
 from controller.store.db import session_factory
-from tests.conftest import postgres_schema
 from tests.integration.rollout_helpers import (
     PLAN,
     STABLE,
     at_canary,
     begin,
+    controller_lab,
     deploy,
     finished,
     snapshot,
-    start_lab,
     versions_served,
     wait_for,
 )
@@ -48,13 +47,8 @@ pytestmark = pytest.mark.integration
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutLab]:
     """A lab with the controller's workers and beat, shared by the module. Its service
     creates error series only on the first error, like most real services."""
-    with postgres_schema() as url:
-        lab = start_lab(tmp_path_factory.mktemp("slots"), url, lazy_error_series=True)
-        try:
-            lab.start_controller()
-            yield lab
-        finally:
-            lab.stop()
+    with controller_lab(tmp_path_factory.mktemp("slots"), lazy_error_series=True) as lab:
+        yield lab
 
 
 class TrafficSampler:

@@ -24,15 +24,14 @@ from controller.plan import Plan
 from controller.runtime import utcnow
 from controller.store.db import session_factory
 from controller.store.models import Event, Rollout
-from tests.conftest import postgres_schema
 from tests.integration.rollout_helpers import (
     PLAN,
     at_canary,
     begin,
+    controller_lab,
     deploy,
     finished,
     snapshot,
-    start_lab,
     versions_served,
     wait_for,
 )
@@ -42,13 +41,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutLab]:
-    with postgres_schema() as url:
-        lab = start_lab(tmp_path_factory.mktemp("watched"), url, lazy_error_series=True)
-        try:
-            lab.start_controller()
-            yield lab
-        finally:
-            lab.stop()
+    with controller_lab(tmp_path_factory.mktemp("watched"), lazy_error_series=True) as lab:
+        yield lab
 
 
 def plan_with(**analysis: Any) -> Plan:
