@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from controller.plan import Plan
 from controller.runtime import utcnow
 from controller.store.models import (
     ACTIVE_STATES,
@@ -165,6 +166,12 @@ class StoreCollector(Collector):
             "Seconds a rollout has sat paused or blocked while its canary carries traffic.",
             labels=["rollout_id", "service", "state"],
         )
+        deadline = GaugeMetricFamily(
+            "canary_rollout_progress_deadline_seconds",
+            "The plan's progress_deadline of a rollout held with canary traffic: the "
+            "CanaryRolloutHeldWithTraffic alert compares the waiting time with it.",
+            labels=["rollout_id", "service"],
+        )
         rolling_back = GaugeMetricFamily(
             "canary_rollout_rolling_back_seconds",
             "Seconds since a rollback that has not yet confirmed traffic on stable was asked.",
@@ -173,7 +180,12 @@ class StoreCollector(Collector):
         held = [RolloutState.PAUSED, RolloutState.BLOCKED, *ROLLBACK_STATES]
         for rollout in session.execute(
             select(
-                Rollout.id, Rollout.service, Rollout.state, Rollout.weight, Rollout.analysis
+                Rollout.id,
+                Rollout.service,
+                Rollout.state,
+                Rollout.weight,
+                Rollout.analysis,
+                Rollout.plan,
             ).where(Rollout.state.in_([str(s) for s in held]))
         ):
             analysis = rollout.analysis or {}
@@ -183,12 +195,15 @@ class StoreCollector(Collector):
                 family = rolling_back
             elif rollout.weight and analysis.get("waiting_since"):
                 since, family = analysis["waiting_since"], waiting
+                limit = Plan.from_data(rollout.plan).analysis.progress_deadline
+                deadline.add_metric([rollout.id, rollout.service], limit.total_seconds())
             else:
                 continue
             if since:
                 seconds = (now - datetime.fromisoformat(since)).total_seconds()
                 family.add_metric(labels, max(0.0, seconds))
         yield waiting
+        yield deadline
         yield rolling_back
 
     @staticmethod

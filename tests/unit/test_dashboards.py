@@ -89,11 +89,24 @@ tests:
     input_series:
       - series: canary_rollout_waiting_seconds{{rollout_id="r-1",service="pay",state="paused"}}
         values: 3000+60x20
+      - series: canary_rollout_progress_deadline_seconds{{rollout_id="r-1",service="pay"}}
+        values: 3600x20
+      - series: canary_rollout_waiting_seconds{{rollout_id="r-3",service="pay",state="blocked"}}
+        values: 0+60x20
+      - series: canary_rollout_progress_deadline_seconds{{rollout_id="r-3",service="pay"}}
+        values: 300x20
       - series: >-
           canary_rollout_rolling_back_seconds{{rollout_id="r-2",service="web",state="rolling_back"}}
         values: 0+60x5
     alert_rule_test:
       - {{eval_time: 5m, alertname: CanaryRolloutHeldWithTraffic, exp_alerts: []}}
+      - eval_time: 6m
+        alertname: CanaryRolloutHeldWithTraffic
+        exp_alerts:  # r-3's plan gives it 5 minutes, r-1's the default hour
+          - exp_labels: {{severity: warning, rollout_id: r-3, service: pay, state: blocked}}
+            exp_annotations:
+              summary: pay rollout r-3 blocked with canary traffic for 6m 0s
+              description: canary status r-3; resume, promote, or roll back.
       - eval_time: 11m
         alertname: CanaryRolloutHeldWithTraffic
         exp_alerts:
@@ -101,6 +114,10 @@ tests:
             exp_annotations:
               summary: pay rollout r-1 paused with canary traffic for 1h 1m 0s
               description: canary status r-1; resume, promote, or roll back.
+          - exp_labels: {{severity: warning, rollout_id: r-3, service: pay, state: blocked}}
+            exp_annotations:
+              summary: pay rollout r-3 blocked with canary traffic for 11m 0s
+              description: canary status r-3; resume, promote, or roll back.
       - {{eval_time: 2m, alertname: CanaryRollbackStuck, exp_alerts: []}}
       - eval_time: 3m
         alertname: CanaryRollbackStuck

@@ -8,6 +8,8 @@ from collections import Counter
 from datetime import timedelta
 
 from controller.engine import advance
+from controller.operations import pause_rollout
+from controller.plan import Plan
 from controller.rollback import rollback
 from controller.runtime import utcnow
 from controller.store import repository
@@ -107,3 +109,22 @@ def test_prune_summarises_old_measurements_and_keeps_the_audit_trail(world) -> N
     assert summary.data["count"] == len(measured)
     assert sum(summary.data["by_criterion_and_verdict"].values()) == len(measured)
     assert samples(runtime, "canary_measurements_total") == totals_before  # a counter
+
+
+def test_a_canary_held_with_traffic_exports_its_wait_and_its_plans_deadline(world) -> None:
+    """The CanaryRolloutHeldWithTraffic alert compares these two: each rollout against
+    its own plan's progress_deadline, not one fixed hour for every plan."""
+    runtime, _, _, clock, _ = world
+    data = make_plan().model_dump(mode="json")
+    data["analysis"]["progress_deadline"] = "10m"
+    rollout_id = start(runtime, Plan.from_data(data))
+    advance(runtime, rollout_id)
+    with runtime.sessions() as session:
+        pause_rollout(session, rollout_id, reason="investigating", actor="bob", now=clock.now)
+    for _ in range(3):
+        clock.now += timedelta(seconds=5)
+        advance(runtime, rollout_id)
+    labels = (("rollout_id", rollout_id), ("service", "api"))
+    assert samples(runtime, "canary_rollout_progress_deadline_seconds") == {labels: 600.0}
+    (waited,) = samples(runtime, "canary_rollout_waiting_seconds").values()
+    assert waited > 0
