@@ -1,11 +1,15 @@
-"""Rollouts when parts fail: Prometheus stops mid-canary, a worker is killed with
-SIGKILL mid-rollout. Each test has a lab of its own, since it breaks it."""
+"""Rollouts when parts fail: Prometheus stops mid-canary or answers too slowly for a
+task's time limit, a worker is killed with SIGKILL mid-rollout. Each test has a lab of
+its own, since it breaks it."""
 
 from __future__ import annotations
 
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
 from controller.store import repository
@@ -85,4 +89,96 @@ def test_worker_killed_mid_rollout_another_finishes(tmp_path: Path, postgres_url
         assert revived.startswith("first exited on its own (code -9"), revived
         assert lab.workers["first"].alive and lab.revive_exited() == []
     finally:
+        lab.stop()
+
+
+class SlowProxy:
+    """An HTTP proxy in front of the lab's Prometheus that holds every request for
+    ``delay`` seconds before passing it on, like a Prometheus grinding through a
+    heavy query."""
+
+    def __init__(self, upstream: str) -> None:
+        self.delay = 0.0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                self.forward()
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.forward()
+
+            def forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                held_until = time.monotonic() + proxy.delay
+                while time.monotonic() < held_until and not proxy.closed:
+                    time.sleep(0.1)
+                answer = httpx.request(
+                    self.command,
+                    upstream + self.path,
+                    content=body,
+                    headers={"Content-Type": self.headers.get("Content-Type", "")},
+                    timeout=10,
+                )
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", answer.headers.get("Content-Type", ""))
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.closed = False
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.closed = True
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_real_soft_time_limit_mid_step_decides_nothing(tmp_path: Path, postgres_url: str) -> None:
+    """Prometheus answering slower than a task may run: Celery's soft time limit ends
+    the advance in the middle of its stop criteria. That is an error that says what was
+    running, never a failed check: no rollback, no promotion, and the rollout carries
+    on once Prometheus is quick again."""
+    lab = start_lab(tmp_path, postgres_url, lease_seconds=37.0, task_time_limit_seconds=36.0)
+    assert lab.prometheus is not None
+    proxy = SlowProxy(lab.prometheus.url)
+    try:
+        lab.settings.extra_env.update(
+            {
+                "CANARY_PROMETHEUS_URL": proxy.url,
+                "CANARY_PROMETHEUS_TIMEOUT_SECONDS": "60",
+                "CANARY_PROMETHEUS_ATTEMPTS": "1",
+            }
+        )
+        lab.start_controller()
+        version = deploy(lab)
+        rollout_id = begin(lab, version)
+        wait_for(lab, rollout_id, at_canary)
+        proxy.delay = 120.0  # far past the soft limit (36 s - 5 s)
+
+        def out_of_time(_rollout: object, events: list) -> bool:
+            return any(e.kind == "error" and e.data.get("error") == "out_of_time" for e in events)
+
+        wait_for(lab, rollout_id, out_of_time, timeout=90)
+        rollout, events = snapshot(lab, rollout_id)
+        error = next(e for e in events if e.kind == "error" and e.data["error"] == "out_of_time")
+        assert error.data["running"] == "stop criteria", error.data
+        assert "nothing decided" in error.message
+        assert rollout.state == "running" and rollout.weight > 0, rollout.reason
+        assert lab.router().get_canary_weight() == rollout.weight
+        decided = {e.data["decision"] for e in events if e.kind == "decision"}
+        assert decided <= {"promote"}, "a time limit rolled back or paused the rollout"
+
+        proxy.delay = 0.0
+        rollout = wait_for(lab, rollout_id, finished, timeout=150)
+        assert rollout.state == "succeeded", rollout.reason
+    finally:
+        proxy.close()
         lab.stop()

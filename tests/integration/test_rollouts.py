@@ -7,7 +7,11 @@ mix with another's.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -107,6 +111,56 @@ def test_each_stop_criterion_rolls_back_to_stable(
     assert failing and all(e.data["criterion"] == criterion for e in failing)
     assert "{{" not in str(failing[0].data["queries"]) and version in str(failing[0].data)
     assert_no_step_done_twice(events)
+
+
+def test_after_a_failed_writes_rollback_the_next_rollout_waits_for_reconcile_done(
+    lab: RolloutLab,
+) -> None:
+    """Release checklist §3.3: the data a failed-writes rollback left must be
+    reconciled before the service's next rollout moves traffic; `canary reconcile-done`
+    (the real command, on the store directly) records who did it and lets it go."""
+    sessions = session_factory(lab.database_url)
+    with sessions() as session:  # an earlier test may have left one pending
+        if repository.reconciliation_pending(session, lab.settings.service) is not None:
+            record_reconciliation(
+                session, lab.settings.service, note="earlier test", actor="pytest", now=utcnow()
+            )
+    version = deploy(lab)
+    failed = begin(lab, version)
+    wait_for(lab, failed, at_canary)
+    lab.set_faults("canary", write_failure_rate=0.1)
+    try:
+        rollout = wait_for(lab, failed, finished)
+    finally:
+        lab.set_faults("canary")
+    assert (rollout.state, rollout.tripped_criterion) == ("rolled_back", "failed_writes")
+
+    following = begin(lab, deploy(lab))
+    rollout = wait_for(lab, following, lambda r, _e: r.state == "blocked", timeout=60)
+    assert "writes-reconciled" in rollout.reason and "canary reconcile-done" in rollout.reason
+    time.sleep(3)  # and it stays there, with no traffic moved
+    rollout, _ = snapshot(lab, following)
+    assert rollout.state == "blocked" and not rollout.weight
+    assert lab.router().get_canary_weight() == 0
+
+    done = subprocess.run(
+        [sys.executable, "-m", "controller", "reconcile-done", lab.settings.service]
+        + ["--note", "replayed 12 failed orders from the dead-letter queue"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CANARY_DATABASE_URL": lab.database_url},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "may go" in done.stdout
+    wait_for(lab, following, at_canary, timeout=60)
+    _, events = snapshot(lab, failed)
+    (audit,) = [e for e in events if e.kind == "reconciliation_done"]
+    assert audit.data["note"] == "replayed 12 failed orders from the dead-letter queue"
+    assert audit.actor == audit.data["by"] and audit.actor  # the OS user, said so
+    with sessions() as session:
+        abort_rollout(session, following, reason="test done", actor="pytest", now=utcnow())
+    wait_for(lab, following, finished)
 
 
 class HeldCheck:
