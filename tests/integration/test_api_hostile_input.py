@@ -1,0 +1,284 @@
+"""Hostile input sent to the served API: each must be a 422 that says where the
+problem is, never a 500, and must leave the store exactly as it was.
+
+- plan YAML that attacks the parser (an alias bomb, nesting hundreds deep, an integer
+  past Python's 4,300-digit conversion limit) or hides a second value behind a
+  repeated key, registered as a plan;
+- JSON bodies the parser gives up on (nested a thousand deep, an integer past the same
+  limit), to the two endpoints that take the largest bodies;
+- separation of duties through the API, where the approver is the token's name: the
+  starter of a rollout cannot approve it, and one person approves in one role.
+
+``weight: true`` in a registered plan is not repeated here: test_api_alerts
+(test_operators_start_from_plans_an_admin_registered) refuses it through the API and
+checks that nothing was registered.
+
+The API runs as its own process (``canary api``) on a real PostgreSQL schema, as in
+test_api_fuzz; no worker runs, so nothing but these calls changes the store.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from config import PLANS_DIR
+from tests.conftest import postgres_schema
+from tests.integration.rollout_helpers import STABLE, deploy, snapshot, start_lab
+from tests.integration.test_api_alerts import call
+from tests.integration.test_api_fuzz import Api
+
+pytestmark = pytest.mark.integration
+
+STARTER, ERIN, ADMIN = (secrets.token_hex(16) for _ in range(3))
+DEMO_YAML = (PLANS_DIR / "demo.yaml").read_text()
+
+
+def demo_yaml_with(old: str, new: str) -> str:
+    """The demo plan with one line replaced (which must be there)."""
+    assert old in DEMO_YAML, old
+    return DEMO_YAML.replace(old, new, 1)
+
+
+RELEASE_MANAGER_LINE = DEMO_YAML.splitlines().index("  release_manager: [alice]") + 1
+
+# The demo plan where erin owns two of the roles preflight needs; alice starts the
+# rollout and is a release manager too.
+TWO_HATS_YAML = demo_yaml_with(
+    "  release_manager: [alice]\n  backend_oncall: [bob]\n  sre_oncall: [carol]\n"
+    "  security_approver: [dave]\n",
+    "  release_manager: [alice, erin]\n  backend_oncall: [bob]\n  sre_oncall: [carol]\n"
+    "  security_approver: [dave, erin]\n",
+)
+
+
+def alias_bomb() -> str:
+    """The "billion laughs" in YAML: nine strings, then nine levels of nine aliases to
+    the level below; under 1 KB of text for 9**10 (3.5 billion) strings once expanded."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, 10):
+        aliases = ", ".join([f"*l{level - 1}"] * 9)
+        lines.append(f"l{level}: &l{level} [{aliases}]")
+    text = "\n".join(lines) + "\n"
+    assert len(text) < 1024
+    return text
+
+
+# (plan_yaml, what the refusal says, the line it names).
+HOSTILE_PLANS = [
+    pytest.param(
+        alias_bomb(),
+        "YAML aliases (*l0) are not allowed in a plan: write the value out",
+        2,
+        id="alias-bomb",
+    ),
+    pytest.param(
+        "name: deep\nstages: " + "[" * 900 + "]" * 900 + "\n",
+        "nested deeper than 40 levels",
+        2,
+        id="nested-900-deep",
+    ),
+    pytest.param(
+        "name: big\nstages:\n  - name: canary\n    kind: canary\n    weight: " + "9" * 5000 + "\n",
+        "integer of 5000 digits: at most 30",
+        5,
+        id="integer-5000-digits",
+    ),
+    # Without the refusal the last value silently wins: a reviewer reads alice as the
+    # release manager and mallory approves. The plan is otherwise valid, so a loader
+    # that let the key through would register it (201).
+    pytest.param(
+        demo_yaml_with(
+            "  release_manager: [alice]\n",
+            "  release_manager: [alice]\n  release_manager: [mallory]\n",
+        ),
+        f"duplicate key 'release_manager' (first on line {RELEASE_MANAGER_LINE})",
+        RELEASE_MANAGER_LINE + 1,
+        id="duplicate-key",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """The API on its own schema with the two-hats plan registered and a rollout of it
+    started through the API by alice (pending: no worker runs)."""
+    with postgres_schema() as url:
+        lab = start_lab(
+            tmp_path_factory.mktemp("hostile"),
+            url,
+            extra_env={
+                "CANARY_API_TOKENS": f"alice:operator:{STARTER},erin:operator:{ERIN},"
+                f"ada:admin:{ADMIN}",
+            },
+        )
+        try:
+            base = lab.start_api()
+            registered = call(
+                "POST",
+                f"{base}/api/v1/plans",
+                ADMIN,
+                json={"name": "two-hats", "plan_yaml": TWO_HATS_YAML},
+            )
+            assert registered.status_code == 201, registered.text
+            started = call(
+                "POST",
+                f"{base}/api/v1/rollouts",
+                STARTER,
+                json={
+                    "plan": "two-hats",
+                    "service": lab.settings.service,
+                    "version": deploy(lab),
+                    "stable": STABLE,
+                    "variables": lab.plan_variables(),
+                },
+            )
+            assert started.status_code == 201, started.text
+            found = Api(lab, base, started.json()["id"])
+            yield found
+            found.engine.dispose()
+        finally:
+            lab.stop()
+
+
+def refused(
+    api: Api, token: str, path: str, *, json: Any = None, content: bytes | None = None
+) -> list[dict[str, Any]]:
+    """POST that must be a 422 and change nothing in the store; returns its problems."""
+    before = api.store_state()
+    headers = {"Content-Type": "application/json"} if content is not None else None
+    response = call("POST", f"{api.url}{path}", token, headers=headers, json=json, content=content)
+    assert response.status_code == 422, response.text[:500]
+    assert api.store_state() == before, f"POST {path} changed the store: {response.text[:500]}"
+    problems: list[dict[str, Any]] = response.json()["detail"]
+    assert problems and all(p.get("loc") for p in problems), problems
+    return problems
+
+
+def approvals(api: Api, name: str) -> list[str]:
+    """The roles ``name`` approved the rollout in, oldest first."""
+    _, events = snapshot(api.lab, api.rollout_id)
+    return [e.data["role"] for e in events if e.kind == "approval" and e.data["name"] == name]
+
+
+@pytest.mark.parametrize(("plan_yaml", "message", "line"), HOSTILE_PLANS)
+def test_hostile_plan_yaml_is_refused_with_its_line(
+    api: Api, plan_yaml: str, message: str, line: int
+) -> None:
+    """Plan text attacking the YAML parser is refused by the guarded loader, naming the
+    plan and the line, before anything is built; nothing is registered. The message
+    and line are the guard's own: without it the bomb is built and handed on to
+    whatever walks it, the nesting ends in a RecursionError and the integer in int()'s
+    ValueError (both reported with no line), and the repeated key registers a plan
+    that kept only its last value."""
+    name = "hostile-plan"
+    problems = refused(api, ADMIN, "/api/v1/plans", json={"name": name, "plan_yaml": plan_yaml})
+    assert problems == [{"loc": ["plan"], "line": line, "msg": message}]
+    missing = call("GET", f"{api.url}/api/v1/plans/{name}", ADMIN)
+    assert missing.status_code == 404, missing.text
+
+
+def nested(depth: int) -> bytes:
+    """A JSON array nested ``depth`` levels deep."""
+    return b"[" * depth + b"]" * depth
+
+
+# Bodies whose JSON Python's parser cannot read: a RecursionError a thousand levels
+# down, a ValueError past int()'s 4,300-digit limit. FastAPI answers both with a bare
+# 400 that names nothing; the API's handler turns it into a 422 at the body.
+HOSTILE_JSON = [
+    pytest.param(
+        ADMIN,
+        "/api/v1/plans",
+        b'{"name": "deep", "plan_yaml": "name: x\\n", "note": ' + nested(1000) + b"}",
+        id="plans-nested-1000-deep",
+    ),
+    pytest.param(
+        ADMIN,
+        "/api/v1/plans",
+        b'{"name": "big", "plan_yaml": "name: x\\n", "note": ' + b"9" * 5000 + b"}",
+        id="plans-integer-5000-digits",
+    ),
+    pytest.param(
+        STARTER,
+        "/api/v1/rollouts",
+        b'{"plan": "demo", "service": "checkout", "version": "9.9.9", "variables": '
+        + nested(1000)
+        + b"}",
+        id="rollouts-nested-1000-deep",
+    ),
+    pytest.param(
+        STARTER,
+        "/api/v1/rollouts",
+        b'{"plan": "demo", "service": "checkout", "version": "9.9.9", "plan_version": '
+        + b"9" * 5000
+        + b"}",
+        id="rollouts-integer-5000-digits",
+    ),
+]
+
+
+@pytest.mark.parametrize(("token", "path", "body"), HOSTILE_JSON)
+def test_json_the_parser_gives_up_on_is_a_422_at_the_body(
+    api: Api, token: str, path: str, body: bytes
+) -> None:
+    """A body nested past the recursion limit or holding a number past the integer
+    conversion limit is refused as invalid JSON located at the body (not a 400 that
+    names nothing, not a 500), and no plan or rollout is created."""
+    assert len(body) < 10_000  # far under the body limit: the parser refuses, not the size
+    problems = refused(api, token, path, content=body)
+    assert problems == [
+        {
+            "loc": ["body"],
+            "msg": "not valid JSON: nested too deeply, a number too large, or not JSON at all",
+        }
+    ]
+
+
+def test_the_starter_of_a_rollout_cannot_approve_it(api: Api) -> None:
+    """alice started the rollout with her token and owns a role preflight needs; the
+    API identifies her by that token and refuses her approval (separation of duties),
+    recording nothing. Without the rule this call would be accepted (200)."""
+    shown = call("GET", f"{api.url}/api/v1/rollouts/{api.rollout_id}", ADMIN)
+    assert shown.status_code == 200 and shown.json()["created_by"] == "alice", shown.text
+    problems = refused(
+        api,
+        STARTER,
+        f"/api/v1/rollouts/{api.rollout_id}/approve",
+        json={"role": "release_manager", "stage": "preflight"},
+    )
+    assert problems == [
+        {
+            "loc": ["as"],
+            "msg": "alice started this rollout and cannot also approve it (separation of duties)",
+        }
+    ]
+    assert approvals(api, "alice") == []
+
+
+def test_one_person_approves_in_one_role_per_rollout(api: Api) -> None:
+    """erin owns both release_manager and security_approver, which preflight both
+    needs: her token approves in one of them, never both, so two roles always mean two
+    people. Each refused call records nothing."""
+    approve = f"/api/v1/rollouts/{api.rollout_id}/approve"
+    ambiguous = refused(api, ERIN, approve, json={"stage": "preflight"})
+    assert ambiguous[0]["loc"] == ["role"]
+    assert "erin is an owner of release_manager, security_approver" in ambiguous[0]["msg"]
+    assert approvals(api, "erin") == []
+
+    first = call(
+        "POST",
+        f"{api.url}{approve}",
+        ERIN,
+        json={"role": "release_manager", "stage": "preflight"},
+    )
+    assert first.status_code == 200 and first.json()["accepted"], first.text
+    assert approvals(api, "erin") == ["release_manager"]
+
+    second = refused(api, ERIN, approve, json={"role": "security_approver", "stage": "preflight"})
+    assert second[0]["loc"] == ["role"]
+    assert "erin approved this rollout as release_manager already" in second[0]["msg"]
+    assert approvals(api, "erin") == ["release_manager"]
