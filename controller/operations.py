@@ -397,6 +397,12 @@ def approve_rollout(
             f"as: {name!r} cannot approve {gate}: it needs {wanted or 'no approval'}"
         )
     approving_role = _one_role_per_person(session, rollout, name, roles, gate)
+    if _approved_already(session, rollout_id, name, approving_role, gate):
+        # Asking twice (a retried call, an impatient person) is not a second approval:
+        # the audit trail keeps one line per person, role and gate.
+        return OperationOutcome(
+            rollout_id, True, f"{name} approved {gate} as {approving_role} already"
+        )
     repository.append_event(
         session,
         rollout_id,
@@ -410,6 +416,13 @@ def approve_rollout(
     _touch(session, rollout, now)
     session.commit()
     return OperationOutcome(rollout_id, True, f"{name} approved {gate} as {approving_role}")
+
+
+def _approved_already(session: Session, rollout_id: str, name: str, role: str, gate: str) -> bool:
+    return any(
+        e.data.get("name") == name and e.data.get("role") == role and e.data.get("gate") == gate
+        for e in repository.events_for(session, rollout_id, ["approval"])
+    )
 
 
 def _one_role_per_person(

@@ -59,3 +59,14 @@ def test_two_roles_held_by_one_person_are_approved_by_two_people(world) -> None:
         ("erin", "sre_oncall", "api token"),
         ("alice", "release_manager", "api token"),
     ]
+
+
+def test_approving_again_records_nothing_more(world) -> None:
+    """A retried call or an impatient second click is the same approval, not two
+    lines in the audit trail."""
+    runtime = world[0]
+    rollout_id = start(runtime, gated_plan())
+    assert approve(runtime, rollout_id, "erin", role="sre_oncall").accepted
+    again = approve(runtime, rollout_id, "erin")  # her role is known from the first
+    assert again.accepted and again.message == "erin approved preflight as sre_oncall already"
+    assert approvals(runtime, rollout_id) == [("erin", "sre_oncall", "api token")]
