@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from controller import budget
 from controller.lab.stack import RolloutLab
 from controller.operations import (
     OperationError,
@@ -206,6 +207,42 @@ def test_soak_fails_a_broken_build_before_any_traffic(lab: RolloutLab) -> None:
     assert "staging-soak" in rollout.reason and "staging-checkout" in rollout.reason
     _, events = snapshot(lab, rollout_id)
     assert {e.data["weight"] for e in events if e.kind == "weight_set"} == {0}
+
+
+def test_a_smoke_suite_longer_than_one_advance_runs_over_several_before_the_canary(
+    lab: RolloutLab,
+) -> None:
+    """Real commands on a real worker: a suite whose checks do not fit in one task's
+    time budget is spread over advances, and no canary traffic moves before all of it
+    has passed."""
+    data = PLAN.model_dump(mode="json")
+    soak = next(s for s in data["stages"] if s["name"] == "staging-soak")
+    probe = soak["smoke"]["commands"][0]
+    soak["smoke"]["commands"] = [{**probe, "name": f"suite-{i}"} for i in (1, 2, 3)]
+    plan = Plan.from_data(data)
+    allowance = budget.smoke_allowance(plan, plan.steps()[0])
+    for command in soak["smoke"]["commands"]:
+        command["timeout"] = f"{int(allowance // 2) + 1}s"  # one command per advance
+    plan = Plan.from_data(data)
+    assert budget.budget_problems(plan) == []
+
+    rollout_id = begin(lab, deploy(lab), plan=plan)
+    wait_for(lab, rollout_id, at_canary)
+    _, events = snapshot(lab, rollout_id)
+    smoke = [e for e in events if e.kind == "smoke"]
+    assert [(e.data["complete"], e.data["ok"]) for e in smoke] == [
+        (False, True),
+        (False, True),
+        (True, True),
+    ]
+    assert [c["name"] for c in smoke[-1].data["checks"]] == [
+        "staging-checkout",
+        "suite-1",
+        "suite-2",
+        "suite-3",
+    ]
+    canary = next(e for e in events if e.kind == "weight_set" and e.data.get("kind") == "canary")
+    assert canary.at >= smoke[-1].at and canary.id > smoke[-1].id
 
 
 class Blackhole:
