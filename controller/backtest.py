@@ -9,9 +9,14 @@ applies the controller's own decision rules (``controller.analysis.decisions``) 
 them. Nothing here touches the store, the router or the services: only the provider
 it is given, so tests can script the numbers.
 
-It replays the criteria of the production stages with ``environment=production``.
-What it leaves out: gates, approvals, holds and promotion (it watches one canary at a
-fixed weight), and the slot version check (it reads live services).
+It replays the criteria of the production stages with ``environment=production``,
+and the plan's production steps with their holds: a check where every criterion
+passes after a step's hold promotes, as the engine does, and the last step's
+promotion is the rollout's success. The history itself was recorded at whatever
+weights the canary really had, so a promotion says when the plan would have moved
+traffic, not what that traffic would have shown. What it leaves out: gates,
+approvals (a stage's approval counts as given when the stage is due), the exit checks
+at the end of a hold, and the slot version check (they read live services).
 """
 
 from __future__ import annotations
@@ -64,11 +69,17 @@ class Decision:
 
 @dataclass(frozen=True)
 class Check:
-    """One evaluation time: every criterion's measurement and the decision."""
+    """One evaluation time: every criterion's measurement, the decision, the step the
+    rollout stood at, and where it was promoted to (a step, or ``succeeded``)."""
 
     at: datetime
     measurements: list[Measurement]
     decision: Decision
+    step: str = ""
+    promoted_to: str | None = None
+
+
+SUCCEEDED = "succeeded"
 
 
 @dataclass(frozen=True)
@@ -79,16 +90,21 @@ class Outcome:
     at: datetime | None
     reason: str
     criterion: str | None = None
+    step: str = ""  # where the rollout stood then
+    succeeded_at: datetime | None = None  # continue: when the last step's hold passed
 
     def sentence(self) -> str:
         when = f" at {format_time(self.at)}" if self.at else ""
+        where = f" ({self.step})" if self.step else ""
         if self.action == Action.ROLLBACK:
-            return f"would have rolled back{when}: {self.reason}"
+            return f"would have rolled back{when}{where}: {self.reason}"
         if self.action == Action.PAUSE:
-            return f"would have paused{when} and left the decision to a human: {self.reason}"
+            return f"would have paused{when}{where} and left the decision to a human: {self.reason}"
+        if self.action == Action.CONTINUE and self.succeeded_at is not None:
+            return f"would have succeeded at {format_time(self.succeeded_at)}: {self.reason}"
         if self.action == Action.CONTINUE:
-            return f"would have let the canary continue: {self.reason}"
-        return f"would still be holding at the end{when}: {self.reason}"
+            return f"would have let the canary continue{where}: {self.reason}"
+        return f"would still be holding at the end{when}{where}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,8 @@ class Backtest:
             "checks": [
                 {
                     "at": format_time(c.at),
+                    "step": c.step,
+                    "promoted_to": c.promoted_to,
                     "decision": c.decision.action.value,
                     "reason": c.decision.reason,
                     "criterion": c.decision.criterion,
@@ -130,6 +148,10 @@ class Backtest:
                 "decision": self.outcome.action.value,
                 "at": format_time(self.outcome.at) if self.outcome.at else None,
                 "criterion": self.outcome.criterion,
+                "step": self.outcome.step,
+                "succeeded_at": (
+                    format_time(self.outcome.succeeded_at) if self.outcome.succeeded_at else None
+                ),
                 "reason": self.outcome.reason,
                 "summary": self.outcome.sentence(),
             },
@@ -270,6 +292,7 @@ def replay(
     paused_since: datetime | None = None  # when the controller paused
     waiting_since: datetime | None = None  # the first paused check: the progress deadline's
     deadline_passed = False
+    steps = Progress(plan, start)
     checks: list[Check] = []
     for at in check_times(start, end, analysis.interval):
         measurements = []
@@ -323,7 +346,9 @@ def replay(
                 decision = Decision(
                     Action.HOLD, _hold_reason(measurements, breaches, streaks, plan, at)
                 )
-        checks.append(Check(at, measurements, decision))
+        step = steps.label
+        promoted_to = steps.after(decision, at)
+        checks.append(Check(at, measurements, decision, step, promoted_to))
 
     return Backtest(
         plan=plan.name,
@@ -336,6 +361,40 @@ def replay(
         checks=checks,
         outcome=_outcome(checks),
     )
+
+
+class Progress:
+    """The plan's production steps over the replay, as the engine would take them: a
+    check where every criterion passes once the step's hold is over promotes. Nothing
+    moves after a pause, a rollback or the success (a real rollout stops there)."""
+
+    def __init__(self, plan: Plan, start: datetime):
+        self.steps = [s for s in plan.steps() if s.kind != "soak"]
+        self.index = 0
+        self.started = start
+        self.stopped = not self.steps
+
+    @property
+    def label(self) -> str:
+        return self.steps[self.index].label if self.steps else ""
+
+    def after(self, decision: Decision, at: datetime) -> str | None:
+        """Where this check's decision takes the rollout: the next step, ``succeeded``,
+        or None when it stays where it is."""
+        if self.stopped:
+            return None
+        if decision.action in (Action.PAUSE, Action.ROLLBACK):
+            self.stopped = True
+            return None
+        step = self.steps[self.index]
+        if decision.action != Action.CONTINUE or at < self.started + step.hold:
+            return None
+        if self.index + 1 == len(self.steps):
+            self.stopped = True
+            return SUCCEEDED
+        self.index += 1
+        self.started = at
+        return self.steps[self.index].label
 
 
 def _rollback(trips: list[Trip]) -> Decision:
@@ -394,7 +453,11 @@ def _hold_reason(
 
 
 def _outcome(checks: list[Check]) -> Outcome:
-    """The first rollback; else the first pause; else how the last check stood."""
+    """The success when it came before any rollback or pause; else the first rollback;
+    else the first pause; else how the last check stood."""
+    success = next((c for c in checks if c.promoted_to == SUCCEEDED), None)
+    if success is not None:
+        return _success(checks, success)
     for action in (Action.ROLLBACK, Action.PAUSE):
         first = next((c for c in checks if c.decision.action == action), None)
         if first is None:
@@ -403,13 +466,35 @@ def _outcome(checks: list[Check]) -> Outcome:
         paused = next((c for c in checks if c.decision.action == Action.PAUSE), None)
         if action == Action.ROLLBACK and paused is not None and paused.at < first.at:
             reason += f" (paused at {format_time(paused.at)} before: {paused.decision.reason})"
-        return Outcome(action, first.at, reason, first.decision.criterion)
+        return Outcome(action, first.at, reason, first.decision.criterion, first.step)
     last = checks[-1]
+    promoted = _promotions(checks)
     if last.decision.action == Action.CONTINUE:
         return Outcome(
-            Action.CONTINUE, None, f"every criterion passing at the end ({format_time(last.at)})"
+            Action.CONTINUE,
+            None,
+            f"every criterion passing at the end ({format_time(last.at)}){promoted}",
+            step=last.promoted_to or last.step,
         )
-    return Outcome(Action.HOLD, last.at, last.decision.reason)
+    return Outcome(Action.HOLD, last.at, last.decision.reason + promoted, step=last.step)
+
+
+def _success(checks: list[Check], success: Check) -> Outcome:
+    """Every step's hold passed: the rollout would have ended there. A criterion that
+    trips afterwards is said too, since the controller no longer watches it then."""
+    reason = f"every step's hold over with every criterion passing{_promotions(checks)}"
+    later = next((c for c in checks if c.at > success.at and c.decision.criterion), None)
+    if later is not None:
+        reason += (
+            f"; after it, {later.decision.criterion} would have tripped at "
+            f"{format_time(later.at)} with nothing watching the finished rollout"
+        )
+    return Outcome(Action.CONTINUE, None, reason, step=success.step, succeeded_at=success.at)
+
+
+def _promotions(checks: list[Check]) -> str:
+    moves = [f"{c.promoted_to} at {format_time(c.at)}" for c in checks if c.promoted_to]
+    return f" (promoted: {', '.join(moves)})" if moves else ""
 
 
 def report_lines(result: Backtest) -> list[str]:
@@ -423,8 +508,10 @@ def report_lines(result: Backtest) -> list[str]:
     ]
     width = max((len(m.criterion) for c in result.checks for m in c.measurements), default=0)
     for check in result.checks:
+        promoted = f" -> {check.promoted_to}" if check.promoted_to else ""
         lines.append(
-            f"{format_time(check.at)}  {check.decision.action.value}: {check.decision.reason}"
+            f"{format_time(check.at)}  [{check.step}{promoted}] "
+            f"{check.decision.action.value}: {check.decision.reason}"
         )
         for m in check.measurements:
             lines.append(f"    {m.criterion:<{width}}  {m.verdict.value:<12}  {m.judgement.reason}")

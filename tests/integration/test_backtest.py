@@ -84,7 +84,7 @@ def test_backtest_lets_a_healthy_canary_continue_and_rolls_a_failing_one_back(
         time.sleep(WINDOW + 2)  # a whole window of healthy traffic before the replay starts
         wait_for_history(prometheus, WINDOW + 2)
         healthy_from = now()
-        time.sleep(6)
+        time.sleep(10)  # past the canary step's 8 s hold
         healthy_to = now()
         demo_pair.canary.set_faults(error_rate=0.6)
         faulty_from = now()
@@ -98,7 +98,14 @@ def test_backtest_lets_a_healthy_canary_continue_and_rolls_a_failing_one_back(
         assert set(verdicts(check).values()) == {"pass"}, json.dumps(check, indent=1)[:3000]
         assert check["decision"] == "continue", check
     assert healthy["outcome"]["decision"] == "continue"
-    assert healthy["outcome"]["summary"].startswith("would have let the canary continue")
+    assert healthy["outcome"]["summary"].startswith("would have let the canary continue (ramp 25%)")
+    # The canary's hold is 8 s: the check after it promotes, as the engine would.
+    (promotion,) = [c for c in healthy["checks"] if c["promoted_to"]]
+    assert promotion["promoted_to"] == "ramp 25%" and promotion["step"] == "canary 10%"
+    waited = datetime.fromisoformat(promotion["at"]) - datetime.fromisoformat(
+        healthy["checks"][0]["at"]
+    )
+    assert waited == timedelta(seconds=8)
 
     faulty = backtest(prometheus, faulty_from, faulty_to)
     outcome = faulty["outcome"]
@@ -111,9 +118,8 @@ def test_backtest_lets_a_healthy_canary_continue_and_rolls_a_failing_one_back(
     )
     # sustained_for 3s: the rollback comes 3s after the first failing check, not before.
     assert datetime.fromisoformat(outcome["at"]) == first_fail + timedelta(seconds=3)
-    assert outcome["summary"].startswith(
-        f"would have rolled back at {outcome['at']}: http_5xx_vs_baseline failing for 3s"
-    )
+    assert outcome["summary"].startswith(f"would have rolled back at {outcome['at']} (")
+    assert "): http_5xx_vs_baseline failing for 3s" in outcome["summary"]
     decisions = [c["decision"] for c in faulty["checks"]]
     rollback_index = decisions.index("rollback")
     assert decisions[rollback_index - 3 : rollback_index] == ["hold"] * 3

@@ -147,6 +147,45 @@ def test_a_healthy_canary_continues() -> None:
     assert 'errors{service="checkout", version="1.1.0", job="api"}' in provider.queries
 
 
+def test_holds_and_promotions_are_replayed_and_the_success_is_the_outcome() -> None:
+    """The plan's steps: canary 10 % held 1 m, then 100 % held 1 m. Every check passes,
+    so the canary is promoted when its hold is over and the rollout succeeds when the
+    last hold is."""
+    result = run(make_plan(), Scripted(HEALTHY), seconds=150)
+    promoted = [(c.at, c.promoted_to) for c in result.checks if c.promoted_to]
+    assert promoted == [
+        (T0 + timedelta(seconds=60), "ramp 100%"),
+        (T0 + timedelta(seconds=120), "succeeded"),
+    ]
+    assert [c.step for c in result.checks][5:8] == ["canary 10%", "canary 10%", "ramp 100%"]
+    assert result.outcome.action == Action.CONTINUE
+    assert result.outcome.succeeded_at == T0 + timedelta(seconds=120)
+    assert result.outcome.sentence() == (
+        "would have succeeded at 2024-05-01T10:02:00Z: every step's hold over with every "
+        "criterion passing (promoted: ramp 100% at 2024-05-01T10:01:00Z, succeeded at "
+        "2024-05-01T10:02:00Z)"
+    )
+    lines = report_lines(result)
+    assert "2024-05-01T10:01:00Z  [canary 10% -> ramp 100%] continue" in "\n".join(lines)
+    assert result.as_dict()["outcome"]["succeeded_at"] == "2024-05-01T10:02:00Z"
+
+
+def test_a_breach_holds_promotion_and_a_rollback_stops_the_steps() -> None:
+    """A check that is not all-pass never promotes, even after the hold; once the
+    canary trips, the steps stop where they were."""
+    result = run(make_plan(), Scripted(failing_from(50)), seconds=150)
+    assert not [c for c in result.checks if c.promoted_to]
+    assert {c.step for c in result.checks} == {"canary 10%"}
+    assert result.outcome.action == Action.ROLLBACK and result.outcome.step == "canary 10%"
+
+
+def test_a_trip_after_the_success_is_said_but_the_success_stands() -> None:
+    result = run(make_plan(sustained="0s"), Scripted(failing_from(140)), seconds=150)
+    outcome = result.outcome
+    assert outcome.action == Action.CONTINUE and outcome.succeeded_at == T0 + timedelta(seconds=120)
+    assert "after it, errors would have tripped at 2024-05-01T10:02:20Z" in outcome.reason
+
+
 def test_var_overrides_a_plan_variable() -> None:
     plan = make_plan()
     provider = Scripted(HEALTHY)
@@ -173,8 +212,9 @@ def test_a_failing_canary_rolls_back_once_the_breach_lasted_sustained_for() -> N
     assert outcome.at == T0 + timedelta(seconds=40)
     assert outcome.criterion == "errors"
     assert outcome.reason.startswith("errors failing for 20s (sustained_for 20s): proportion 0.5")
-    assert "would have rolled back at 2024-05-01T10:00:40Z: errors failing for 20s" in (
-        outcome.sentence()
+    assert (
+        "would have rolled back at 2024-05-01T10:00:40Z (canary 10%): errors failing for 20s"
+        in outcome.sentence()
     )
 
 
@@ -299,7 +339,8 @@ def test_json_document_and_text_report() -> None:
     assert document["outcome"]["at"] == "2024-05-01T10:00:30Z"
     lines = report_lines(result)
     assert lines[-1].startswith("outcome: would have rolled back at 2024-05-01T10:00:30Z")
-    assert "2024-05-01T10:00:30Z  rollback: errors failing for 0s" in "\n".join(lines)
+    assert "2024-05-01T10:00:30Z  [canary 10%] rollback: errors failing for 0s" in "\n".join(lines)
+    assert [c["step"] for c in document["checks"]] == ["canary 10%"] * 4
 
 
 def test_times() -> None:
