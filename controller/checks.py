@@ -19,6 +19,7 @@ import httpx
 from controller import timeouts
 from controller.analysis.runner import MetricsProvider
 from controller.commands import command_environment
+from controller.guarded_network import plan_client
 from controller.metrics.prometheus import MetricsError
 from controller.plan import (
     Backlog,
@@ -82,7 +83,7 @@ def run_http_check(
 def run_checks(checks: list[HttpCheck], values: dict[str, str]) -> tuple[bool, str]:
     if not checks:
         return True, "no checks in the plan"
-    with httpx.Client(trust_env=False, follow_redirects=False) as client:
+    with plan_client() as client:
         results = [run_http_check(check, values, client) for check in checks]
     return all(ok for ok, _ in results), "; ".join(detail for _, detail in results)
 
@@ -112,7 +113,7 @@ def run_command(check: CommandCheck, values: dict[str, str]) -> CheckResult:
 
 
 def run_http(checks: list[HttpCheck], values: dict[str, str]) -> list[CheckResult]:
-    with httpx.Client(trust_env=False, follow_redirects=False) as client:
+    with plan_client() as client:
         return [
             CheckResult(check.name, "http", *run_http_check(check, values, client))
             for check in checks

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import subprocess
 
-import httpx
-
 from controller import timeouts
 from controller.commands import command_environment
+from controller.guarded_network import plan_client
 from controller.plan import CanaryDisable, render_template
 
 
@@ -34,13 +33,8 @@ def run_hook(hook: CanaryDisable, values: dict[str, str]) -> tuple[bool, str]:
     assert hook.http is not None
     url = render_template(hook.http.url, values)
     try:
-        response = httpx.request(
-            hook.http.method,
-            url,
-            json=hook.http.json_body,
-            timeout=hook.http.timeout.total_seconds(),
-            trust_env=False,
-        )
+        with plan_client(timeout=hook.http.timeout.total_seconds()) as client:
+            response = client.request(hook.http.method, url, json=hook.http.json_body)
     except timeouts.out_of_time():
         raise  # the task's time is up: not a failed hook (controller.timeouts)
     except Exception as exc:  # an unusable URL (InvalidURL) fails the hook too

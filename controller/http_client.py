@@ -10,7 +10,8 @@ and is safe to use from several threads.
 It keeps nothing between calls: no cookies (a slot's answer must not shape the next
 check's request) and no idle connections (a connection the slot closed between two
 checks would fail the next one; a new loopback or LAN connection costs little next
-to the TLS context the shared client saves).
+to the TLS context the shared client saves). Its connections are guarded
+(``controller.guarded_network``): the slots' URLs come from plans.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import threading
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
+
+from controller.guarded_network import guarded_transport
 
 _lock = threading.Lock()
 _client: httpx.Client | None = None
@@ -36,7 +39,7 @@ def shared_client() -> httpx.Client:
                 trust_env=False,
                 follow_redirects=False,
                 cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-                limits=httpx.Limits(max_keepalive_connections=0),
+                transport=guarded_transport(limits=httpx.Limits(max_keepalive_connections=0)),
             )
             _pid = os.getpid()
         return _client

@@ -25,11 +25,11 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
-import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controller.commands import command_environment
+from controller.guarded_network import plan_client
 from controller.numbers import Number
 from controller.redaction import redact
 
@@ -254,7 +254,7 @@ def _post_json(url: str, body: dict[str, Any], timeout: float) -> tuple[bool, st
 
     def send() -> None:
         try:
-            with httpx.Client(trust_env=False, follow_redirects=False, timeout=timeout) as client:
+            with plan_client(timeout=timeout) as client:
                 response = client.post(url, json=body)
             result.append((response.is_success, f"HTTP {response.status_code}"))
         except Exception as exc:  # a thread's exception is otherwise lost and read as a timeout

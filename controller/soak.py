@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from controller import timeouts
+from controller.guarded_network import guarded_transport
 
 MAX_BURST_SECONDS = 10.0  # never send more than this many seconds' worth at once
 MAX_BURST_REQUESTS = 200  # ...nor more requests: a burst must fit inside a task
@@ -45,7 +46,9 @@ def send_burst(url: str, count: int, timeout: float = REQUEST_TIMEOUT_SECONDS) -
         return 0, 0
     latest_start = time.monotonic() + START_WITHIN_SECONDS
     with httpx.Client(
-        trust_env=False, timeout=timeout, limits=httpx.Limits(max_connections=CONCURRENCY)
+        trust_env=False,
+        timeout=timeout,
+        transport=guarded_transport(limits=httpx.Limits(max_connections=CONCURRENCY)),
     ) as client:
 
         def one(_: int) -> bool | None:

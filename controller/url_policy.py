@@ -25,12 +25,11 @@ refused. Then, whatever the allow-list says:
   match one of them: an address by the networks and addresses listed, a name by the
   name patterns.
 
-Host names are not resolved. Resolving at start would not protect anyway: the
+Host names are not resolved here. Resolving at start would not protect anyway: the
 workers resolve again when they call, minutes or hours later, and the answer may
 have changed (DNS rebinding); it would also make every start wait on DNS, and
-refuse plans whose names have no record yet. So a name that resolves to a metadata
-or link-local address is not caught here: list only your own names in the
-allow-list, and block the metadata addresses on the workers' network too.
+refuse plans whose names have no record yet. A name that resolves to a metadata or
+link-local address is caught when a worker connects (``controller.guarded_network``).
 """
 
 from __future__ import annotations
@@ -41,10 +40,11 @@ import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from controller.plan import Plan, render_template
+if TYPE_CHECKING:
+    from controller.plan import Plan
 
 #: Names under which clouds serve instance metadata (and credentials).
 METADATA_HOSTS = frozenset(
@@ -232,6 +232,10 @@ def plan_urls(plan: Plan, values: dict[str, str]) -> Iterator[tuple[str, str]]:
 
 
 def _urls(node: Any, path: str, values: dict[str, str]) -> Iterator[tuple[str, str]]:
+    # Imported here: plans import notifications, whose connections this module guards
+    # (controller.guarded_network), so the host checks must load without plans.
+    from controller.plan import render_template
+
     if isinstance(node, dict):
         for key, value in node.items():
             where = f"{path}.{key}" if path else str(key)

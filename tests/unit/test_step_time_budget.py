@@ -325,7 +325,7 @@ def test_checks_pass_the_time_limit_on_and_say_what_was_running(
     with pytest.raises(OutOfTime):
         soak.send_burst("http://127.0.0.1:9/", 3)
 
-    monkeypatch.setattr(httpx, "request", _raise)
+    monkeypatch.setattr(httpx.Client, "request", _raise)
     with pytest.raises(OutOfTime):
         hooks.run_hook(CanaryDisable(http={"url": "http://x/disable"}), {})
 
