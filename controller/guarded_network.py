@@ -87,7 +87,12 @@ def guarded_transport(**options: Any) -> httpx.HTTPTransport:
     is made (connections take the pool's backend when they are created)."""
     transport = httpx.HTTPTransport(**options)
     pool = transport._pool  # noqa: SLF001
-    assert isinstance(pool, httpcore.ConnectionPool), "a proxy transport is never guarded"
+    # Fail loudly, never quietly unguarded, if httpx or httpcore change these names.
+    if not isinstance(pool, httpcore.ConnectionPool) or not hasattr(pool, "_network_backend"):
+        raise RuntimeError(
+            f"httpx {httpx.__version__} / httpcore {httpcore.__version__}: cannot set the "
+            "connection pool's network backend; plan URLs would not be guarded"
+        )
     pool._network_backend = GuardedBackend()  # noqa: SLF001
     return transport
 
