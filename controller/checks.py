@@ -20,6 +20,7 @@ from controller import timeouts
 from controller.analysis.runner import MetricsProvider
 from controller.commands import command_environment
 from controller.guarded_network import plan_client
+from controller.http_client import request_within
 from controller.metrics.prometheus import MetricsError
 from controller.plan import (
     Backlog,
@@ -63,7 +64,7 @@ def run_http_check(
     started = time.monotonic()
     try:
         with timeouts.running(f"HTTP check {check.name}"):
-            response = client.request(check.method, url, timeout=wait)
+            response = request_within(client, check.method, url, wait)
     except timeouts.out_of_time():
         raise  # the task's time is up: no verdict on the check (controller.timeouts)
     except httpx.TimeoutException as exc:

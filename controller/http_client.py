@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
@@ -43,3 +44,40 @@ def shared_client() -> httpx.Client:
             )
             _pid = os.getpid()
         return _client
+
+
+MAX_ANSWER_BYTES = 1024 * 1024  # a check's or a version endpoint's answer, at most
+
+
+class AnswerTooLarge(httpx.HTTPError):
+    """An answer longer than ``MAX_ANSWER_BYTES``: no check needs that much."""
+
+
+def request_within(client: httpx.Client, method: str, url: str, seconds: float) -> httpx.Response:
+    """The whole answer within ``seconds``, or ``httpx.ReadTimeout``.
+
+    httpx's timeout bounds each network operation, not the request: a server that
+    sends a byte a second never times out, and would hold a check (and the task it
+    runs in) until the task's time limit. Here the body is read against one deadline,
+    and at most ``MAX_ANSWER_BYTES`` of it. (The status line and headers are still
+    bounded only per read.)
+    """
+    deadline = time.monotonic() + seconds
+    with client.stream(method, url, timeout=seconds) as response:
+        body = bytearray()
+        for chunk in response.iter_bytes():  # decoded (gzip and the like)
+            body += chunk
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(
+                    f"answer not complete within {seconds:g}s", request=response.request
+                )
+            if len(body) > MAX_ANSWER_BYTES:
+                raise AnswerTooLarge(f"answer longer than {MAX_ANSWER_BYTES} bytes")
+        headers = {
+            name: value
+            for name, value in response.headers.multi_items()
+            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        }
+        return httpx.Response(
+            response.status_code, headers=headers, content=bytes(body), request=response.request
+        )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from controller import timeouts
-from controller.http_client import shared_client
+from controller.http_client import request_within, shared_client
 from controller.plan import Plan, SlotMode, VersionCheck
 from controller.store.models import Release, Rollout
 from controller.traffic.base import RouterError, TrafficRouter
@@ -109,7 +109,7 @@ def served_version(base_url: str, check: VersionCheck) -> str:
     """
     url = base_url.rstrip("/") + check.path
     try:
-        response = shared_client().get(url, timeout=check.timeout.total_seconds())
+        response = request_within(shared_client(), "GET", url, check.timeout.total_seconds())
         response.raise_for_status()
         value = response.json()[check.field]
     except timeouts.out_of_time():

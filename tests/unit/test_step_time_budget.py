@@ -285,7 +285,7 @@ def test_the_worker_registers_celerys_soft_time_limit() -> None:
 
 
 class RaisingClient:
-    def request(self, *_args: Any, **_kwargs: Any) -> httpx.Response:
+    def stream(self, *_args: Any, **_kwargs: Any) -> httpx.Response:
         raise OutOfTime()
 
 
