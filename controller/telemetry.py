@@ -21,7 +21,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from controller.plan import Plan
+from controller.durations import parse_duration
+from controller.plan import AnalysisPolicy
 from controller.runtime import utcnow
 from controller.store.models import (
     ACTIVE_STATES,
@@ -31,6 +32,9 @@ from controller.store.models import (
     Rollout,
     RolloutState,
 )
+
+# A plan stored before it had a progress_deadline gets the default.
+DEFAULT_DEADLINE = AnalysisPolicy.model_fields["progress_deadline"].default
 
 ROLLED_BACK_STATES = (
     RolloutState.ROLLED_BACK,
@@ -185,7 +189,9 @@ class StoreCollector(Collector):
                 Rollout.state,
                 Rollout.weight,
                 Rollout.analysis,
-                Rollout.plan,
+                # Only the one field: parsing each held rollout's whole plan on every
+                # scrape would cost milliseconds a rollout.
+                Rollout.plan[("analysis", "progress_deadline")].as_string().label("deadline"),
             ).where(Rollout.state.in_([str(s) for s in held]))
         ):
             analysis = rollout.analysis or {}
@@ -195,7 +201,7 @@ class StoreCollector(Collector):
                 family = rolling_back
             elif rollout.weight and analysis.get("waiting_since"):
                 since, family = analysis["waiting_since"], waiting
-                limit = Plan.from_data(rollout.plan).analysis.progress_deadline
+                limit = parse_duration(rollout.deadline) if rollout.deadline else DEFAULT_DEADLINE
                 deadline.add_metric([rollout.id, rollout.service], limit.total_seconds())
             else:
                 continue
