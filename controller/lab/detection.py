@@ -44,6 +44,21 @@ FAMILY_CRITERIA = {
     "writes": "failed_writes",
 }
 
+
+def detection_goal_s(plan: Plan, family: str) -> float:
+    """The longest median time to detect a family's faults that the plan allows.
+
+    A fault that begins just after a check is fully inside a criterion's window
+    only once the window has rolled over it, and the breach it starts must then
+    last ``sustained_for``. With checks one interval apart, that is
+    ``sustained_for`` + the longer of the interval and the window: with a window
+    no longer than the interval, the issue's "sustain + one interval".
+    """
+    criterion = next(c for c in plan.stop_criteria if c.name == FAMILY_CRITERIA[family])
+    window = criterion.window or plan.analysis.window
+    return (criterion.sustained_for + max(plan.analysis.interval, window)).total_seconds()
+
+
 THRESHOLD_FAILURE_LIMIT = 3
 # The fixed thresholds an Argo Rollouts AnalysisTemplate or a Flagger metric would
 # carry for the same seed criteria.
