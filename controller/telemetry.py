@@ -123,7 +123,11 @@ class StoreCollector(Collector):
             labels=["criterion", "verdict"],
         )
         rows = session.execute(
-            select(MeasurementTotal.criterion, MeasurementTotal.verdict, MeasurementTotal.count)
+            select(
+                MeasurementTotal.criterion,
+                MeasurementTotal.verdict,
+                func.sum(MeasurementTotal.count),
+            ).group_by(MeasurementTotal.criterion, MeasurementTotal.verdict)
         )
         for name, outcome, count in rows:
             family.add_metric([name or "", outcome or ""], count)

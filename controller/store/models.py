@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -185,12 +186,17 @@ class Outbox(Base):
 class MeasurementTotal(Base):
     """How many measurements each criterion has had with each verdict, ever: kept
     in the transaction that writes the measurement events (``controller.store.totals``),
-    so ``/metrics`` reads a few rows instead of counting the whole event log."""
+    so ``/metrics`` reads a few rows instead of counting the whole event log.
+
+    Each criterion and verdict has up to ``TOTAL_SHARDS`` rows, one per worker
+    process (by pid), summed when read: two workers committing checks at once add
+    to different rows instead of queueing on one row lock."""
 
     __tablename__ = "measurement_totals"
 
     criterion: Mapped[str] = mapped_column(String(64), primary_key=True)
     verdict: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, default=0)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
 
 

@@ -5,11 +5,15 @@ Counting them from the event log costs a scan of every measurement ever written,
 every scrape; so each session counts the measurement events it adds and adds the
 counts to ``measurement_totals`` just before it commits, in the same transaction.
 The events and the totals commit together or not at all, and the counter rows are
-locked only for the commit itself, not for the advance that wrote the events.
+locked only for the commit itself, not for the advance that wrote the events. Each
+process adds to its own shard of the rows (``TOTAL_SHARDS``, by pid), so workers
+committing checks at the same moment do not queue on one row's lock; readers sum
+the shards.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from typing import Any
 
@@ -21,6 +25,12 @@ from sqlalchemy.orm import Session
 from controller.store.models import MeasurementTotal
 
 _PENDING = "canary_measurement_counts"
+TOTAL_SHARDS = 16
+
+
+def _shard() -> int:
+    """This process's shard: workers of a pool have pids of their own."""
+    return os.getpid() % TOTAL_SHARDS
 
 
 def count_measurement(session: Session, data: dict[str, Any]) -> None:
@@ -36,8 +46,9 @@ def _add_to_totals(session: Session) -> None:
         return
     dialect = session.get_bind().dialect.name
     # In key order, so that two commits never wait on each other's rows in a cycle.
+    shard = _shard()
     rows = [
-        {"criterion": criterion, "verdict": verdict, "count": count}
+        {"criterion": criterion, "verdict": verdict, "shard": shard, "count": count}
         for (criterion, verdict), count in sorted(pending.items())
     ]
     if dialect in ("postgresql", "sqlite"):
@@ -46,20 +57,23 @@ def _add_to_totals(session: Session) -> None:
         statement = insert(MeasurementTotal).values(rows)
         session.execute(
             statement.on_conflict_do_update(
-                index_elements=["criterion", "verdict"],
+                index_elements=["criterion", "verdict", "shard"],
                 set_={"count": MeasurementTotal.count + statement.excluded.count},
             )
         )
         return
     for row in rows:
-        criterion, verdict, count = row["criterion"], row["verdict"], row["count"]
         updated = session.execute(
             update(MeasurementTotal)
-            .where(MeasurementTotal.criterion == criterion, MeasurementTotal.verdict == verdict)
-            .values(count=MeasurementTotal.count + count)
+            .where(
+                MeasurementTotal.criterion == row["criterion"],
+                MeasurementTotal.verdict == row["verdict"],
+                MeasurementTotal.shard == shard,
+            )
+            .values(count=MeasurementTotal.count + row["count"])
         )
         if updated.rowcount == 0:
-            session.add(MeasurementTotal(criterion=criterion, verdict=verdict, count=count))
+            session.add(MeasurementTotal(**row))
 
 
 @event.listens_for(Session, "after_soft_rollback")

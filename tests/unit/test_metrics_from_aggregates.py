@@ -7,12 +7,15 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 
+from sqlalchemy import select
+
 from controller.engine import advance
 from controller.operations import pause_rollout
 from controller.plan import Plan
 from controller.rollback import rollback
 from controller.runtime import utcnow
-from controller.store import repository
+from controller.store import repository, totals
+from controller.store.models import MeasurementTotal
 from controller.telemetry import StoreCollector
 from tests.unit.test_state_machine import make_plan, run_until_settled, start
 
@@ -55,6 +58,44 @@ def test_measurements_rolled_back_are_not_counted(world) -> None:
         session.rollback()
         session.commit()
     assert not [k for k in samples(runtime, "canary_measurements_total") if "ghost" in str(k)]
+
+
+def test_measurements_of_several_worker_processes_are_summed(world, monkeypatch) -> None:
+    """Each process adds to its own shard of the totals; /metrics reports their sum."""
+    runtime, _, _, _, _ = world
+    rollout_id = start(runtime, make_plan())
+
+    def measure_from(pid: int, verdicts: list[str]) -> None:
+        monkeypatch.setattr(totals.os, "getpid", lambda: pid)
+        with runtime.sessions() as session:
+            for verdict in verdicts:
+                repository.append_event(
+                    session,
+                    rollout_id,
+                    "measurement",
+                    actor="t",
+                    at=utcnow(),
+                    message="m",
+                    data={"criterion": "sharded", "verdict": verdict},
+                )
+            session.commit()
+
+    measure_from(1, ["pass", "pass", "fail"])
+    measure_from(2, ["pass"])
+    measure_from(17, ["pass"])  # the same shard as pid 1
+    with runtime.sessions() as session:
+        shards = session.execute(
+            select(MeasurementTotal.shard, MeasurementTotal.count).where(
+                MeasurementTotal.criterion == "sharded", MeasurementTotal.verdict == "pass"
+            )
+        ).all()
+    assert sorted(shards) == [(1, 3), (2, 1)]
+    got = {
+        dict(k)["verdict"]: v
+        for k, v in samples(runtime, "canary_measurements_total").items()
+        if dict(k)["criterion"] == "sharded"
+    }
+    assert got == {"pass": 4, "fail": 1}
 
 
 def test_last_values_and_rollbacks_come_from_the_rollouts(world) -> None:
