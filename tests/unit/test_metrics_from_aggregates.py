@@ -29,6 +29,18 @@ def samples(runtime, name: str) -> dict[tuple, float]:  # type: ignore[no-untype
     return found
 
 
+def add_measurement(session, rollout_id: str, criterion: str, verdict: str) -> None:  # type: ignore[no-untyped-def]
+    repository.append_event(
+        session,
+        rollout_id,
+        "measurement",
+        actor="t",
+        at=utcnow(),
+        message="m",
+        data={"criterion": criterion, "verdict": verdict},
+    )
+
+
 def test_measurement_totals_match_the_events(world) -> None:
     runtime, _, _, clock, _ = world
     rollout_id = start(runtime, make_plan())
@@ -46,15 +58,7 @@ def test_measurements_rolled_back_are_not_counted(world) -> None:
     runtime, _, _, clock, _ = world
     rollout_id = start(runtime, make_plan())
     with runtime.sessions() as session:
-        repository.append_event(
-            session,
-            rollout_id,
-            "measurement",
-            actor="t",
-            at=utcnow(),
-            message="m",
-            data={"criterion": "ghost", "verdict": "pass"},
-        )
+        add_measurement(session, rollout_id, "ghost", "pass")
         session.rollback()
         session.commit()
     assert not [k for k in samples(runtime, "canary_measurements_total") if "ghost" in str(k)]
@@ -69,15 +73,7 @@ def test_measurements_of_several_worker_processes_are_summed(world, monkeypatch)
         monkeypatch.setattr(totals.os, "getpid", lambda: pid)
         with runtime.sessions() as session:
             for verdict in verdicts:
-                repository.append_event(
-                    session,
-                    rollout_id,
-                    "measurement",
-                    actor="t",
-                    at=utcnow(),
-                    message="m",
-                    data={"criterion": "sharded", "verdict": verdict},
-                )
+                add_measurement(session, rollout_id, "sharded", verdict)
             session.commit()
 
     measure_from(1, ["pass", "pass", "fail"])
