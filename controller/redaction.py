@@ -26,6 +26,9 @@ _SECRET_QUERY = re.compile(
     rf"(?P<head>[?&][A-Za-z_]*{_SECRET_WORDS}[A-Za-z_]*=)[^&\s#\"']+", re.IGNORECASE
 )
 _BEARER = re.compile(r"(?P<head>\bBearer\s+)[^\s\"',]+", re.IGNORECASE)
+# What each of the three patterns above cannot match without: "@" (a password in a
+# URL), "=" (a secret query parameter), "bearer" (any case).
+_MAY_HOLD_SECRET = re.compile(r"[@=]|bearer", re.IGNORECASE)
 MASK = "***"
 
 
@@ -37,9 +40,12 @@ class Redactor:
 
     def scrub(self, value: Any) -> Any:
         if isinstance(value, str):
-            value = _URL_PASSWORD.sub(rf"\g<head>{MASK}@", value)
-            value = _SECRET_QUERY.sub(rf"\g<head>{MASK}", value)
-            value = _BEARER.sub(rf"\g<head>{MASK}", value)
+            # Each pattern needs a character or word most values lack: one scan for
+            # them spares three substitutions on every number and verdict stored.
+            if _MAY_HOLD_SECRET.search(value):
+                value = _URL_PASSWORD.sub(rf"\g<head>{MASK}@", value)
+                value = _SECRET_QUERY.sub(rf"\g<head>{MASK}", value)
+                value = _BEARER.sub(rf"\g<head>{MASK}", value)
             for secret in self.secrets:
                 value = value.replace(secret, MASK)
             return value

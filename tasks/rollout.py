@@ -15,6 +15,7 @@ from structlog.contextvars import bound_contextvars
 from config.settings import get_settings
 from controller import outbox
 from controller.engine import advance
+from controller.plan import Plan
 from controller.redaction import redact
 from controller.rollback import rollback
 from controller.runtime import Runtime
@@ -48,6 +49,23 @@ def describe(rollout_id: str) -> dict[str, str]:
             return {"rollout_id": rollout_id, "service": "", "stage": ""}
         summary = rollout_summary(rollout)
     return {"rollout_id": rollout_id, "service": summary["service"], "stage": summary["stage"]}
+
+
+def stage_label(rollout_id: str, step_index: int) -> str:
+    """The label of a rollout's step, for a task's arguments."""
+    labels = _step_labels(rollout_id)
+    return labels[min(step_index, len(labels) - 1)] if labels else ""
+
+
+@lru_cache(maxsize=4096)
+def _step_labels(rollout_id: str) -> tuple[str, ...]:
+    """A rollout's plan is fixed when it starts: its steps are read once per process,
+    not validated again for every check handed out."""
+    with runtime().sessions() as session:
+        rollout = repository.get_rollout(session, rollout_id)
+        if rollout is None:
+            return ()
+        return tuple(step.label for step in Plan.from_data(rollout.plan).steps())
 
 
 def enqueue_rollback(rollout_id: str, reason: str = "") -> None:
@@ -84,13 +102,21 @@ def reconcile_task() -> str:
         rollbacks = repository.take_due_rollbacks(session, now, hold=ROLLBACK_HOLD)
     for rollout_id in rollbacks:
         enqueue_rollback(rollout_id, "pending rollback")
-    for rollout_id, due in advances:
-        # Due before the next tick: queued now, to start at its due time.
-        advance_task.apply_async(
-            kwargs=describe(rollout_id),
-            eta=due if due > now else None,
-            expires=ADVANCE_REDISPATCH.total_seconds(),
-        )
+    # Hundreds of checks a tick at scale: one broker connection for all of them, and
+    # their arguments from the due query, not a read of each rollout.
+    with app.producer_or_acquire() as producer:
+        for due in advances:
+            # Due before the next tick: queued now, to start at its due time.
+            advance_task.apply_async(
+                kwargs={
+                    "rollout_id": due.rollout_id,
+                    "service": due.service,
+                    "stage": stage_label(due.rollout_id, due.step_index),
+                },
+                eta=due.due if due.due > now else None,
+                expires=ADVANCE_REDISPATCH.total_seconds(),
+                producer=producer,
+            )
     rows = outbox.dispatch_due(rt)
     return redact(
         f"dispatched {len(advances)} advance(s), {len(rollbacks)} rollback(s), "

@@ -29,7 +29,7 @@ import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
@@ -294,11 +294,38 @@ def _is_scalar(node: object) -> bool:
 
 @dataclass(frozen=True)
 class SharedAnswer:
-    """What a batched query answered, and when it was evaluated."""
+    """What a batched query answered, and when it was evaluated.
+
+    Every rollout of the slot picks its own series from the same answer: scanning
+    the whole answer for each would make a round cost N² label comparisons, so the
+    series are indexed once per set of picked labels and each pick is a lookup.
+    """
 
     evaluated_at: datetime
     samples: list[Sample]
     series: list[Series]
+    _indexes: dict[tuple[str, ...], dict[tuple[str | None, ...], list]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    _guard: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def picked_samples(self, batched: BatchedQuery) -> list[Sample]:
+        return self._picked(batched, self.samples)
+
+    def picked_series(self, batched: BatchedQuery) -> list[Series]:
+        return self._picked(batched, self.series)
+
+    def _picked(self, batched: BatchedQuery, items: list) -> list:
+        names = tuple(label for label, _ in batched.labels)
+        with self._guard:
+            index = self._indexes.get(names)
+            if index is None:
+                index = {}
+                for item in items:
+                    key = tuple(item.labels.get(name) for name in names)
+                    index.setdefault(key, []).append(item)
+                self._indexes[names] = index
+        return list(index.get(tuple(value for _, value in batched.labels), ()))
 
 
 class SharedAnswers:
@@ -331,7 +358,7 @@ class SharedAnswers:
             ("instant", batched.query, at),
             lambda: SharedAnswer(at, self.provider.instant(batched.query, at=at), []),
         )
-        return [s for s in answer.samples if batched.picks(s.labels)], answer.evaluated_at
+        return answer.picked_samples(batched), answer.evaluated_at
 
     def range(
         self,
@@ -348,7 +375,7 @@ class SharedAnswers:
                 at, [], self.provider.range(batched.query, at - window, at, step_seconds)
             ),
         )
-        return [s for s in answer.series if batched.picks(s.labels)], answer.evaluated_at
+        return answer.picked_series(batched), answer.evaluated_at
 
     def evaluated_at(self, now: datetime, interval: timedelta) -> datetime:
         """When an answer shared at ``now`` would have been evaluated."""

@@ -8,6 +8,8 @@ passes it.
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -297,16 +299,35 @@ def measure_all(
             not_before=not_before,
         )
 
-    pool = ThreadPoolExecutor(
-        max_workers=min(MEASURE_CONCURRENCY, len(criteria)), thread_name_prefix="measure"
-    )
+    futures = [_measure_pool().submit(one, criterion) for criterion in criteria]
     try:
         with timeouts.running("stop criteria"):
-            return list(pool.map(one, criteria))
+            return [future.result() for future in futures]
     finally:
         # Out of time (the task's limit, raised in this thread) or done: never wait
         # for queries still running; each ends at its own timeout.
-        pool.shutdown(wait=False, cancel_futures=True)
+        for future in futures:
+            future.cancel()
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_guard = threading.Lock()
+
+
+def _measure_pool() -> ThreadPoolExecutor:
+    """This process's threads for measuring, kept between checks: starting a pool of
+    threads for every check was a measurable part of a check's CPU. Sized for one
+    check at a time plus the queries a check that ran out of time left running (each
+    ends at its own timeout). Keyed by pid: a forked pool process starts its own."""
+    pid = os.getpid()
+    with _pools_guard:
+        pool = _pools.get(pid)
+        if pool is None:
+            pool = ThreadPoolExecutor(
+                max_workers=2 * MEASURE_CONCURRENCY, thread_name_prefix="measure"
+            )
+            _pools[pid] = pool
+        return pool
 
 
 # Each error or failure query and the total that says whether there was traffic.

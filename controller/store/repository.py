@@ -9,9 +9,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, and_, or_, select, text, update
+from sqlalchemy import ColumnElement, DateTime, and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from controller.redaction import redact
@@ -129,7 +129,17 @@ def database_now(session: Session, fallback: datetime) -> datetime:
     return fallback
 
 
-def _lease_free(lease_now: datetime, owner: str | None = None) -> ColumnElement[bool]:
+def database_clock(session: Session, fallback: datetime) -> datetime | ColumnElement[datetime]:
+    """``database_now`` as an expression evaluated inside the statement that uses it,
+    saving the round trip that asks the clock first."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.clock_timestamp(type_=DateTime(timezone=True))
+    return fallback
+
+
+def _lease_free(
+    lease_now: datetime | ColumnElement[datetime], owner: str | None = None
+) -> ColumnElement[bool]:
     """Nobody holds the lease, it expired (by the database's clock), or it is ours."""
     held_by = [Rollout.lease_owner == owner] if owner else []
     return or_(Rollout.lease_owner.is_(None), Rollout.lease_expires_at < lease_now, *held_by)
@@ -150,7 +160,7 @@ def claim(
     cannot both see a row count of one. Taking the lease also clears ``dispatched_at``:
     the advance that was queued is the one running now.
     """
-    lease_now = database_now(session, now)
+    lease_now = database_clock(session, now)
     conditions = [
         Rollout.id == rollout_id,
         Rollout.state.in_([str(s) for s in states]),
@@ -160,7 +170,8 @@ def claim(
         # An advance queued to start at its due time may find this host's clock a
         # little behind the one that queued it: that is still the due check.
         conditions.append(Rollout.next_check_at <= now + EARLY_START_TOLERANCE)
-    result = session.execute(
+    # One round trip takes the lease and reads the row it took (RETURNING).
+    rollout = session.scalars(
         update(Rollout)
         .where(*conditions)
         .values(
@@ -169,16 +180,10 @@ def claim(
             dispatched_at=None,
             version=Rollout.version + 1,
         )
-        .execution_options(synchronize_session=False)
-    )
+        .returning(Rollout)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).one_or_none()
     session.commit()
-    if result.rowcount != 1:
-        return None
-    rollout = session.get(Rollout, rollout_id, populate_existing=True)
-    if rollout is None or rollout.state not in [str(s) for s in states]:
-        # Changed between our UPDATE and this read (a rollback request, say).
-        release(session, rollout_id, owner)
-        return None
     return rollout
 
 
@@ -340,15 +345,25 @@ def due_for_rollback(session: Session, now: datetime, limit: int = 500) -> Seque
 EARLY_START_TOLERANCE = timedelta(milliseconds=500)
 
 
+class DueAdvance(NamedTuple):
+    """A rollout handed out for its next check."""
+
+    rollout_id: str
+    due: datetime
+    service: str
+    step_index: int
+
+
 def take_due_advances(
     session: Session,
     now: datetime,
     redispatch_after: timedelta,
     limit: int = 500,
     lookahead: timedelta = timedelta(0),
-) -> list[tuple[str, datetime]]:
+) -> list[DueAdvance]:
     """Rollouts due by ``now + lookahead`` and not already queued, with their due
-    times, each marked ``dispatched_at`` as it is taken.
+    times (and what a task's arguments name), each marked ``dispatched_at`` as it is
+    taken.
 
     A queued advance is queued once: the next ticks skip it until an advance claims
     the rollout (which clears the mark) or ``redispatch_after`` passes, when the
@@ -373,11 +388,11 @@ def take_due_advances(
             _lease_free(database_now(session, now)),
         )
         .values(dispatched_at=now)
-        .returning(Rollout.id, Rollout.next_check_at)
+        .returning(Rollout.id, Rollout.next_check_at, Rollout.service, Rollout.step_index)
         .execution_options(synchronize_session=False)
     ).all()
     session.commit()
-    return [(rollout_id, due) for rollout_id, due in taken]
+    return [DueAdvance(*row) for row in taken]
 
 
 def record_router_weight(

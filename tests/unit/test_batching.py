@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from config import PLANS_DIR
-from controller.analysis.batching import BatchedQuery, SharedAnswers, batch_form
+from controller.analysis.batching import BatchedQuery, SharedAnswer, SharedAnswers, batch_form
 from controller.metrics.prometheus import MetricsError, Sample, Series
 from controller.plan_loader import load_plan
 
@@ -191,6 +191,28 @@ def test_range_answers_are_shared_and_picked_by_label() -> None:
     theirs, _ = shared.range(OTHER, T0 + timedelta(seconds=3), window, 10.0, TEN_S)
     assert at == T0 and len(mine) == 1 and theirs == []
     assert provider.calls == [(QUERY.query, T0)]
+
+
+def test_a_pick_from_an_indexed_answer_is_what_filtering_every_series_gives() -> None:
+    """Each rollout's pick is a lookup in an index built once per answer; it must pick
+    exactly the series a scan with ``BatchedQuery.picks`` picks, missing labels too."""
+    samples = [
+        Sample({"service": "a", "track": "canary"}, 1.0),
+        Sample({"service": "a", "track": "stable"}, 2.0),
+        Sample({"service": "a"}, 3.0),  # no track: never a track's series
+        Sample({"service": "b", "track": "canary"}, 4.0),
+        Sample({"service": "a", "track": "canary", "code": "500"}, 5.0),
+    ]
+    answer = SharedAnswer(T0, samples, [])
+    queries = [
+        BatchedQuery("q", (("service", "a"), ("track", "canary"))),
+        BatchedQuery("q", (("service", "a"),)),
+        BatchedQuery("q", (("service", "c"), ("track", "canary"))),
+        BatchedQuery("q", (("track", "stable"),)),
+    ]
+    for query in queries:
+        assert answer.picked_samples(query) == [s for s in samples if query.picks(s.labels)]
+    assert [s.value for s in answer.picked_samples(queries[0])] == [1.0, 5.0]
 
 
 def test_old_answers_are_forgotten() -> None:

@@ -38,7 +38,7 @@ def rolled_back_with_messages_lost(runtime, clock, plan: Plan | None = None) -> 
 
 
 def taken_ids(session, now):  # type: ignore[no-untyped-def]
-    return [rollout_id for rollout_id, _ in repository.take_due_advances(session, now, LOST)]
+    return [due.rollout_id for due in repository.take_due_advances(session, now, LOST)]
 
 
 def test_a_queued_advance_is_queued_once_until_presumed_lost(world) -> None:
@@ -261,8 +261,9 @@ def test_a_check_due_before_the_next_tick_is_queued_for_its_due_time(world) -> N
         early = due - timedelta(seconds=3)
         assert repository.take_due_advances(session, early, LOST, lookahead=ahead) == []
         tick = due - timedelta(seconds=1)
-        assert repository.take_due_advances(session, tick, LOST, lookahead=ahead) == [
-            (rollout_id, due)
+        taken = repository.take_due_advances(session, tick, LOST, lookahead=ahead)
+        assert [(d.rollout_id, d.due, d.service, d.step_index) for d in taken] == [
+            (rollout_id, due, rollout.service, rollout.step_index)
         ]
     clock.now = due - timedelta(milliseconds=200)  # this host's clock, a little behind
     assert advance(runtime, rollout_id).acted
