@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.lab.scale import run_scale  # noqa: E402
+from controller.lab.scale import FLEETS, run_scale  # noqa: E402
 
 
 def main() -> int:
@@ -35,13 +35,23 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work dirs (logs)")
+    parser.add_argument(
+        "--fleet",
+        choices=sorted(FLEETS),
+        default="synthetic",
+        help="the services: thin synthetic ones (default) or real demo service instances",
+    )
     args = parser.parse_args()
     for rollouts in args.rollouts:
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-scale-{rollouts}-"))
         print(f"work dir {workdir}", flush=True)
         try:
             figures = run_scale(
-                workdir, rollouts, args.window, say=lambda line: print(line, flush=True)
+                workdir,
+                rollouts,
+                args.window,
+                say=lambda line: print(line, flush=True),
+                fleet=args.fleet,
             )
         finally:
             if not args.keep:

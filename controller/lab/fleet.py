@@ -104,25 +104,39 @@ class FleetLab(ControllerProcesses):
                 start_haproxy_backends(
                     self.workdir,
                     [(name, self.addresses[name], first_weights) for name in self.services],
+                    check_inter=self.health_check_interval,
                 )
             )
             self._wait_all_servers_up()
-            targets = [address for slots in self.addresses.values() for address in slots.values()]
             self.prometheus = self.group.add(
-                start_prometheus(self.workdir, targets, scrape_interval=self.scrape_interval)
+                start_prometheus(
+                    self.workdir, self._scrape_targets(), scrape_interval=self.scrape_interval
+                )
             )
-            load = LoadGenerator(
-                [
-                    (f"{self.haproxy.frontends[name]}/checkout", self.rps_per_service)
-                    for name in self.services
-                ]
-            )
-            load.start()
-            self.group.add(load)
+            self._start_load()
         except BaseException:
             self.stop()
             raise
         return self
+
+    # HAProxy checks every server this often.
+    health_check_interval = "1s"
+
+    def _scrape_targets(self) -> list[str]:
+        """What Prometheus scrapes: every instance."""
+        return [address for slots in self.addresses.values() for address in slots.values()]
+
+    def _start_load(self) -> None:
+        """User traffic through each service's HAProxy frontend."""
+        assert self.haproxy is not None
+        load = LoadGenerator(
+            [
+                (f"{self.haproxy.frontends[name]}/checkout", self.rps_per_service)
+                for name in self.services
+            ]
+        )
+        load.start()
+        self.group.add(load)
 
     def _start_fleet(self) -> None:
         instances = []
@@ -200,3 +214,69 @@ class FleetLab(ControllerProcesses):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class SyntheticFleetLab(FleetLab):
+    """A fleet of synthetic healthy services (``controller.lab.synthetic_fleet``), for
+    the scale benchmark: every instance in one asyncio process answering what the
+    controller reads (``/version``, health, user requests), their series on one
+    exporter that Prometheus scrapes as one target, their user traffic from a second
+    process, and HAProxy checking each server every 10 s. HAProxy, Prometheus, the
+    store, the broker and the controller are the real ones; only the services are
+    thin, so that a run of a thousand services measures the controller."""
+
+    health_check_interval = "10s"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        faulty = [name for name, service in self.services.items() if service.faulty]
+        if faulty:
+            raise LabError(f"synthetic services are healthy only; faults asked for {faulty[:3]}")
+        self.exporter = ""
+
+    def _start_fleet(self) -> None:
+        instances = [
+            {"service": name, "slot": slot, "version": version}
+            for name in self.services
+            for slot, version in ((STABLE_SLOT, STABLE_VERSION), (CANARY_SLOT, CANARY_VERSION))
+        ]
+        spec, ports_file = self.workdir / "fleet.json", self.workdir / "fleet-ports.json"
+        spec.write_text(json.dumps({"instances": instances}))
+        self.fleet = self.group.add(
+            ManagedProcess(
+                "fleet",
+                [sys.executable, "-m", "controller.lab.synthetic_fleet", "serve"]
+                + ["--spec", str(spec), "--ports", str(ports_file)],
+                self.workdir,
+                env=child_env(),
+                cwd=PROJECT_ROOT,
+            )
+        )
+        self.fleet.wait_ready(ports_file.exists, timeout=120)
+        ports = json.loads(ports_file.read_text())
+        for item, port in zip(instances, ports["instances"], strict=True):
+            self.addresses.setdefault(item["service"], {})[item["slot"]] = f"127.0.0.1:{port}"
+        self.exporter = f"127.0.0.1:{ports['exporter']}"
+
+    def _scrape_targets(self) -> list[str]:
+        return [self.exporter]
+
+    def _start_load(self) -> None:
+        assert self.haproxy is not None
+        targets = self.workdir / "load-targets.json"
+        targets.write_text(
+            json.dumps(
+                [self.haproxy.frontends[name].removeprefix("http://") for name in self.services]
+            )
+        )
+        load = self.group.add(
+            ManagedProcess(
+                "load",
+                [sys.executable, "-m", "controller.lab.synthetic_fleet", "load"]
+                + ["--targets", str(targets), "--rate", f"{self.rps_per_service:g}"],
+                self.workdir,
+                env=child_env(),
+                cwd=PROJECT_ROOT,
+            )
+        )
+        load.wait_ready(lambda: "synthetic load running" in load.log_tail(), timeout=60)

@@ -37,6 +37,7 @@ class Backend:
     servers: dict[str, str]
     weights: dict[str, int]
     port: int
+    check_inter: str = "1s"
 
 
 def _backend_sections(backend: Backend) -> str:
@@ -45,7 +46,7 @@ def _backend_sections(backend: Backend) -> str:
         raise LabError(f"no weight given for HAProxy server(s): {', '.join(missing)}")
     # fastinter: re-check quickly while a server changes state, so the first
     # check after start-up (and a crash) settles in ~100ms instead of a full inter.
-    checks = "check inter 1s fastinter 100ms rise 1 fall 2"
+    checks = f"check inter {backend.check_inter} fastinter 100ms rise 1 fall 2"
     server_lines = "\n".join(
         f"    server {name} {address} weight {backend.weights[name]} {checks}"
         for name, address in backend.servers.items()
@@ -218,15 +219,19 @@ def start_haproxy_backends(
     workdir: Path,
     backends: list[tuple[str, dict[str, str], dict[str, int]]],
     timeout: float = 15.0,
+    check_inter: str = "1s",
 ) -> HAProxyServer:
     """One HAProxy for many services: ``(backend, servers, weights)`` each, each with
     a frontend on a port of its own (``frontends``). ``url``, ``backend`` and
-    ``servers`` describe the first."""
+    ``servers`` describe the first. ``check_inter``: how often each server's health
+    is checked (a thousand services checked every second is a load of its own)."""
     binary = require_binary("haproxy")
     workdir = Path(workdir) / "haproxy"
     workdir.mkdir(parents=True, exist_ok=True)
     socket_path, socket_dir = _socket_location(workdir)
-    specs = [Backend(name, dict(srv), dict(w), free_port()) for name, srv, w in backends]
+    specs = [
+        Backend(name, dict(srv), dict(w), free_port(), check_inter) for name, srv, w in backends
+    ]
     stats_port = free_port()
     config_path = workdir / "haproxy.cfg"
     state_file = workdir / "server-state"

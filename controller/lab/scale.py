@@ -48,6 +48,7 @@ from controller.lab.fleet import (
     STABLE_VERSION,
     FleetLab,
     FleetService,
+    SyntheticFleetLab,
     fleet_plan_data,
 )
 from controller.operations import OperationError, start_rollout
@@ -277,17 +278,27 @@ def start_rollout_workers(lab: FleetLab, suffix: str, env: dict[str, str]) -> li
     return names
 
 
+FLEETS: dict[str, type[FleetLab]] = {"synthetic": SyntheticFleetLab, "demo": FleetLab}
+
+
 def run_scale(
-    workdir: Path, rollouts: int, window_s: float = 60.0, say: Callable[[str], None] = print
+    workdir: Path,
+    rollouts: int,
+    window_s: float = 60.0,
+    say: Callable[[str], None] = print,
+    fleet: str = "synthetic",
 ) -> ScaleFigures:
     """Two windows in one run, on one fleet: first with every rollout's queries asked
     on their own (``CANARY_QUERY_BATCH_SLOT_SECONDS=0``), then, with the ``rollouts``
     workers restarted, with the default batched queries. Every figure but
-    ``per_rollout_queries_per_round`` is the second window's."""
+    ``per_rollout_queries_per_round`` is the second window's. ``fleet``: the
+    services, ``synthetic`` (thin, for hundreds to thousands) or ``demo`` (real demo
+    service instances, saturating this machine near 300)."""
     plan = scale_plan()
     services = [FleetService(f"svc-{index:04d}") for index in range(rollouts)]
     settings = LabSettings(reconcile_interval_seconds=DEFAULT_RECONCILE_S)
-    with FleetLab(workdir, services, settings, rps_per_service=1.0, scrape_interval="5s") as lab:
+    lab_class = FLEETS[fleet]
+    with lab_class(workdir, services, settings, rps_per_service=1.0, scrape_interval="5s") as lab:
         per_rollout = start_rollout_workers(lab, "", {"CANARY_QUERY_BATCH_SLOT_SECONDS": "0"})
         lab.start_worker("rollback", "rollback,reconcile", concurrency=2, ready_within=300.0)
         lab.start_worker("aftercare", "runbook,notify", concurrency=1, ready_within=300.0)
