@@ -1,13 +1,16 @@
 """Benchmark: many concurrent rollouts, each to be checked on the plan's clock.
 
-For each N, a fleet of N healthy services (two slots each, in one process), one
-HAProxy with a backend per service, one Prometheus scraping them all, a Redis and a
-PostgreSQL of their own, the default worker layout (two ``rollouts`` workers of
-concurrency 2, one for rollback and reconcile, one for runbooks and notifications),
-beat and the API; N rollouts held at a 10 % canary with a 10 s interval. See
+For each N, a fleet of N healthy services (two slots each), one HAProxy with a
+backend per service, one Prometheus, a Redis and a PostgreSQL of their own, the
+default worker layout (two ``rollouts`` workers of concurrency 2, one for rollback
+and reconcile, one for runbooks and notifications), beat and the API; N rollouts
+held at a 10 % canary with a 10 s interval. The services are synthetic by default
+(``controller.lab.synthetic_fleet``: thin instances in one process, their series on
+one exporter) so that the figures are the controller's; ``--fleet demo`` runs real
+demo service instances instead, which saturate a 2-core machine near N=300. See
 ``controller.lab.scale`` for what each figure counts.
 
-    .venv/bin/python bench/scale.py --rollouts 100 300 [--window 60] [--json]
+    .venv/bin/python bench/scale.py --rollouts 100 300 1000 [--window 60] [--json]
 
 Prints, per N, ``scale rollouts=N checks_per_min=… lag_p50_s=… lag_p99_s=…
 noop_advances=… prom_queries_per_round=… per_rollout_queries_per_round=…

@@ -1,6 +1,7 @@
 """The scale scenario: many concurrent rollouts, each to be checked on the plan's clock.
 
-A fleet of healthy services (``FleetLab``), one rollout each, held at a 10 % canary
+A fleet of healthy services (``SyntheticFleetLab`` by default, ``FleetLab`` for real
+demo service instances), one rollout each, held at a 10 % canary
 for an hour with a 10 s analysis interval, under the default worker layout: two
 ``rollouts`` workers of concurrency 2, one worker for ``rollback`` and
 ``reconcile``, one for runbooks and notifications, beat and the API. Once every
