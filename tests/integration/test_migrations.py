@@ -39,4 +39,3 @@ def _alembic_own(difference: object) -> bool:
 
 def test_migrations_build_what_the_models_describe(database_url: str) -> None:
     assert _differences(database_url) == []
-
