@@ -126,7 +126,8 @@ def advance(runtime: Runtime, rollout_id: str) -> AdvanceResult:
             return _out_of_time(step, exc, time.monotonic() - started)
         finally:
             session.rollback()
-            repository.release(session, rollout_id, runtime.owner)
+            if not step.released:
+                repository.release(session, rollout_id, runtime.owner)
 
 
 OUT_OF_TIME_RETRY = timedelta(seconds=10)  # at the latest; sooner if the plan's interval is
@@ -218,6 +219,7 @@ class _Advance:
         self.router_gave_up: str | None = None
         self.router_moved_to: int | None = None  # set once this advance moved traffic
         self.smoke_left = 0  # checks of the step's smoke suite left for later advances
+        self.released = False  # the lease given back with this advance's last commit
 
     def next_tick(self, interval: timedelta) -> datetime:
         """The check after this one by the plan's clock: the due time plus the
@@ -266,6 +268,14 @@ class _Advance:
         self.lifecycle = []
         self.session.commit()
         self.promised += [(row_id, "notify", self.rollout.id) for row_id, _ in rows]
+
+    def commit_and_release(self) -> None:
+        """The advance's last write: the lease goes back in the same commit, saving
+        the release's own transaction (a check's most common ending, a hold)."""
+        self.rollout.lease_owner = None
+        self.rollout.lease_expires_at = None
+        self.commit()
+        self.released = True
 
     def run(self) -> AdvanceResult:
         rollout = self.rollout
@@ -879,7 +889,7 @@ class _Advance:
                 rollout.next_check_at = min(self.next_tick(interval), hold_ends)
             else:
                 rollout.next_check_at = self.next_tick(interval)
-            self.commit()
+            self.commit_and_release()
             verdicts = ", ".join(f"{m.criterion}={m.verdict.value}" for m in measurements)
             left = format_duration(max(hold_ends - self.now, timedelta(0)))
             waiting = (
