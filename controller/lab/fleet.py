@@ -242,16 +242,7 @@ class SyntheticFleetLab(FleetLab):
         ]
         spec, ports_file = self.workdir / "fleet.json", self.workdir / "fleet-ports.json"
         spec.write_text(json.dumps({"instances": instances}))
-        self.fleet = self.group.add(
-            ManagedProcess(
-                "fleet",
-                [sys.executable, "-m", "controller.lab.synthetic_fleet", "serve"]
-                + ["--spec", str(spec), "--ports", str(ports_file)],
-                self.workdir,
-                env=child_env(),
-                cwd=PROJECT_ROOT,
-            )
-        )
+        self.fleet = self._synthetic("fleet", "serve", "--spec", spec, "--ports", ports_file)
         self.fleet.wait_ready(ports_file.exists, timeout=120)
         ports = json.loads(ports_file.read_text())
         for item, port in zip(instances, ports["instances"], strict=True):
@@ -269,14 +260,20 @@ class SyntheticFleetLab(FleetLab):
                 [self.haproxy.frontends[name].removeprefix("http://") for name in self.services]
             )
         )
-        load = self.group.add(
+        load = self._synthetic(
+            "load", "load", "--targets", targets, "--rate", f"{self.rps_per_service:g}"
+        )
+        load.wait_ready(lambda: "synthetic load running" in load.log_tail(), timeout=60)
+
+    def _synthetic(self, name: str, mode: str, *args: object) -> ManagedProcess:
+        """A ``controller.lab.synthetic_fleet`` process of this lab."""
+        command = [sys.executable, "-m", "controller.lab.synthetic_fleet", mode]
+        return self.group.add(
             ManagedProcess(
-                "load",
-                [sys.executable, "-m", "controller.lab.synthetic_fleet", "load"]
-                + ["--targets", str(targets), "--rate", f"{self.rps_per_service:g}"],
+                name,
+                command + [str(arg) for arg in args],
                 self.workdir,
                 env=child_env(),
                 cwd=PROJECT_ROOT,
             )
         )
-        load.wait_ready(lambda: "synthetic load running" in load.log_tail(), timeout=60)

@@ -8,6 +8,7 @@ step that starts after the world moved on while an earlier one ran.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -269,3 +270,21 @@ def test_a_check_due_before_the_next_tick_is_queued_for_its_due_time(world) -> N
     assert advance(runtime, rollout_id).acted
     rollout, _ = state(runtime, rollout_id)
     assert rollout.next_check_at == due + timedelta(seconds=5)  # the plan's clock kept
+
+
+def test_a_holding_check_gives_its_lease_back_and_the_next_worker_takes_the_next_check(
+    world,
+) -> None:
+    """The lease goes back in the holding check's own commit: nothing of it is left
+    for another worker to wait out, and a worker of another owner claims the next."""
+    runtime, _, _, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    result = advance(runtime, rollout_id)
+    assert result.acted and "holding" in result.summary, result.summary
+    rollout, _ = state(runtime, rollout_id)
+    assert rollout.lease_owner is None and rollout.lease_expires_at is None
+    clock.now = rollout.next_check_at
+    other = replace(runtime, owner="another-worker")
+    assert advance(other, rollout_id).acted
+    rollout, _ = state(runtime, rollout_id)
+    assert rollout.lease_owner is None
