@@ -51,6 +51,12 @@ class Settings(BaseSettings):
         "of this many seconds (at most half a plan's interval) for all of them; 0 asks "
         "every rollout's queries on their own.",
     )
+    share_query_answers: bool = Field(
+        True,
+        description="Worker processes share the answers of batched queries through the "
+        "broker's Redis (redis:// or rediss://): one process of all workers asks each "
+        "query per slot. Off, or with another broker URL, each process asks its own.",
+    )
     reconcile_interval_seconds: float = Field(
         2.0, gt=0, le=60, description="How often beat fires the reconcile task."
     )

@@ -15,15 +15,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
+from controller.analysis.answer_cache import RedisAnswerCache
 from controller.analysis.batching import SharedAnswers
 from controller.analysis.runner import MetricsProvider
 from controller.incidents import post_incident
-from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
+from controller.metrics.prometheus import PrometheusProvider, RetryPolicy, redact_url
 from controller.plan import Plan, render_template
 from controller.store.db import session_factory
 from controller.traffic.base import TrafficRouter
@@ -75,11 +77,10 @@ class Runtime:
             timeout_seconds=settings.prometheus_timeout_seconds,
             retry=RetryPolicy(attempts=settings.prometheus_attempts),
         )
-        slot = settings.query_batch_slot_seconds
         return cls(
             sessions=session_factory(settings.database_url),
             metrics=metrics,
-            shared_answers=SharedAnswers(metrics, timedelta(seconds=slot)) if slot > 0 else None,
+            shared_answers=shared_answers(settings, metrics),
             router_for=router_factory(settings),
             lease=timedelta(seconds=settings.lease_seconds),
             rollback_attempts=settings.rollback_attempts,
@@ -90,6 +91,24 @@ class Runtime:
                 _secret(settings.incident_webhook_token),
             ),
         )
+
+
+def shared_answers(settings: Settings, metrics: MetricsProvider) -> SharedAnswers | None:
+    """Batched answers for this process: none when batching is off; shared with the
+    other worker processes through the broker's Redis when it is a plain Redis URL."""
+    slot = settings.query_batch_slot_seconds
+    if slot <= 0:
+        return None
+    fleet = None
+    if settings.share_query_answers and urlsplit(settings.broker_url).scheme in ("redis", "rediss"):
+        retry = RetryPolicy(attempts=settings.prometheus_attempts)
+        backoff = sum(retry.delay_after(n) for n in range(1, retry.attempts))
+        fleet = RedisAnswerCache.from_url(
+            settings.broker_url,
+            namespace=f"{settings.queue_prefix} {redact_url(settings.prometheus_url)}",
+            claim_seconds=settings.prometheus_timeout_seconds * retry.attempts + backoff + 1.0,
+        )
+    return SharedAnswers(metrics, timedelta(seconds=slot), fleet=fleet)
 
 
 def router_factory(settings: Settings) -> RouterFactory:

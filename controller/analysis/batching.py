@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -34,12 +35,16 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 import promql_parser
+import structlog
 
+from controller.analysis.answer_cache import AnswerCacheError, CachedAnswer, RedisAnswerCache
 from controller.metrics.prometheus import Sample, Series
 from controller.metrics.provider import MetricsProvider
 from controller.plan import render_template, template_variables
 
 __all__ = ["BatchedQuery", "SharedAnswers", "batch_form"]
+
+log = structlog.get_logger(__name__)
 
 _SENTINEL = "__canary_batch_{}__"
 _SENTINEL_ANYWHERE = re.compile(r"__canary_batch_([0-9]+)__")
@@ -335,14 +340,23 @@ class SharedAnswers:
     same slot wait for one request instead of sending their own; a failure reaches
     the askers already waiting and is not kept, so the next asker tries again (and
     the caller asks per rollout meanwhile). ``max_slot`` caps the slot (default
-    5 s); a plan's slot is at most half its interval. Answers are per process: under
-    Celery's prefork pool each pool process keeps its own.
+    5 s); a plan's slot is at most half its interval. With a ``fleet`` cache
+    (``controller.analysis.answer_cache``) one process of all workers asks each
+    query per slot and the others read its answer; without one, or while it fails,
+    each process asks its own.
     """
 
-    def __init__(self, provider: MetricsProvider, max_slot: timedelta = timedelta(seconds=5)):
+    def __init__(
+        self,
+        provider: MetricsProvider,
+        max_slot: timedelta = timedelta(seconds=5),
+        fleet: RedisAnswerCache | None = None,
+    ):
         self.provider = provider
         self.max_slot = max_slot
+        self.fleet = fleet
         self.asked = 0  # requests sent to Prometheus (for tests and benchmarks)
+        self._fleet_failed_at: float | None = None  # when the last failure was logged
         self._answers: dict[tuple, SharedAnswer] = {}
         self._in_flight: dict[tuple, Future[SharedAnswer]] = {}
         self._guard = threading.Lock()
@@ -393,20 +407,49 @@ class SharedAnswers:
         if waiting is not None:
             return waiting.result()  # the asker's answer, or its failure
         try:
-            answer = ask()
+            answer = self._ask_fleet_or_here(key, ask)
         except BaseException as exc:
             with self._guard:
                 del self._in_flight[key]
-                self.asked += 1
             mine.set_exception(exc)
             raise
         with self._guard:
             del self._in_flight[key]
-            self.asked += 1
             self._answers[key] = answer
             self._forget_before(answer.evaluated_at - 4 * self.max_slot)
         mine.set_result(answer)
         return answer
+
+    def _ask_fleet_or_here(self, key: tuple, ask: Callable[[], SharedAnswer]) -> SharedAnswer:
+        """Another worker process's answer for this slot, or this one's (shared)."""
+
+        def ask_and_count() -> SharedAnswer:
+            with self._guard:
+                self.asked += 1
+            return ask()
+
+        if self.fleet is None:
+            return ask_and_count()
+
+        def ask_for_fleet() -> CachedAnswer:
+            answer = ask_and_count()
+            return CachedAnswer(answer.evaluated_at, answer.samples, answer.series)
+
+        try:
+            cached = self.fleet.get_or_ask(key, ask_for_fleet, keep=4 * self.max_slot)
+        except AnswerCacheError as exc:
+            self._fleet_failed(exc)
+            return ask_and_count()
+        return SharedAnswer(cached.evaluated_at, cached.samples, cached.series)
+
+    def _fleet_failed(self, exc: AnswerCacheError) -> None:
+        """Say once a minute, not once a query, that answers are not shared."""
+        now = time.monotonic()
+        with self._guard:
+            if self._fleet_failed_at is not None and now - self._fleet_failed_at < 60:
+                return
+            self._fleet_failed_at = now
+        log.warning("answers not shared between workers; asking Prometheus", error=str(exc))
 
     def _forget_before(self, moment: datetime) -> None:
         for key in [k for k, a in self._answers.items() if a.evaluated_at < moment]:

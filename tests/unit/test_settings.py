@@ -56,3 +56,42 @@ def test_the_demo_borrows_the_redis_database_of_the_broker_url() -> None:
     assert redis_db_of("redis://127.0.0.1:6379/3") == 3
     assert redis_db_of("redis://127.0.0.1:6379") == 0
     assert redis_db_of("redis://:secret@redis:6379/12") == 12
+
+
+@pytest.mark.parametrize(
+    ("broker", "share", "shared_through"),
+    [
+        ("redis://127.0.0.1:6379/0", "true", "redis://127.0.0.1:6379/0"),
+        ("rediss://cache.internal:6380/2", "true", "rediss://cache.internal:6380/2"),
+        ("redis://127.0.0.1:6379/0", "false", None),
+        ("sentinel://127.0.0.1:26379", "true", None),  # a URL redis-py cannot open
+    ],
+)
+def test_batched_answers_are_shared_through_the_brokers_redis_when_it_can_be(
+    monkeypatch: pytest.MonkeyPatch, broker: str, share: str, shared_through: str | None
+) -> None:
+    from controller.metrics.prometheus import PrometheusProvider
+    from controller.runtime import shared_answers
+
+    monkeypatch.setenv("CANARY_BROKER_URL", broker)
+    monkeypatch.setenv("CANARY_SHARE_QUERY_ANSWERS", share)
+    settings = get_settings()
+    answers = shared_answers(settings, PrometheusProvider(settings.prometheus_url))
+    assert answers is not None
+    if shared_through is None:
+        assert answers.fleet is None
+    else:
+        assert answers.fleet is not None
+        kwargs = answers.fleet.client.connection_pool.connection_kwargs
+        assert shared_through.split("//")[1].split("/")[0] == f"{kwargs['host']}:{kwargs['port']}"
+        # The provider may try twice at its timeout: the others wait that long, no more.
+        assert answers.fleet.claim_seconds == pytest.approx(2 * 2.0 + 0.2 + 1.0)
+
+
+def test_no_batching_means_no_shared_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from controller.metrics.prometheus import PrometheusProvider
+    from controller.runtime import shared_answers
+
+    monkeypatch.setenv("CANARY_QUERY_BATCH_SLOT_SECONDS", "0")
+    settings = get_settings()
+    assert shared_answers(settings, PrometheusProvider(settings.prometheus_url)) is None

@@ -1,0 +1,194 @@
+"""Batched answers are shared by every worker process through a real Redis.
+
+Each process keeps its own ``SharedAnswers`` (Celery's prefork pool forks them);
+through the broker's Redis one of them asks a query per slot and the others read
+its answer. The provider is a counting one (the unit of these tests is the
+sharing, not Prometheus: ``test_batched_queries`` covers the numbers); the
+processes and the Redis are real.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import secrets
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+import structlog
+import structlog.testing
+
+from controller.analysis.answer_cache import KEY_PREFIX, CachedAnswer, RedisAnswerCache
+from controller.analysis.batching import BatchedQuery, SharedAnswers
+from controller.lab.ports import free_port
+from controller.lab.redis import RedisServer, ensure_redis
+from controller.metrics.prometheus import MetricsError, Sample, Series
+
+pytestmark = pytest.mark.integration
+
+QUERY = BatchedQuery('sum by (service) (up{service!=""})', (("service", "b"),))
+INTERVAL = timedelta(seconds=10)
+PROCESSES = 4
+
+
+class CountingProvider:
+    """Answers three services' samples after ``delay`` seconds; counts its requests."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.delay = delay
+        self.fail = fail
+        self.calls = 0
+
+    def instant(self, query: str, at: datetime | None = None) -> list[Sample]:
+        self.calls += 1
+        time.sleep(self.delay)
+        if self.fail:
+            raise MetricsError(query, "down")
+        values = {"a": 1.0, "b": math.nan, "c": math.inf}
+        return [Sample({"service": name}, value) for name, value in values.items()]
+
+    def range(self, query: str, start: datetime, end: datetime, step: float) -> list[Series]:
+        self.calls += 1
+        return [Series({"service": "b"}, [(start.timestamp(), 1.5), (end.timestamp(), 2.5)])]
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = ensure_redis(tmp_path_factory.mktemp("answers"), db=7)
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def namespace() -> str:
+    return f"test-{secrets.token_hex(6)}"  # each test its own keys on a shared Redis
+
+
+def cache(server: RedisServer, namespace: str, claim_seconds: float = 5.0) -> RedisAnswerCache:
+    return RedisAnswerCache.from_url(server.url, namespace, claim_seconds)
+
+
+def now_in_slot() -> datetime:
+    return datetime.now(UTC)
+
+
+def _one_process(url: str, namespace: str, at: str, queue: multiprocessing.Queue) -> None:
+    provider = CountingProvider(delay=0.3)
+    shared = SharedAnswers(provider, fleet=RedisAnswerCache.from_url(url, namespace, 5.0))
+    samples, evaluated_at = shared.instant(QUERY, datetime.fromisoformat(at), INTERVAL)
+    queue.put((provider.calls, [s.labels for s in samples], evaluated_at.isoformat()))
+
+
+def test_one_process_of_many_asks_a_query_per_slot_and_the_others_read_its_answer(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    context = multiprocessing.get_context("spawn")  # separate interpreters, as workers
+    queue = context.Queue()
+    at = now_in_slot().isoformat()
+    processes = [
+        context.Process(target=_one_process, args=(redis_server.url, namespace, at, queue))
+        for _ in range(PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    answers = [queue.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    assert sum(calls for calls, _, _ in answers) == 1  # one request for all processes
+    assert {str(labels) for _, labels, _ in answers} == {"[{'service': 'b'}]"}
+    assert len({evaluated_at for _, _, evaluated_at in answers}) == 1
+    client = redis.Redis.from_url(redis_server.url)
+    mine = [key for key in client.scan_iter(f"{KEY_PREFIX}*") if client.pttl(key) > 0]
+    assert mine, "the shared answer expires on its own"
+
+
+def test_a_shared_answer_keeps_nan_infinity_and_range_points(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    first, second = CountingProvider(), CountingProvider()
+    here = SharedAnswers(first, fleet=cache(redis_server, namespace))
+    there = SharedAnswers(second, fleet=cache(redis_server, namespace))
+    now = now_in_slot()
+    everyone = BatchedQuery(QUERY.query, ())
+    asked, _ = here.instant(everyone, now, INTERVAL)
+    read, _ = there.instant(everyone, now, INTERVAL)
+    assert (first.calls, second.calls) == (1, 0)
+    assert [s.labels for s in read] == [s.labels for s in asked]
+    assert read[0].value == 1.0 and math.isnan(read[1].value) and read[2].value == math.inf
+    window = timedelta(seconds=40)
+    asked_series, _ = here.range(QUERY, now, window, 10.0, INTERVAL)
+    read_series, _ = there.range(QUERY, now, window, 10.0, INTERVAL)
+    assert read_series == asked_series and (first.calls, second.calls) == (2, 0)
+
+
+def test_a_failed_query_is_not_shared_and_the_next_process_asks_again(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    failing, working = CountingProvider(fail=True), CountingProvider()
+    now = now_in_slot()
+    with pytest.raises(MetricsError):
+        SharedAnswers(failing, fleet=cache(redis_server, namespace)).instant(QUERY, now, INTERVAL)
+    samples, _ = SharedAnswers(working, fleet=cache(redis_server, namespace)).instant(
+        QUERY, now, INTERVAL
+    )
+    assert working.calls == 1 and [s.labels for s in samples] == [{"service": "b"}]
+
+
+def test_a_process_waits_for_a_claim_only_as_long_as_the_claim_lasts(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A claimant that died (SIGKILL, OOM) never answers: the waiter asks itself
+    once the claim's time is up, and does not wait longer."""
+    now = now_in_slot()
+    slow = cache(redis_server, namespace, claim_seconds=0.5)
+    shared = SharedAnswers(CountingProvider(), fleet=slow)
+    at = shared.evaluated_at(now, INTERVAL)
+    claim = slow.key(("instant", QUERY.query, at)) + ":claim"
+    slow.client.set(claim, b"1", px=60_000)  # a claim whose holder is gone
+    began = time.monotonic()
+    samples, _ = shared.instant(QUERY, now, INTERVAL)
+    waited = time.monotonic() - began
+    assert shared.provider.calls == 1 and [s.labels for s in samples] == [{"service": "b"}]
+    assert 0.4 < waited < 5.0
+
+
+def test_without_redis_every_process_asks_for_itself_and_the_check_goes_on() -> None:
+    nobody = RedisAnswerCache.from_url(f"redis://127.0.0.1:{free_port()}/0", "x", 1.0)
+    provider = CountingProvider()
+    shared = SharedAnswers(provider, fleet=nobody)
+    now = now_in_slot()
+    with structlog.testing.capture_logs() as logs:
+        samples, _ = shared.instant(QUERY, now, INTERVAL)
+        shared.instant(QUERY, now + timedelta(seconds=5), INTERVAL)
+    assert provider.calls == 2 and [s.labels for s in samples] == [{"service": "b"}]
+    warnings = [e for e in logs if e["event"].startswith("answers not shared between workers")]
+    assert len(warnings) == 1  # once a minute, not once a query
+
+
+def test_a_corrupt_shared_answer_is_asked_again_not_trusted(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    fleet = cache(redis_server, namespace)
+    provider = CountingProvider()
+    shared = SharedAnswers(provider, fleet=fleet)
+    now = now_in_slot()
+    at = shared.evaluated_at(now, INTERVAL)
+    fleet.client.set(fleet.key(("instant", QUERY.query, at)), b"not zlib", px=60_000)
+    samples, _ = shared.instant(QUERY, now, INTERVAL)
+    assert provider.calls == 1 and [s.labels for s in samples] == [{"service": "b"}]
+
+
+def test_an_answer_round_trips_through_its_encoding() -> None:
+    from controller.analysis.answer_cache import decode, encode
+
+    answer = CachedAnswer(
+        datetime(2026, 1, 1, tzinfo=UTC),
+        [Sample({"service": "a"}, -math.inf)],
+        [Series({"service": "a"}, [(1.0, 2.0), (3.0, math.nan)])],
+    )
+    back = decode(encode(answer))
+    assert back.evaluated_at == answer.evaluated_at and back.samples == answer.samples
+    assert back.series[0].labels == {"service": "a"} and math.isnan(back.series[0].points[1][1])
