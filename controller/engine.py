@@ -40,6 +40,8 @@ from controller.plan import (
 from controller.runtime import Runtime
 from controller.slots import (
     Slots,
+    VersionAnswers,
+    ask_versions,
     rollout_values,
     slot_after_success,
     slots_of,
@@ -687,6 +689,7 @@ class _Advance:
             self.rollout.step_started_at,
             datetime.fromisoformat(last_shared) if last_shared else None,
         ]
+        versions = self.ask_slot_versions(variables)  # answered while the criteria measure
         measurements = measure_all(
             criteria,
             self.runtime.metrics,
@@ -713,9 +716,8 @@ class _Advance:
         state["baselines"] = baselines
         state["last_measured"] = {**state.get("last_measured", {}), **last_measured(measurements)}
         self.rollout.analysis = state
-        versions = self.check_slot_versions(variables)
         if versions is not None:
-            measurements.append(versions)
+            measurements.append(self.record_slot_versions(versions))
         return measurements
 
     def tripped(self, measurements: list[Measurement]) -> list[tuple[Criterion, Measurement, str]]:
@@ -1132,15 +1134,19 @@ class _Advance:
             "the step that set it lost its commit to a concurrent change",
         )
 
-    def check_slot_versions(self, values: dict[str, str]) -> Measurement | None:
-        """With a version check in the plan: the stable slot serves the stable version
-        and the canary slot the canary version. A mismatch is an error, never a pass."""
+    def ask_slot_versions(self, values: dict[str, str]) -> VersionAnswers | None:
+        """With a version check in the plan: start asking whether the stable slot
+        serves the stable version and the canary slot the canary version."""
         if self.plan.traffic.version_check is None:
             return None
         expected = {"canary": self.rollout.canary_version}
         if not (self.rollout.analysis or {}).get("redeploy"):
             expected["stable"] = self.rollout.stable_version
-        wrong = version_mismatches(self.plan, values, expected)
+        return ask_versions(self.plan, values, expected)
+
+    def record_slot_versions(self, versions: VersionAnswers) -> Measurement:
+        """The slots' answers as a measurement: a mismatch is an error, never a pass."""
+        wrong = versions.problems()
         verdict = Verdict.ERROR if wrong else Verdict.PASS
         reason = "; ".join(wrong) if wrong else "each slot serves its version"
         measurement = Measurement(

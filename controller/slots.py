@@ -10,9 +10,11 @@ expects, so the next soak can never put production on an older version.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from controller import timeouts
+from controller.background import in_background
 from controller.http_client import request_within, shared_client
 from controller.plan import Plan, SlotMode, VersionCheck
 from controller.store.models import Release, Rollout
@@ -122,20 +124,49 @@ def served_version(base_url: str, check: VersionCheck) -> str:
 def version_mismatches(plan: Plan, values: dict[str, str], expected: dict[str, str]) -> list[str]:
     """Each slot (by role: ``stable``/``canary``) that does not serve the version
     expected of it; empty when the plan has no version check."""
+    return ask_versions(plan, values, expected).problems()
+
+
+@dataclass
+class VersionAnswers:
+    """The slots' versions being asked, all at once (``ask_versions``): a check
+    waits for the slower slot, not for each in turn, and can measure meanwhile."""
+
+    asked: dict[str, tuple[str | None, str]]  # role -> (slot, expected version)
+    answers: dict[str, Future[tuple[str | None, str | None]]]
+
+    def problems(self) -> list[str]:
+        """Wait for every slot's answer; what is wrong with each, if anything."""
+        problems = []
+        try:
+            for role, (slot, version) in self.asked.items():
+                serving, problem = self.answers[role].result()
+                if problem is not None:
+                    problems.append(f"{role} slot {slot}: no version: {problem}")
+                elif serving != version:
+                    problems.append(f"{role} slot {slot} serves {serving}, expected {version}")
+        finally:
+            for answer in self.answers.values():
+                answer.cancel()  # out of time: never wait for the other slot
+        return problems
+
+
+def ask_versions(plan: Plan, values: dict[str, str], expected: dict[str, str]) -> VersionAnswers:
+    """Start asking each slot with a URL its version (none without a version check)."""
     check = plan.traffic.version_check
-    if check is None:
-        return []
-    problems = []
+    asked: dict[str, tuple[str | None, str]] = {}
+    answers = {}
     for role, version in expected.items():
         url = values.get(f"{role}_url")
-        slot = values.get(f"{role}_slot")
-        if url is None:
+        if check is None or url is None:
             continue
-        try:
-            serving = served_version(url, check)
-        except RouterError as exc:
-            problems.append(f"{role} slot {slot}: no version: {exc}")
-            continue
-        if serving != version:
-            problems.append(f"{role} slot {slot} serves {serving}, expected {version}")
-    return problems
+        asked[role] = (values.get(f"{role}_slot"), version)
+        answers[role] = in_background(_served_or_problem, url, check)
+    return VersionAnswers(asked, answers)
+
+
+def _served_or_problem(url: str, check: VersionCheck) -> tuple[str | None, str | None]:
+    try:
+        return served_version(url, check), None
+    except RouterError as exc:
+        return None, str(exc)

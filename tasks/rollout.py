@@ -95,7 +95,10 @@ def reconcile_task() -> str:
     rt = runtime()
     with rt.sessions() as session:
         now = rt.clock()
-        lookahead = timedelta(seconds=get_settings().reconcile_interval_seconds)
+        # Checks due before the tick after next: a tick that runs late (a busy
+        # database, its own queue) still queues each check before it is due, and
+        # the worker starts it at its due time (eta), not a tick late.
+        lookahead = 2 * timedelta(seconds=get_settings().reconcile_interval_seconds)
         advances = repository.take_due_advances(
             session, now, ADVANCE_REDISPATCH, lookahead=lookahead
         )

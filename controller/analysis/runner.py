@@ -8,10 +8,7 @@ passes it.
 from __future__ import annotations
 
 import math
-import os
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -21,6 +18,7 @@ from controller import timeouts
 from controller.analysis import judges
 from controller.analysis.batching import BatchedQuery, SharedAnswers, batch_form
 from controller.analysis.verdict import Judgement, Verdict
+from controller.background import in_background
 from controller.durations import format_duration
 from controller.metrics.prometheus import MetricsError, Sample, Series
 from controller.metrics.provider import MetricsProvider
@@ -264,12 +262,6 @@ class _Asker:
             self.batched_at = evaluated_at
 
 
-# Criteria of one check measured at the same time: each waits on Prometheus, and one
-# after another a check costs the sum of its queries (and, with Prometheus slow, of
-# their timeouts), not the slowest of them.
-MEASURE_CONCURRENCY = 8
-
-
 def measure_all(
     criteria: Sequence[Criterion],
     provider: MetricsProvider,
@@ -281,7 +273,9 @@ def measure_all(
     interval: timedelta | None = None,
     not_before: datetime | None = None,
 ) -> list[Measurement]:
-    """``measure`` for each criterion, concurrently, in the order given."""
+    """``measure`` for each criterion, concurrently (``controller.background``), in
+    the order given: each waits on Prometheus, and one after another a check would
+    cost the sum of its queries (and, with Prometheus slow, of their timeouts)."""
     if not criteria:
         return []
     baselines = previous_baselines or {}
@@ -299,7 +293,7 @@ def measure_all(
             not_before=not_before,
         )
 
-    futures = [_measure_pool().submit(one, criterion) for criterion in criteria]
+    futures = [in_background(one, criterion) for criterion in criteria]
     try:
         with timeouts.running("stop criteria"):
             return [future.result() for future in futures]
@@ -308,26 +302,6 @@ def measure_all(
         # for queries still running; each ends at its own timeout.
         for future in futures:
             future.cancel()
-
-
-_pools: dict[int, ThreadPoolExecutor] = {}
-_pools_guard = threading.Lock()
-
-
-def _measure_pool() -> ThreadPoolExecutor:
-    """This process's threads for measuring, kept between checks: starting a pool of
-    threads for every check was a measurable part of a check's CPU. Sized for one
-    check at a time plus the queries a check that ran out of time left running (each
-    ends at its own timeout). Keyed by pid: a forked pool process starts its own."""
-    pid = os.getpid()
-    with _pools_guard:
-        pool = _pools.get(pid)
-        if pool is None:
-            pool = ThreadPoolExecutor(
-                max_workers=2 * MEASURE_CONCURRENCY, thread_name_prefix="measure"
-            )
-            _pools[pid] = pool
-        return pool
 
 
 # Each error or failure query and the total that says whether there was traffic.

@@ -82,3 +82,48 @@ def test_a_trickling_slot_is_no_version_at_its_timeout(base: str) -> None:
         served_version(base, check)
     assert time.monotonic() - started < 3
     assert served_version(base, VersionCheck(path="/ok")) == "1.0.0"
+
+
+class _Meeting(BaseHTTPRequestHandler):
+    """/version answers only once both slots were asked: each request waits for the
+    other at a barrier. Asked one after the other, the first never gets its answer."""
+
+    barrier = threading.Barrier(2, timeout=5)
+
+    def do_GET(self) -> None:  # noqa: N802
+        try:
+            self.barrier.wait()
+            version = b"2.0"
+        except threading.BrokenBarrierError:
+            version = b"alone"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"version": "' + version + b'"}')
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_both_slots_are_asked_their_version_at_the_same_time() -> None:
+    from types import SimpleNamespace
+
+    from controller.slots import version_mismatches
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), _Meeting) for _ in range(2)]
+    for httpd in servers:
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    stable_url, canary_url = (f"http://127.0.0.1:{s.server_address[1]}" for s in servers)
+    # Only the plan's version check matters here.
+    check = VersionCheck(path="/version", timeout="10s")
+    plan = SimpleNamespace(traffic=SimpleNamespace(version_check=check))
+    values = {"stable_url": stable_url, "canary_url": canary_url}
+    values |= {"stable_slot": "blue", "canary_slot": "green"}
+    try:
+        expected = {"stable": "2.0", "canary": "2.0"}
+        assert version_mismatches(plan, values, expected) == []  # type: ignore[arg-type]
+    finally:
+        for httpd in servers:
+            httpd.shutdown()
+            httpd.server_close()

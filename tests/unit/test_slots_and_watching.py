@@ -12,7 +12,7 @@ from textwrap import dedent
 
 import pytest
 
-from controller import engine
+from controller import engine, slots
 from controller.engine import advance
 from controller.operations import OperationError, pause_rollout, resume_rollout
 from controller.plan import Plan
@@ -230,14 +230,12 @@ def test_redeploy_mode_waits_for_the_stable_slot_to_serve_the_new_version(
     monkeypatch.setattr(
         engine, "run_hook", lambda hook, values: (hooks.append(values), (True, "202"))[1]
     )
+    # What each slot answers at /version: blue (stable) the old version until the
+    # redeploy finishes, green (canary) the new one.
     monkeypatch.setattr(
-        engine,
-        "version_mismatches",
-        lambda plan, values, expected: [
-            f"{role} serves {serving.get(role)}"
-            for role, version in expected.items()
-            if serving.get(role, version) != version
-        ],
+        slots,
+        "served_version",
+        lambda url, check: serving["stable"] if "blue" in url else "2.0",
     )
     plan = with_traffic(
         """mode: redeploy
