@@ -44,6 +44,12 @@ def main() -> int:
         default="synthetic",
         help="the services: thin synthetic ones (default) or real demo service instances",
     )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        help="pool processes of each of the two rollouts workers (default layout: 2)",
+    )
     args = parser.parse_args()
     for rollouts in args.rollouts:
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-scale-{rollouts}-"))
@@ -55,6 +61,7 @@ def main() -> int:
                 args.window,
                 say=lambda line: print(line, flush=True),
                 fleet=args.fleet,
+                concurrency=args.concurrency,
             )
         finally:
             if not args.keep:

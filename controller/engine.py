@@ -9,7 +9,9 @@ sleep, so a crashed worker loses nothing and the next one carries on.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -194,6 +196,28 @@ def last_measured(measurements: list[Measurement]) -> dict[str, dict[str, Any]]:
     return found
 
 
+_plans: OrderedDict[str, Plan] = OrderedDict()
+_PLANS_KEPT = 4096
+_plans_guard = threading.Lock()
+
+
+def plan_of(rollout: Rollout) -> Plan:
+    """A rollout's plan, validated once per process rather than at every check (a
+    plan's validation was a measurable part of a check's CPU). A rollout's plan is
+    fixed when it starts: nothing changes it afterwards."""
+    with _plans_guard:
+        plan = _plans.get(rollout.id)
+        if plan is not None:
+            _plans.move_to_end(rollout.id)
+            return plan
+    plan = Plan.from_data(rollout.plan)
+    with _plans_guard:
+        _plans[rollout.id] = plan
+        while len(_plans) > _PLANS_KEPT:
+            _plans.popitem(last=False)
+    return plan
+
+
 def next_tick(due: datetime | None, now: datetime, interval: timedelta) -> datetime:
     """The first time after ``now`` on the grid ``due + k * interval`` (k >= 1); with
     no due time, ``now + interval``. (``due`` may be a moment after ``now`` when a
@@ -210,7 +234,7 @@ class _Advance:
         self.runtime = runtime
         self.session = session
         self.rollout = rollout
-        self.plan = Plan.from_data(rollout.plan)
+        self.plan = plan_of(rollout)
         self.steps = self.plan.steps()
         self.now = runtime.clock()
         self.due = rollout.next_check_at  # when this advance was due, for next_tick

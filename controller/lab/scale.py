@@ -270,12 +270,14 @@ def settle(lab: FleetLab, say: Callable[[str], None], within_s: float = 90.0) ->
     say(f"{overdue} rollout(s) still overdue after {within_s:g} s; measuring anyway")
 
 
-def start_rollout_workers(lab: FleetLab, suffix: str, env: dict[str, str]) -> list[str]:
-    """The default layout's two ``rollouts`` workers of concurrency 2 (a fleet of
+def start_rollout_workers(
+    lab: FleetLab, suffix: str, env: dict[str, str], concurrency: int = 2
+) -> list[str]:
+    """Two ``rollouts`` workers, of concurrency 2 in the default layout (a fleet of
     hundreds keeps the machine busy: they may take minutes to start)."""
     names = [f"rollouts-{index}{suffix}" for index in (1, 2)]
     for name in names:
-        lab.start_worker(name, "rollouts", concurrency=2, env=env, ready_within=300.0)
+        lab.start_worker(name, "rollouts", concurrency=concurrency, env=env, ready_within=300.0)
     return names
 
 
@@ -288,19 +290,23 @@ def run_scale(
     window_s: float = 60.0,
     say: Callable[[str], None] = print,
     fleet: str = "synthetic",
+    concurrency: int = 2,
 ) -> ScaleFigures:
     """Two windows in one run, on one fleet: first with every rollout's queries asked
     on their own (``CANARY_QUERY_BATCH_SLOT_SECONDS=0``), then, with the ``rollouts``
     workers restarted, with the default batched queries. Every figure but
     ``per_rollout_queries_per_round`` is the second window's. ``fleet``: the
     services, ``synthetic`` (thin, for hundreds to thousands) or ``demo`` (real demo
-    service instances, saturating this machine near 300)."""
+    service instances, saturating this machine near 300). ``concurrency``: pool
+    processes of each of the two ``rollouts`` workers (2 in the default layout)."""
     plan = scale_plan()
     services = [FleetService(f"svc-{index:04d}") for index in range(rollouts)]
     settings = LabSettings(reconcile_interval_seconds=DEFAULT_RECONCILE_S)
     lab_class = FLEETS[fleet]
     with lab_class(workdir, services, settings, rps_per_service=1.0, scrape_interval="5s") as lab:
-        per_rollout = start_rollout_workers(lab, "", {"CANARY_QUERY_BATCH_SLOT_SECONDS": "0"})
+        per_rollout = start_rollout_workers(
+            lab, "", {"CANARY_QUERY_BATCH_SLOT_SECONDS": "0"}, concurrency
+        )
         lab.start_worker("rollback", "rollback,reconcile", concurrency=2, ready_within=300.0)
         lab.start_worker("aftercare", "runbook,notify", concurrency=1, ready_within=300.0)
         lab.start_beat(ready_within=300.0)
@@ -327,7 +333,7 @@ def run_scale(
         )
         for name in per_rollout:
             lab.stop_worker(name)
-        start_rollout_workers(lab, "-batched", {})
+        start_rollout_workers(lab, "-batched", {}, concurrency)
         settle(lab, say)
         batched = measure_window(lab, rollouts, window_s)
         say(capacity_line(alone, batched))

@@ -566,3 +566,19 @@ def test_following_without_a_terminal_prints_one_line_per_change(capsys) -> None
         "r-1 running step=canary 10% weight=10% weight 10%",
         "r-1 succeeded step=canary 10% weight=100% rollout succeeded",
     ]
+
+
+def test_a_rollouts_plan_is_validated_once_per_process_and_never_mixed_up(world) -> None:
+    from types import SimpleNamespace
+
+    from controller.engine import plan_of
+
+    runtime = world[0]
+    rollout_id = start(runtime, make_plan(sustained="0s"))
+    with runtime.sessions() as session:
+        one = repository.get_rollout(session, rollout_id)
+        assert plan_of(one) is plan_of(one)  # validated once, then kept
+        assert plan_of(one) == Plan.from_data(one.plan)
+    longer = make_plan(sustained="30s").model_dump(mode="json")
+    other = SimpleNamespace(id="r-other", plan=longer)
+    assert plan_of(other) == Plan.from_data(longer) != plan_of(one)
