@@ -714,17 +714,22 @@ class _Advance:
             datetime.fromisoformat(last_shared) if last_shared else None,
         ]
         versions = self.ask_slot_versions(variables)  # answered while the criteria measure
-        measurements = measure_all(
-            criteria,
-            self.runtime.metrics,
-            variables,
-            self.plan.analysis.window,
-            self.now,
-            previous_baselines=baselines,
-            shared=self.runtime.shared_answers,
-            interval=self.plan.analysis.interval,
-            not_before=max((m for m in moments if m is not None), default=None),
-        )
+        try:
+            measurements = measure_all(
+                criteria,
+                self.runtime.metrics,
+                variables,
+                self.plan.analysis.window,
+                self.now,
+                previous_baselines=baselines,
+                shared=self.runtime.shared_answers,
+                interval=self.plan.analysis.interval,
+                not_before=max((m for m in moments if m is not None), default=None),
+            )
+        except BaseException:
+            if versions is not None:
+                versions.cancel()  # out of time: never wait for the slots
+            raise
         shared_at = [m.batched_at for m in measurements if m.batched_at is not None]
         if shared_at:
             state["batched_at"] = max(shared_at).isoformat()
@@ -1170,7 +1175,8 @@ class _Advance:
 
     def record_slot_versions(self, versions: VersionAnswers) -> Measurement:
         """The slots' answers as a measurement: a mismatch is an error, never a pass."""
-        wrong = versions.problems()
+        with timeouts.running("slot versions"):
+            wrong = versions.problems()
         verdict = Verdict.ERROR if wrong else Verdict.PASS
         reason = "; ".join(wrong) if wrong else "each slot serves its version"
         measurement = Measurement(

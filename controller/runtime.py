@@ -25,7 +25,7 @@ from controller.analysis.answer_cache import RedisAnswerCache
 from controller.analysis.batching import SharedAnswers
 from controller.analysis.runner import MetricsProvider
 from controller.incidents import post_incident
-from controller.metrics.prometheus import PrometheusProvider, RetryPolicy, redact_url
+from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
 from controller.plan import Plan, render_template
 from controller.store.db import session_factory
 from controller.traffic.base import TrafficRouter
@@ -105,7 +105,7 @@ def shared_answers(settings: Settings, metrics: MetricsProvider) -> SharedAnswer
         backoff = sum(retry.delay_after(n) for n in range(1, retry.attempts))
         fleet = RedisAnswerCache.from_url(
             settings.broker_url,
-            namespace=f"{settings.queue_prefix} {redact_url(settings.prometheus_url)}",
+            namespace=f"{settings.queue_prefix} {settings.prometheus_url}",
             claim_seconds=settings.prometheus_timeout_seconds * retry.attempts + backoff + 1.0,
         )
     return SharedAnswers(metrics, timedelta(seconds=slot), fleet=fleet)

@@ -146,9 +146,13 @@ class VersionAnswers:
                 elif serving != version:
                     problems.append(f"{role} slot {slot} serves {serving}, expected {version}")
         finally:
-            for answer in self.answers.values():
-                answer.cancel()  # out of time: never wait for the other slot
+            self.cancel()  # out of time: never wait for the other slot
         return problems
+
+    def cancel(self) -> None:
+        """Drop the asks not started yet; those running end at their own timeout."""
+        for answer in self.answers.values():
+            answer.cancel()
 
 
 def ask_versions(plan: Plan, values: dict[str, str], expected: dict[str, str]) -> VersionAnswers:

@@ -117,7 +117,9 @@ def reconcile_task() -> str:
                     "stage": stage_label(due.rollout_id, due.step_index),
                 },
                 eta=due.due if due.due > now else None,
-                expires=ADVANCE_REDISPATCH.total_seconds(),
+                # From its start, not from now: a check queued ahead of its due time
+                # must not expire before it may start.
+                expires=max(due.due, now) + ADVANCE_REDISPATCH,
                 producer=producer,
             )
     rows = outbox.dispatch_due(rt)

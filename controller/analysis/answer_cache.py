@@ -7,11 +7,14 @@ them, each slot: at 1,000 rollouts that alone kept Prometheus busy on both cores
 of a small machine. Here one process per slot asks; the others read its answer.
 
 The protocol per (query, slot): read the answer; if none, claim the right to ask
-(``SET NX`` with an expiry); the claimant asks Prometheus and stores the answer
-(compressed, expiring a few slots later); the others poll for it until the claim
-expires or disappears, and then ask themselves. A failure is never stored: the
-next asker tries again. Redis failing costs sharing, never a check: every error
-here falls back to asking Prometheus directly (``AnswerCacheError``).
+(``SET NX`` of a token of its own, with an expiry); the claimant asks Prometheus,
+stores the answer (compressed, expiring a few slots later) and gives its claim
+back; the others poll for the answer, and when a claim is given back without one
+(the query failed) the next of them claims and asks, one at a time, not all at
+once. A failure is never stored. Redis failing costs sharing, never a check: any
+error of Redis or of a stored answer (one that does not decode, has the wrong
+shape or another slot's time) falls back to asking Prometheus directly
+(``AnswerCacheError``), and after one, the cache is left alone for a while.
 
 Keys are flat in the number of rollouts: one answer and at most one claim per
 distinct batched query and slot, each expiring on its own.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 import zlib
 from collections.abc import Callable
@@ -30,16 +34,31 @@ from datetime import datetime, timedelta
 import redis
 import structlog
 
+from controller import timeouts
 from controller.metrics.prometheus import Sample, Series
 
 log = structlog.get_logger(__name__)
 
-KEY_PREFIX = "canary:answer:"
+KEY_PREFIX = "canary:answer:v1:"  # the version of the stored format
 POLL_SECONDS = 0.02
+# After Redis failed, how long every query goes straight to Prometheus: a Redis
+# that does not answer must not cost each query a connect timeout.
+PAUSE_AFTER_FAILURE_SECONDS = 30.0
+# Give the claim back only if it is still ours (a slow asker's claim may have
+# expired and been taken by another process).
+_RELEASE = """
+if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
+return 0
+"""
 
 
 class AnswerCacheError(Exception):
     """The shared cache could not be used for this answer: ask Prometheus directly."""
+
+
+class SharedFailure(Exception):
+    """Another process asked this query for this slot a moment ago and it failed:
+    not asked again by every process in turn (the caller measures another way)."""
 
 
 @dataclass(frozen=True)
@@ -62,16 +81,42 @@ def encode(answer: CachedAnswer) -> bytes:
     return zlib.compress(json.dumps(document, separators=(",", ":")).encode(), 1)
 
 
-def decode(raw: bytes) -> CachedAnswer:
-    document = json.loads(zlib.decompress(raw))
-    return CachedAnswer(
-        evaluated_at=datetime.fromisoformat(document["at"]),
-        samples=[Sample(labels=labels, value=float(v)) for labels, v in document["samples"]],
-        series=[
-            Series(labels=labels, points=[(float(t), float(v)) for t, v in points])
-            for labels, points in document["series"]
-        ],
-    )
+def decode(raw: bytes, evaluated_at: datetime | None = None) -> CachedAnswer:
+    """The stored answer, checked: labels are text, values numbers, and (given
+    ``evaluated_at``) it is the answer of that slot. Raises ``ValueError`` for
+    anything else, whatever wrote it."""
+    try:
+        document = json.loads(zlib.decompress(raw))
+        answer = CachedAnswer(
+            evaluated_at=datetime.fromisoformat(document["at"]),
+            samples=[Sample(_labels(labels), _number(v)) for labels, v in document["samples"]],
+            series=[
+                Series(_labels(labels), [(_number(t), _number(v)) for t, v in points])
+                for labels, points in document["series"]
+            ],
+        )
+    except (ValueError, TypeError, KeyError, AttributeError, zlib.error) as exc:
+        raise ValueError(f"not a stored answer: {type(exc).__name__}: {exc}") from None
+    if evaluated_at is not None and answer.evaluated_at != evaluated_at:
+        raise ValueError(
+            f"stored answer of {answer.evaluated_at.isoformat()}, "
+            f"expected {evaluated_at.isoformat()}"
+        )
+    return answer
+
+
+def _labels(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise TypeError("labels are not a map of text to text")
+    return value
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"not a number: {value!r}")
+    return float(value)
 
 
 class RedisAnswerCache:
@@ -79,7 +124,8 @@ class RedisAnswerCache:
 
     ``namespace`` keeps two installations (two Prometheus servers) on one Redis
     apart; ``claim_seconds`` is how long the asker may take (the provider's
-    timeouts and retries), after which a waiting process asks itself.
+    timeouts and retries), and how long a process waits for another's answer
+    before it asks itself.
     """
 
     def __init__(
@@ -90,11 +136,11 @@ class RedisAnswerCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
-        self.namespace = namespace
+        # Only its digest is kept: the namespace may hold a URL with credentials.
+        self.namespace = hashlib.sha256(namespace.encode()).hexdigest()
         self.claim_seconds = claim_seconds
         self.clock = clock
-        self.asked_here = 0  # answers this process asked Prometheus for and stored
-        self.read_here = 0  # answers this process took from another one
+        self._paused_until = 0.0
 
     @classmethod
     def from_url(cls, url: str, namespace: str, claim_seconds: float) -> RedisAnswerCache:
@@ -106,59 +152,82 @@ class RedisAnswerCache:
         return KEY_PREFIX + digest
 
     def get_or_ask(
-        self, parts: tuple, ask: Callable[[], CachedAnswer], keep: timedelta
+        self,
+        parts: tuple,
+        ask: Callable[[], CachedAnswer],
+        keep: timedelta,
+        evaluated_at: datetime | None = None,
     ) -> CachedAnswer:
         """The answer for ``parts`` (query, slot…): another process's, or ``ask()``'s
-        (stored for the others for ``keep``). Errors of ``ask`` propagate; errors of
-        Redis raise ``AnswerCacheError`` before ``ask`` was called, never after."""
+        (stored for the others for ``keep``). Errors of ``ask`` propagate, with the
+        claim given back; errors of Redis or of a stored answer raise
+        ``AnswerCacheError`` before ``ask`` was called, never after."""
+        if self.clock() < self._paused_until:
+            raise AnswerCacheError("Redis failed a moment ago: not tried again yet")
         key = self.key(parts)
         claim = key + ":claim"
+        token = secrets.token_hex(8)
         try:
-            known = self._read(key)
-            if known is not None:
-                return known
-            claimed = bool(self.client.set(claim, b"1", nx=True, px=self._ms(self.claim_seconds)))
-            if not claimed:
-                waited = self._wait_for(key, claim)
-                if waited is not None:
-                    return waited
-        except (redis.RedisError, OSError, ValueError, zlib.error) as exc:
+            claimed = self._answer_or_claim(key, claim, token, evaluated_at)
+        except timeouts.out_of_time():
+            raise
+        except Exception as exc:  # redis-py, a bad URL option, a bad stored answer
+            self._paused_until = self.clock() + PAUSE_AFTER_FAILURE_SECONDS
             raise AnswerCacheError(f"{type(exc).__name__}: {exc}") from exc
-        # Ours to ask: the claim was ours, or its holder gave up without an answer.
-        answer = ask()
-        self.asked_here += 1
+        if isinstance(claimed, CachedAnswer):
+            return claimed
+        if isinstance(claimed, SharedFailure):
+            raise claimed
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.set(key, encode(answer), px=self._ms(keep.total_seconds()))
-            pipe.delete(claim)
-            pipe.execute()
-        except (redis.RedisError, OSError) as exc:
+            answer = ask()
+        except timeouts.out_of_time():
+            self._give_back(claim, token, claimed)
+            raise
+        except Exception as exc:
+            self._say_failed(key, f"{type(exc).__name__}: {exc}")
+            self._give_back(claim, token, claimed)
+            raise
+        try:
+            self.client.set(key, encode(answer), px=self._ms(keep.total_seconds()))
+        except Exception as exc:  # a check never fails for want of sharing
             log.warning("could not share a batched answer", error=f"{type(exc).__name__}: {exc}")
+        self._give_back(claim, token, claimed)
         return answer
 
-    def _wait_for(self, key: str, claim: str) -> CachedAnswer | None:
-        """Poll for the claimant's answer while its claim lasts (bounded by
-        ``claim_seconds`` on this process's clock too, whatever Redis says)."""
+    def _answer_or_claim(
+        self, key: str, claim: str, token: str, evaluated_at: datetime | None
+    ) -> CachedAnswer | SharedFailure | bool:
+        """Another process's answer (or its failure), or True once this process
+        holds the claim, or False when the wait is over without either (the caller
+        asks unclaimed)."""
         deadline = self.clock() + self.claim_seconds
-        while self.clock() < deadline:
-            time.sleep(POLL_SECONDS)
-            pipe = self.client.pipeline(transaction=False)
-            pipe.get(key)
-            pipe.exists(claim)
-            raw, still_claimed = pipe.execute()
+        while True:
+            raw, failed = self.client.mget(key, key + ":failed")
             if raw is not None:
-                self.read_here += 1
-                return decode(raw)
-            if not still_claimed:
-                return None  # the claimant failed: the caller asks
-        return None
+                return decode(raw, evaluated_at)
+            if failed is not None:
+                return SharedFailure(failed.decode("utf-8", "replace"))
+            if self.client.set(claim, token, nx=True, px=self._ms(self.claim_seconds)):
+                return True
+            if self.clock() >= deadline:
+                return False  # the claimant is stuck or gone: ask, but never wait longer
+            time.sleep(POLL_SECONDS)
 
-    def _read(self, key: str) -> CachedAnswer | None:
-        raw = self.client.get(key)
-        if raw is None:
-            return None
-        self.read_here += 1
-        return decode(raw)
+    def _say_failed(self, key: str, reason: str) -> None:
+        """Tell the processes waiting for this answer that it failed, for as long as
+        a claim lasts: they measure another way at once instead of asking in turn."""
+        try:
+            self.client.set(key + ":failed", reason[:500], px=self._ms(self.claim_seconds))
+        except Exception as exc:  # they ask themselves after their wait
+            log.warning("could not share a failure", error=f"{type(exc).__name__}: {exc}")
+
+    def _give_back(self, claim: str, token: str, claimed: bool) -> None:
+        if not claimed:
+            return
+        try:
+            self.client.eval(_RELEASE, 1, claim, token)
+        except Exception as exc:  # it expires on its own
+            log.warning("could not give a claim back", error=f"{type(exc).__name__}: {exc}")
 
     @staticmethod
     def _ms(seconds: float) -> int:

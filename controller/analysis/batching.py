@@ -37,8 +37,13 @@ from functools import lru_cache
 import promql_parser
 import structlog
 
-from controller.analysis.answer_cache import AnswerCacheError, CachedAnswer, RedisAnswerCache
-from controller.metrics.prometheus import Sample, Series
+from controller.analysis.answer_cache import (
+    AnswerCacheError,
+    CachedAnswer,
+    RedisAnswerCache,
+    SharedFailure,
+)
+from controller.metrics.prometheus import MetricsError, Sample, Series
 from controller.metrics.provider import MetricsProvider
 from controller.plan import render_template, template_variables
 
@@ -436,10 +441,15 @@ class SharedAnswers:
             return CachedAnswer(answer.evaluated_at, answer.samples, answer.series)
 
         try:
-            cached = self.fleet.get_or_ask(key, ask_for_fleet, keep=4 * self.max_slot)
+            cached = self.fleet.get_or_ask(
+                key, ask_for_fleet, keep=4 * self.max_slot, evaluated_at=key[2]
+            )
         except AnswerCacheError as exc:
             self._fleet_failed(exc)
             return ask_and_count()
+        except SharedFailure as failure:
+            reason = f"batched query failed in another worker: {failure}"
+            raise MetricsError(key[1], reason) from None
         return SharedAnswer(cached.evaluated_at, cached.samples, cached.series)
 
     def _fleet_failed(self, exc: AnswerCacheError) -> None:
@@ -449,7 +459,7 @@ class SharedAnswers:
             if self._fleet_failed_at is not None and now - self._fleet_failed_at < 60:
                 return
             self._fleet_failed_at = now
-        log.warning("answers not shared between workers; asking Prometheus", error=str(exc))
+        log.warning("answers not shared between workers for now; asking Prometheus", error=str(exc))
 
     def _forget_before(self, moment: datetime) -> None:
         for key in [k for k, a in self._answers.items() if a.evaluated_at < moment]:

@@ -368,8 +368,8 @@ def take_due_advances(
     A queued advance is queued once: the next ticks skip it until an advance claims
     the rollout (which clears the mark) or ``redispatch_after`` passes, when the
     message is presumed lost (a broker restart) and it is queued again. With a
-    lookahead of one reconcile interval, a check due before the next tick is queued
-    now to start at its due time, instead of up to a tick late.
+    lookahead of a reconcile interval or two, a check due before the next tick is
+    queued now to start at its due time, instead of up to a tick late.
     """
     stale = now - redispatch_after
     not_queued = or_(Rollout.dispatched_at.is_(None), Rollout.dispatched_at < stale)
