@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 import structlog
@@ -105,6 +106,24 @@ def decode(raw: bytes, evaluated_at: datetime | None = None) -> CachedAnswer:
     return answer
 
 
+# Celery and kombu take ``ssl_cert_reqs=CERT_REQUIRED`` in a broker URL (the ssl
+# module's names); redis-py takes only its own words and refuses the others at the
+# first command, which would leave a TLS broker's workers never sharing an answer.
+_CERT_REQS = {"CERT_REQUIRED": "required", "CERT_OPTIONAL": "optional", "CERT_NONE": "none"}
+
+
+def redis_py_url(url: str) -> str:
+    """The broker URL as redis-py reads it (``ssl_cert_reqs`` in its own words)."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    query = [
+        (name, _CERT_REQS.get(value, value) if name == "ssl_cert_reqs" else value)
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
 def _labels(value: object) -> dict[str, str]:
     # A map, or nothing picks from it. Its keys are text (JSON's are); a value that
     # is not text matches no rollout's label value, so it is never picked.
@@ -144,7 +163,9 @@ class RedisAnswerCache:
 
     @classmethod
     def from_url(cls, url: str, namespace: str, claim_seconds: float) -> RedisAnswerCache:
-        client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        client = redis.Redis.from_url(
+            redis_py_url(url), socket_timeout=1.0, socket_connect_timeout=1.0
+        )
         return cls(client, namespace, claim_seconds)
 
     def key(self, parts: tuple) -> str:

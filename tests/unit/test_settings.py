@@ -63,6 +63,11 @@ def test_the_demo_borrows_the_redis_database_of_the_broker_url() -> None:
     [
         ("redis://127.0.0.1:6379/0", "true", "redis://127.0.0.1:6379/0"),
         ("rediss://cache.internal:6380/2", "true", "rediss://cache.internal:6380/2"),
+        (
+            "rediss://cache.internal:6380/2?ssl_cert_reqs=CERT_REQUIRED",
+            "true",
+            "rediss://cache.internal:6380/2",
+        ),
         ("redis://127.0.0.1:6379/0", "false", None),
         ("sentinel://127.0.0.1:26379", "true", None),  # a URL redis-py cannot open
     ],
@@ -95,3 +100,15 @@ def test_no_batching_means_no_shared_answers(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CANARY_QUERY_BATCH_SLOT_SECONDS", "0")
     settings = get_settings()
     assert shared_answers(settings, PrometheusProvider(settings.prometheus_url)) is None
+
+
+def test_a_tls_broker_url_in_celerys_form_is_read_as_redis_py_needs_it() -> None:
+    from controller.analysis.answer_cache import RedisAnswerCache, redis_py_url
+
+    celery_form = "rediss://:secret@cache.internal:6380/2?ssl_cert_reqs=CERT_REQUIRED"
+    assert redis_py_url(celery_form) == (
+        "rediss://:secret@cache.internal:6380/2?ssl_cert_reqs=required"
+    )
+    cache = RedisAnswerCache.from_url(celery_form, "ns", 1.0)
+    assert cache.client.connection_pool.connection_kwargs["ssl_cert_reqs"] == "required"
+    assert redis_py_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
