@@ -12,16 +12,20 @@ rollout.
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from config import PLANS_DIR
+from controller.analysis.answer_cache import RedisAnswerCache
 from controller.analysis.batching import SharedAnswers
 from controller.analysis.runner import measure
+from controller.lab.redis import ensure_redis
 from controller.metrics import PrometheusProvider
 from controller.metrics.prometheus import Sample, Series
 from controller.plan_loader import load_plan
@@ -163,11 +167,23 @@ def same_number(a: float | None, b: float | None) -> bool:
     return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
-def test_batched_answers_are_each_rollouts_own(history: History) -> None:
+@pytest.mark.parametrize("through_redis", [False, True], ids=["one-process", "through-redis"])
+def test_batched_answers_are_each_rollouts_own(
+    history: History, through_redis: bool, tmp_path: Path
+) -> None:
+    """``through-redis``: another worker process asked every batched query and this
+    one reads its answers from a real Redis (compressed, decoded, checked); the
+    numbers, lazily absent error series included, must still be each rollout's."""
     plan = load_plan(PLANS_DIR / "demo.yaml")
     with PrometheusProvider(history.prometheus.url, timeout_seconds=10.0) as real:
-        own, batched = CountingProvider(real), CountingProvider(real)
-        shared = SharedAnswers(batched)
+        own, batched, reading = CountingProvider(real), CountingProvider(real), None
+        shared = first = SharedAnswers(batched)
+        if through_redis:
+            redis_server = ensure_redis(tmp_path, db=7)
+            fleet = RedisAnswerCache.from_url(redis_server.url, secrets.token_hex(6), 10.0)
+            first = SharedAnswers(batched, fleet=fleet)
+            reading = CountingProvider(real)
+            shared = SharedAnswers(reading, fleet=fleet)
         verdicts: dict[tuple[str, str], str] = {}
         for service, environment in ROLLOUTS.items():
             values = {
@@ -178,13 +194,18 @@ def test_batched_answers_are_each_rollouts_own(history: History) -> None:
             }
             for criterion in plan.stop_criteria:
                 alone = measure(criterion, own, values, WINDOW, history.end)
+                checked = history.end + timedelta(seconds=3)
+                if through_redis:  # the other process asks first, and stores
+                    measure(
+                        criterion, own, values, WINDOW, checked, shared=first, interval=INTERVAL
+                    )
                 # Checked 3 s into the slot: the shared answer is the slot start's.
                 together = measure(
                     criterion,
                     own,
                     values,
                     WINDOW,
-                    history.end + timedelta(seconds=3),
+                    checked,
                     shared=shared,
                     interval=INTERVAL,
                 )
@@ -209,4 +230,6 @@ def test_batched_answers_are_each_rollouts_own(history: History) -> None:
     assert own.requests == queries_per_check * len(ROLLOUTS)  # the batched path asked none
     distinct = {c.queries()[role] for c in plan.stop_criteria for role in c.queries()}
     # svc-d's canary is in staging: its environment matcher is lifted like the others.
-    assert shared.asked == batched.requests == len(distinct)
+    assert first.asked == batched.requests == len(distinct)
+    if reading is not None:
+        assert reading.requests == shared.asked == 0  # every answer read from Redis
