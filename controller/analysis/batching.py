@@ -303,17 +303,15 @@ def _is_scalar(node: object) -> bool:
 
 
 @dataclass(frozen=True)
-class SharedAnswer:
-    """What a batched query answered, and when it was evaluated.
+class SharedAnswer(CachedAnswer):
+    """What a batched query answered, and when it was evaluated (as another worker
+    process reads it: ``CachedAnswer``), with the index this process picks from.
 
     Every rollout of the slot picks its own series from the same answer: scanning
     the whole answer for each would make a round cost N² label comparisons, so the
     series are indexed once per set of picked labels and each pick is a lookup.
     """
 
-    evaluated_at: datetime
-    samples: list[Sample]
-    series: list[Series]
     _indexes: dict[tuple[str, ...], dict[tuple[str | None, ...], list]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -435,14 +433,9 @@ class SharedAnswers:
 
         if self.fleet is None:
             return ask_and_count()
-
-        def ask_for_fleet() -> CachedAnswer:
-            answer = ask_and_count()
-            return CachedAnswer(answer.evaluated_at, answer.samples, answer.series)
-
         try:
             cached = self.fleet.get_or_ask(
-                key, ask_for_fleet, keep=4 * self.max_slot, evaluated_at=key[2]
+                key, ask_and_count, keep=4 * self.max_slot, evaluated_at=key[2]
             )
         except AnswerCacheError as exc:
             self._fleet_failed(exc)
@@ -450,6 +443,8 @@ class SharedAnswers:
         except SharedFailure as failure:
             reason = f"batched query failed in another worker: {failure}"
             raise MetricsError(key[1], reason) from None
+        if isinstance(cached, SharedAnswer):
+            return cached  # this process asked
         return SharedAnswer(cached.evaluated_at, cached.samples, cached.series)
 
     def _fleet_failed(self, exc: AnswerCacheError) -> None:
