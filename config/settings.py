@@ -57,6 +57,15 @@ class Settings(BaseSettings):
         "broker's Redis (redis:// or rediss://): one process of all workers asks each "
         "query per slot. Off, or with another broker URL, each process asks its own.",
     )
+    advance_batch_size: int = Field(
+        20,
+        ge=1,
+        le=200,
+        description="Rollouts due at the same moment (within 0.5 s) checked by one task, "
+        "one after the other, each under its own lease and transaction: at hundreds of "
+        "rollouts a task per check costs more in handing out than in checking. 1 gives "
+        "every check a task of its own.",
+    )
     reconcile_interval_seconds: float = Field(
         2.0, gt=0, le=60, description="How often beat fires the reconcile task."
     )

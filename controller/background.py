@@ -1,4 +1,5 @@
-"""Threads a check waits on: its stop criteria's queries and the slots' versions.
+"""Threads a check waits on (its stop criteria's queries and the slots' versions),
+and threads that run the checks of one batch side by side.
 
 A check is mostly waiting (Prometheus, the slots' version endpoints); asked one
 after another it would cost the sum of those waits, and with Prometheus slow the
@@ -18,26 +19,34 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-# One check at a time per process (prefork) asks at most a plan's criteria and two
-# slots at once; twice that leaves room for the queries a check that ran out of
-# time left running (each ends at its own timeout).
-THREADS = 16
+# A few checks at a time per process (``controller.due_batches``), each asking at
+# most a plan's criteria and two slots at once; room too for the queries a check
+# that ran out of time left running (each ends at its own timeout). The checks'
+# threads are a pool of their own: a check waiting on its queries never holds a
+# thread its queries need.
+THREADS = 32
+CHECK_THREADS = 3
 
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[tuple[int, str], ThreadPoolExecutor] = {}
 _guard = threading.Lock()
 
 
 def in_background(work: Callable[..., T], *args: object) -> Future[T]:
     """Run ``work(*args)`` on this process's threads. The caller waits on the future,
     so a task's time limit still strikes in the caller's own thread."""
-    return _pool().submit(work, *args)
+    return _pool("query", THREADS).submit(work, *args)
 
 
-def _pool() -> ThreadPoolExecutor:
-    pid = os.getpid()
+def alongside(work: Callable[..., T], *args: object) -> Future[T]:
+    """Run a whole check, ``work(*args)``, beside the one the caller runs."""
+    return _pool("check", CHECK_THREADS).submit(work, *args)
+
+
+def _pool(kind: str, size: int) -> ThreadPoolExecutor:
+    key = (os.getpid(), kind)
     with _guard:
-        pool = _pools.get(pid)
+        pool = _pools.get(key)
         if pool is None:
-            pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="check")
-            _pools[pid] = pool
+            pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=kind)
+            _pools[key] = pool
         return pool

@@ -34,6 +34,7 @@ ROUTES = {
     "rollout.reconcile": "reconcile",
     "rollout.start": "rollouts",
     "rollout.advance": "rollouts",
+    "rollout.advance_batch": "rollouts",
     "rollout.runbook": "runbook",
     "rollout.notify": "notify",
 }

@@ -6,7 +6,8 @@ leaves the process (``controller.redaction``)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from functools import lru_cache
 
 import structlog
@@ -14,7 +15,8 @@ from structlog.contextvars import bound_contextvars
 
 from config.settings import get_settings
 from controller import outbox
-from controller.engine import advance
+from controller.due_batches import Due, DueCheck, advance_due, group_due
+from controller.engine import AdvanceResult, advance
 from controller.plan import Plan
 from controller.redaction import redact
 from controller.rollback import rollback
@@ -105,26 +107,20 @@ def reconcile_task() -> str:
         rollbacks = repository.take_due_rollbacks(session, now, hold=ROLLBACK_HOLD)
     for rollout_id in rollbacks:
         enqueue_rollback(rollout_id, "pending rollback")
-    # Hundreds of checks a tick at scale: one broker connection for all of them, and
-    # their arguments from the due query, not a read of each rollout.
+    # Hundreds of checks a tick at scale: the ones due together go out as one task,
+    # all of them over one broker connection, their arguments from the due query.
+    batches = group_due(advances, get_settings().advance_batch_size)
+    labels = {
+        due.rollout_id: (due.service, stage_label(due.rollout_id, due.step_index))
+        for due in advances
+    }
     with app.producer_or_acquire() as producer:
-        for due in advances:
-            # Due before the next tick: queued now, to start at its due time.
-            advance_task.apply_async(
-                kwargs={
-                    "rollout_id": due.rollout_id,
-                    "service": due.service,
-                    "stage": stage_label(due.rollout_id, due.step_index),
-                },
-                eta=due.due if due.due > now else None,
-                # From its start, not from now: a check queued ahead of its due time
-                # must not expire before it may start.
-                expires=max(due.due, now) + ADVANCE_REDISPATCH,
-                producer=producer,
-            )
+        for batch in batches:
+            send_batch(batch, now, labels, producer=producer)
     rows = outbox.dispatch_due(rt)
     return redact(
-        f"dispatched {len(advances)} advance(s), {len(rollbacks)} rollback(s), "
+        f"dispatched {len(advances)} advance(s) in {len(batches)} task(s), "
+        f"{len(rollbacks)} rollback(s), "
         f"{len(rows)} outbox row(s)"
     )
 
@@ -136,15 +132,74 @@ def start_task(rollout_id: str, service: str = "", stage: str = "") -> str:
         return redact(advance(runtime(), rollout_id).sentence())
 
 
+def send_batch(
+    batch: Sequence[Due],
+    now: datetime,
+    labels: dict[str, tuple[str, str]],
+    producer: object = None,
+) -> None:
+    """Queue one task checking ``batch``, to start when its first rollout is due.
+    ``labels``: each rollout's service and stage, for Flower."""
+    first, last = batch[0].due, batch[-1].due
+    advance_batch_task.apply_async(
+        kwargs={
+            "rollout_ids": [check.rollout_id for check in batch],
+            "dues": [check.due.isoformat() for check in batch],
+            "services": [labels.get(check.rollout_id, ("", ""))[0] for check in batch],
+            "stages": [labels.get(check.rollout_id, ("", ""))[1] for check in batch],
+        },
+        eta=first if first > now else None,
+        # From its last check's due time, not from now: a batch queued ahead of its due
+        # time must not expire before it may start.
+        expires=max(last, now) + ADVANCE_REDISPATCH,
+        producer=producer,
+    )
+
+
+@app.task(name="rollout.advance_batch")
+def advance_batch_task(
+    rollout_ids: list[str],
+    dues: list[str],
+    services: list[str] | None = None,
+    stages: list[str] | None = None,
+) -> str:
+    """Check the rollouts due together, each at its due time, under its own lease
+    (``controller.due_batches``); one line per rollout."""
+    labels = dict(zip(rollout_ids, zip(services or [], stages or [], strict=False), strict=False))
+    batch = [
+        DueCheck(rollout_id, datetime.fromisoformat(due))
+        for rollout_id, due in zip(rollout_ids, dues, strict=True)
+    ]
+    sentences: list[str] = []
+
+    def advance_logged(rt: Runtime, rollout_id: str) -> AdvanceResult:
+        service, stage = labels.get(rollout_id, ("", ""))
+        with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
+            result = advance(rt, rollout_id)
+            sentences.append(_advanced(result))
+            return result
+
+    def hand_off(left: list[Due]) -> None:
+        send_batch(left, runtime().clock(), labels)
+
+    advance_due(runtime(), batch, hand_off, advance_one=advance_logged)
+    return "\n".join(sentences)
+
+
 @app.task(name="rollout.advance")
 def advance_task(rollout_id: str, service: str = "", stage: str = "") -> str:
-    """Do one step of one rollout (soak, canary, ramp or verify) under its lease."""
+    """Do one step of one rollout (soak, canary, ramp or verify) under its lease. A
+    single check by name; reconcile hands checks out in batches."""
     with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
-        result = advance(runtime(), rollout_id)
-        ADVANCES.labels(acted=str(result.acted).lower()).inc()
-        sentence = redact(result.sentence())
-        log.info("advance", result=sentence)
-        return sentence
+        return _advanced(advance(runtime(), rollout_id))
+
+
+def _advanced(result: AdvanceResult) -> str:
+    """Count and log one check's outcome; its sentence, masked."""
+    ADVANCES.labels(acted=str(result.acted).lower()).inc()
+    sentence = redact(result.sentence())
+    log.info("advance", result=sentence)
+    return sentence
 
 
 @app.task(name="rollout.rollback")

@@ -52,6 +52,9 @@ __all__ = ["BatchedQuery", "SharedAnswers", "batch_form"]
 log = structlog.get_logger(__name__)
 
 _SENTINEL = "__canary_batch_{}__"
+# What a liftable value is replaced by while a template's form is worked out once
+# for every rollout (``batch_form``).
+_STAND_IN = "canary-stand-in-{}-7e3b"
 _SENTINEL_ANYWHERE = re.compile(r"__canary_batch_([0-9]+)__")
 _SENTINEL_MATCHER = re.compile(
     r"([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!=|!~|=)\s*([\"'`])__canary_batch_([0-9]+)__\3"
@@ -100,9 +103,33 @@ class BatchedQuery:
 
 def batch_form(template: str, values: dict[str, str]) -> BatchedQuery | None:
     """The batched form of ``template`` for a rollout with ``values``, or None when the
-    query cannot be shared without changing what it means."""
+    query cannot be shared without changing what it means.
+
+    The form is worked out once per template (parsing and comparing both queries is
+    the costly part), not once per rollout: the values a form could lift are replaced
+    by stand-ins, and each rollout's own values are put back into the labels it
+    picks. A form that kept a stand-in in its query (the value was used another way)
+    is worked out again with the rollout's real values.
+    """
     used = set(template_variables(template))
-    return _batch_form(template, tuple(sorted((k, v) for k, v in values.items() if k in used)))
+    items = tuple(sorted((k, v) for k, v in values.items() if k in used))
+    real: dict[str, str] = {}
+    general_items = []
+    for name, value in items:
+        if name != "window" and _liftable(value):
+            stand_in = _STAND_IN.format(len(real))
+            real[stand_in] = value
+            value = stand_in
+        general_items.append((name, value))
+    general = _batch_form(template, tuple(general_items))
+    if general is None:
+        return None
+    if any(stand_in in general.query for stand_in in real):
+        return _batch_form(template, items)
+    return BatchedQuery(
+        general.query,
+        tuple(sorted((label, real.get(value, value)) for label, value in general.labels)),
+    )
 
 
 @lru_cache(maxsize=65536)

@@ -278,3 +278,23 @@ def test_a_failure_reaches_the_waiting_askers_and_is_not_kept() -> None:
         thread.join()
     assert len(errors) == 4 and len(provider.calls) == 1
     assert not shared._in_flight and not shared._answers
+
+
+def test_a_template_is_worked_out_once_for_every_rollout_each_keeping_its_labels() -> None:
+    """Parsing and comparing both queries is the costly part of a form: a fleet of
+    rollouts of one template costs one of them, and each still picks its own series."""
+    from controller.analysis import batching
+
+    template = (
+        'sum(rate(http_requests_total{service="{{ service }}", version="{{ canary_version }}",'
+        ' code=~"5.."}[{{ window }}]))'
+    )
+    first = batch_form(template, VALUES)
+    assert first is not None
+    before = batching._batch_form.cache_info().misses
+    for index in range(200):
+        values = {**VALUES, "service": f"svc-{index}", "canary_version": f"2.{index}.0"}
+        batched = batch_form(template, values)
+        assert batched is not None and batched.query == first.query
+        assert batched.labels == (("service", f"svc-{index}"), ("version", f"2.{index}.0"))
+    assert batching._batch_form.cache_info().misses == before
