@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, DateTime, and_, func, or_, select, text, u
 from sqlalchemy.orm import Session
 
 from controller.redaction import redact
-from controller.store import totals
+from controller.store import event_log, totals
 from controller.store.models import (
     ACTIVE_STATES,
     ADVANCING_STATES,
@@ -98,23 +98,26 @@ def append_event(
     message: str,
     data: dict[str, Any] | None = None,
     step_index: int | None = None,
-) -> Event:
-    """Record one event. Events are shown by the API and the CLI and copied into
-    incidents, and their text often quotes plan URLs and command output, so the
-    message and the data are stored with every secret masked."""
-    event = Event(
-        rollout_id=rollout_id,
-        kind=kind,
-        actor=actor,
-        at=at,
-        message=redact(message),
-        data=redact(data or {}),
-        step_index=step_index,
+) -> None:
+    """Record one event, inserted with the transaction's commit (``event_log``).
+    Events are shown by the API and the CLI and copied into incidents, and their
+    text often quotes plan URLs and command output, so the message and the data are
+    stored with every secret masked."""
+    masked = redact(data or {})
+    event_log.append(
+        session,
+        {
+            "rollout_id": rollout_id,
+            "kind": kind,
+            "actor": actor,
+            "at": at,
+            "message": redact(message),
+            "data": masked,
+            "step_index": step_index,
+        },
     )
-    session.add(event)
     if kind == "measurement":
-        totals.count_measurement(session, event.data)
-    return event
+        totals.count_measurement(session, masked)
 
 
 def database_now(session: Session, fallback: datetime) -> datetime:
@@ -459,6 +462,7 @@ def list_rollouts(
 def events_for(
     session: Session, rollout_id: str, kinds: Iterable[str] | None = None
 ) -> Sequence[Event]:
+    event_log.insert_pending(session)
     query = select(Event).where(Event.rollout_id == rollout_id).order_by(Event.id)
     if kinds is not None:
         query = query.where(Event.kind.in_(list(kinds)))
@@ -467,6 +471,7 @@ def events_for(
 
 def events_after(session: Session, rollout_id: str, after_id: int) -> Sequence[Event]:
     """A rollout's events with an id above ``after_id``, in id order."""
+    event_log.insert_pending(session)
     return session.scalars(
         select(Event).where(Event.rollout_id == rollout_id, Event.id > after_id).order_by(Event.id)
     ).all()

@@ -74,6 +74,42 @@ def test_rollout_round_trips_with_utc_times_and_ordered_events(database_url: str
         assert [e.data.get("value") for e in events[1:]] == [0, 1, 2]
 
 
+def test_events_are_written_with_the_commit_in_append_order_and_forgotten_on_rollback(
+    database_url: str,
+) -> None:
+    """Events wait in the session for its commit and go in with one statement: a
+    read in the same transaction still sees them, the order is the append order
+    (ids), and a rollback (before or after anything touched the database) drops
+    them with the rest of the transaction."""
+    migrate(database_url)
+    rollout_id = new_rollout(database_url)
+
+    def append(session, message: str) -> None:
+        repository.append_event(
+            session, rollout_id, "note", actor="t", at=NOW, message=message, data={"m": message}
+        )
+
+    with session_factory(database_url)() as session:
+        append(session, "lost before anything")
+        session.rollback()
+        append(session, "first")
+        seen = [e.message for e in repository.events_for(session, rollout_id, ["note"])]
+        assert seen == ["first"]
+        append(session, "second")
+        rollout = repository.get_rollout(session, rollout_id)
+        rollout.reason = "touched"
+        append(session, "third")
+        session.commit()
+        append(session, "lost after a read")
+        repository.get_rollout(session, rollout_id)
+        session.rollback()
+    with session_factory(database_url)() as session:
+        notes = repository.events_for(session, rollout_id, ["note"])
+        assert [e.message for e in notes] == ["first", "second", "third"]
+        assert [e.id for e in notes] == sorted(e.id for e in notes)
+        assert repository.get_rollout(session, rollout_id).reason == "touched"
+
+
 def test_claim_is_exclusive_until_released(database_url: str) -> None:
     migrate(database_url)
     rollout_id = new_rollout(database_url)
