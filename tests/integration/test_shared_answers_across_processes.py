@@ -226,3 +226,12 @@ def test_an_answer_round_trips_through_its_encoding() -> None:
     back = decode(encode(answer))
     assert back.evaluated_at == answer.evaluated_at and back.samples == answer.samples
     assert back.series[0].labels == {"service": "a"} and math.isnan(back.series[0].points[1][1])
+
+
+@pytest.mark.parametrize("value", ["1.5", "nan", "Infinity", None, [1]])
+def test_a_stored_value_is_a_number_or_prometheus_words_for_the_others(value: object) -> None:
+    from controller.analysis.answer_cache import decode
+
+    with pytest.raises(ValueError, match="not a stored answer"):
+        decode(_stored({"at": LONG_AGO, "samples": [[{"service": "a"}, value]], "series": []}))
+    assert decode(_stored({"at": LONG_AGO, "samples": [[{"service": "a"}, "+Inf"]], "series": []}))
