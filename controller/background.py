@@ -25,7 +25,7 @@ T = TypeVar("T")
 # threads are a pool of their own: a check waiting on its queries never holds a
 # thread its queries need.
 THREADS = 32
-CHECK_THREADS = 3
+CHECK_THREADS = 1
 
 _pools: dict[tuple[int, str], ThreadPoolExecutor] = {}
 _guard = threading.Lock()

@@ -421,6 +421,32 @@ class SharedAnswers:
         )
         return answer.picked_series(batched), answer.evaluated_at
 
+    def instant_if_held(
+        self, batched: BatchedQuery, now: datetime, interval: timedelta
+    ) -> tuple[list[Sample], datetime] | None:
+        """``instant``'s answer if this process holds it already; None rather than
+        wait for Redis or Prometheus."""
+        at = _slot_start(now, self.slot_for(interval))
+        answer = self._held(("instant", batched.query, at))
+        return None if answer is None else (answer.picked_samples(batched), answer.evaluated_at)
+
+    def range_if_held(
+        self,
+        batched: BatchedQuery,
+        now: datetime,
+        window: timedelta,
+        step_seconds: float,
+        interval: timedelta,
+    ) -> tuple[list[Series], datetime] | None:
+        """``range``'s answer if this process holds it already; None rather than wait."""
+        at = _slot_start(now, self.slot_for(interval))
+        answer = self._held(("range", batched.query, at, window, step_seconds))
+        return None if answer is None else (answer.picked_series(batched), answer.evaluated_at)
+
+    def _held(self, key: tuple) -> SharedAnswer | None:
+        with self._guard:
+            return self._answers.get(key)
+
     def evaluated_at(self, now: datetime, interval: timedelta) -> datetime:
         """When an answer shared at ``now`` would have been evaluated."""
         return _slot_start(now, self.slot_for(interval))

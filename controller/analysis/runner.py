@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -110,9 +111,12 @@ def measure(
     shared: SharedAnswers | None = None,
     interval: timedelta | None = None,
     not_before: datetime | None = None,
+    held_only: bool = False,
 ) -> Measurement:
     """Measure ``criterion`` at ``now``; never raises for provider or data problems
-    (only when the task runs out of time, which is no verdict).
+    (only when the task runs out of time, which is no verdict). ``held_only``:
+    measure only from shared answers this process holds already, and raise
+    ``WouldWait`` rather than wait for any query.
 
     With ``shared`` answers (and the plan's ``interval``), a criterion whose queries
     can all be asked once for every rollout is (``controller.analysis.batching``),
@@ -125,7 +129,7 @@ def measure(
     templates = criterion.queries()
     queries = {role: render_template(t, values) for role, t in templates.items()}
     forms = _shared_forms(templates, values, now, shared, interval, not_before)
-    asker = _Asker(provider, now, shared if forms else None, interval, forms or {})
+    asker = _Asker(provider, now, shared if forms else None, interval, forms or {}, held_only)
     try:
         with timeouts.running(f"stop criterion {criterion.name}"):
             try:
@@ -144,6 +148,8 @@ def measure(
                 )
     except timeouts.out_of_time():
         raise  # the task's time is up: not a verdict of any kind (controller.timeouts)
+    except WouldWait:
+        raise  # asked to measure without waiting: the caller measures it on a thread
     except MetricsError as exc:
         inputs, judgement = {}, Judgement(Verdict.ERROR, f"Prometheus: {exc}")
     except _SeriesShapeError as exc:
@@ -204,6 +210,10 @@ def _shared_forms(
     return forms  # type: ignore[return-value]
 
 
+class WouldWait(Exception):
+    """A measurement asked not to wait needs a query this process does not hold."""
+
+
 class _BatchFailed(Exception):
     """A batched query failed: the criterion is asked per rollout instead."""
 
@@ -223,19 +233,25 @@ class _Asker:
         shared: SharedAnswers | None,
         interval: timedelta | None,
         forms: dict[str, BatchedQuery],
+        held_only: bool = False,
     ) -> None:
         self.provider = provider
         self.now = now
         self.shared = shared
         self.interval = interval or timedelta(0)
         self.forms = forms
+        self.held_only = held_only
         self.batched_at: datetime | None = None
         self.batched_roles: list[str] = []
 
     def instant(self, role: str, query: str) -> list[Sample]:
         batched = self.forms.get(role)
         if batched is None or self.shared is None:
+            self._may_wait(query)
             return self.provider.instant(query, at=self.now)
+        if self.held_only:
+            held = self.shared.instant_if_held(batched, self.now, self.interval)
+            return self._held(role, query, held)
         try:
             samples, evaluated_at = self.shared.instant(batched, self.now, self.interval)
         except MetricsError as exc:
@@ -245,16 +261,31 @@ class _Asker:
 
     def range(self, role: str, query: str, window: timedelta, step: timedelta) -> list[Series]:
         batched = self.forms.get(role)
+        step_seconds = step.total_seconds()
         if batched is None or self.shared is None:
-            return self.provider.range(query, self.now - window, self.now, step.total_seconds())
+            self._may_wait(query)
+            return self.provider.range(query, self.now - window, self.now, step_seconds)
+        if self.held_only:
+            held = self.shared.range_if_held(batched, self.now, window, step_seconds, self.interval)
+            return self._held(role, query, held)
         try:
             series, evaluated_at = self.shared.range(
-                batched, self.now, window, step.total_seconds(), self.interval
+                batched, self.now, window, step_seconds, self.interval
             )
         except MetricsError as exc:
             raise _BatchFailed(exc) from exc
         self._batched(role, evaluated_at)
         return series
+
+    def _may_wait(self, query: str) -> None:
+        if self.held_only:
+            raise WouldWait(query)
+
+    def _held(self, role: str, query: str, held: tuple[list, datetime] | None) -> list:
+        if held is None:
+            raise WouldWait(query)
+        self._batched(role, held[1])
+        return held[0]
 
     def _batched(self, role: str, evaluated_at: datetime) -> None:
         self.batched_roles.append(role)
@@ -273,14 +304,18 @@ def measure_all(
     interval: timedelta | None = None,
     not_before: datetime | None = None,
 ) -> list[Measurement]:
-    """``measure`` for each criterion, concurrently (``controller.background``), in
-    the order given: each waits on Prometheus, and one after another a check would
-    cost the sum of its queries (and, with Prometheus slow, of their timeouts)."""
+    """``measure`` for each criterion, in the order given. A criterion that waits on
+    Prometheus or Redis is measured on a thread of its own (``controller.background``):
+    one after another a check would cost the sum of its queries (and, with
+    Prometheus slow, of their timeouts). One whose shared answers this process holds
+    already is measured here: most checks of a slot are that, and handing a few
+    microseconds of judging to a thread and back cost more than the judging, in
+    every process of a busy worker."""
     if not criteria:
         return []
     baselines = previous_baselines or {}
 
-    def one(criterion: Criterion) -> Measurement:
+    def one(criterion: Criterion, held_only: bool = False) -> Measurement:
         return measure(
             criterion,
             provider,
@@ -291,17 +326,27 @@ def measure_all(
             shared=shared,
             interval=interval,
             not_before=not_before,
+            held_only=held_only,
         )
 
-    futures = [in_background(one, criterion) for criterion in criteria]
+    measured: list[Measurement | Future[Measurement]] = []
     try:
+        for criterion in criteria:
+            if shared is not None:
+                try:
+                    measured.append(one(criterion, held_only=True))
+                    continue
+                except WouldWait:
+                    pass
+            measured.append(in_background(one, criterion))
         with timeouts.running("stop criteria"):
-            return [future.result() for future in futures]
+            return [m.result() if isinstance(m, Future) else m for m in measured]
     finally:
         # Out of time (the task's limit, raised in this thread) or done: never wait
         # for queries still running; each ends at its own timeout.
-        for future in futures:
-            future.cancel()
+        for m in measured:
+            if isinstance(m, Future):
+                m.cancel()
 
 
 # Each error or failure query and the total that says whether there was traffic.

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from controller import timeouts
-from controller.due_batches import HAND_OFF_AFTER, SPREAD, DueCheck, advance_due, group_due
+from controller.due_batches import AT_ONCE, HAND_OFF_AFTER, SPREAD, DueCheck, advance_due, group_due
 from controller.engine import AdvanceResult
 from controller.runtime import Runtime
 
@@ -180,7 +180,7 @@ def test_a_hand_off_that_fails_is_logged_not_raised() -> None:
 def test_checks_of_a_batch_run_side_by_side_and_results_keep_due_order() -> None:
     """A check mostly waits (database, Redis, router, slots): the batch's checks wait
     together. Run one after another, the barrier below would never fill."""
-    together = threading.Barrier(4, timeout=5)
+    together = threading.Barrier(AT_ONCE, timeout=5)
     threads: set[str] = set()
 
     def waits(_rt: Runtime, rollout_id: str) -> AdvanceResult:
@@ -196,7 +196,6 @@ def test_checks_of_a_batch_run_side_by_side_and_results_keep_due_order() -> None
         hand_off=lambda left: pytest.fail(f"handed off {left}"),
         advance_one=waits,
         sleep=lambda seconds: None,
-        at_once=4,
     )
     assert [r.rollout_id for r in results] == list("abcdefgh")
-    assert len(threads) == 4
+    assert len(threads) == AT_ONCE > 1
