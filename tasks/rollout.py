@@ -170,20 +170,24 @@ def advance_batch_task(
         DueCheck(rollout_id, datetime.fromisoformat(due))
         for rollout_id, due in zip(rollout_ids, dues, strict=True)
     ]
-    sentences: list[str] = []
+    # Each check's masked sentence, kept from its log line (masking is not free).
+    sentences: dict[str, str] = {}
 
     def advance_logged(rt: Runtime, rollout_id: str) -> AdvanceResult:
         service, stage = labels.get(rollout_id, ("", ""))
         with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
             result = advance(rt, rollout_id)
-            sentences.append(_advanced(result))
+            sentences[rollout_id] = _advanced(result)
             return result
 
     def hand_off(left: list[Due]) -> None:
         send_batch(left, runtime().clock(), labels)
 
-    advance_due(runtime(), batch, hand_off, advance_one=advance_logged)
-    return "\n".join(sentences)
+    results = advance_due(runtime(), batch, hand_off, advance_one=advance_logged)
+    # In due order, with a line for a check that failed with an error too.
+    return "\n".join(
+        sentences.get(result.rollout_id) or redact(result.sentence()) for result in results
+    )
 
 
 @app.task(name="rollout.advance")
