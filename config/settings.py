@@ -66,6 +66,13 @@ class Settings(BaseSettings):
         "rollouts a task per check costs more in handing out than in checking. 1 gives "
         "every check a task of its own.",
     )
+    spread_checks: bool = Field(
+        True,
+        description="Each rollout's checks fall at a phase of its own within the plan's "
+        "interval (a hash of its id), so rollouts started together are checked spread "
+        "over the interval, not all in the same second; a step's first check then "
+        "comes between one and two intervals after the step began. Off: exactly one.",
+    )
     reconcile_interval_seconds: float = Field(
         2.0, gt=0, le=60, description="How often beat fires the reconcile task."
     )

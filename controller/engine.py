@@ -25,6 +25,7 @@ from controller.analysis.decisions import Streaks, missing_data_streaks, update_
 from controller.analysis.runner import Measurement, measure_all
 from controller.analysis.verdict import Judgement, Verdict
 from controller.budget import gates_work, smoke_allowance
+from controller.check_clock import check_phase, next_tick
 from controller.checks import CheckResult
 from controller.durations import format_duration
 from controller.hooks import run_hook
@@ -218,15 +219,6 @@ def plan_of(rollout: Rollout) -> Plan:
     return plan
 
 
-def next_tick(due: datetime | None, now: datetime, interval: timedelta) -> datetime:
-    """The first time after ``now`` on the grid ``due + k * interval`` (k >= 1); with
-    no due time, ``now + interval``. (``due`` may be a moment after ``now`` when a
-    check queued for its due time starts on a host whose clock is a little behind.)"""
-    if due is None or interval <= timedelta(0):
-        return now + interval
-    return due + max(1, (now - due) // interval + 1) * interval
-
-
 class _Advance:
     """One advance of one rollout, holding its lease."""
 
@@ -252,8 +244,10 @@ class _Advance:
         interval, not this advance's start plus it. An advance that starts a reconcile
         tick or a queue's wait after it was due would otherwise push every later check
         back by that much (5 checks a minute at a 10 s interval, not 6). A tick already
-        missed is skipped, never caught up in a burst."""
-        return next_tick(self.due, self.now, interval)
+        missed is skipped, never caught up in a burst. With ``spread_checks`` the grid
+        sits at the rollout's own phase (``controller.check_clock``)."""
+        phase = check_phase(self.rollout.id) if self.runtime.spread_checks else None
+        return next_tick(self.due, self.now, interval, phase)
 
     def event(
         self, kind: str, message: str, data: dict[str, Any] | None = None, actor: str = ACTOR

@@ -65,6 +65,11 @@ class Runtime:
     # Answers of stop-criterion queries shared by every rollout this process checks
     # (controller.analysis.batching); None asks each rollout's queries on their own.
     shared_answers: SharedAnswers | None = None
+    # Each rollout's checks at a phase of its own within the interval
+    # (``controller.check_clock``), so rollouts started together are not all due in
+    # the same second. Off here (a step's first check exactly one interval after it
+    # began, as the unit tests' clocks expect); the workers' setting turns it on.
+    spread_checks: bool = False
 
     def __post_init__(self) -> None:
         if self.send_outbox is None:
@@ -85,6 +90,7 @@ class Runtime:
             lease=timedelta(seconds=settings.lease_seconds),
             rollback_attempts=settings.rollback_attempts,
             rollback_backoff_seconds=settings.rollback_backoff_seconds,
+            spread_checks=settings.spread_checks,
             post_incident=partial(
                 post_incident,
                 _secret(settings.incident_webhook_url),
