@@ -114,7 +114,9 @@ def shared_answers(settings: Settings, metrics: MetricsProvider) -> SharedAnswer
             namespace=f"{settings.queue_prefix} {settings.prometheus_url}",
             claim_seconds=settings.prometheus_timeout_seconds * retry.attempts + backoff + 1.0,
         )
-    return SharedAnswers(metrics, timedelta(seconds=slot), fleet=fleet)
+    # A check at a slot's start judges the previous slot's answer while the slot's is
+    # fetched, rather than every check of every worker waiting for it.
+    return SharedAnswers(metrics, timedelta(seconds=slot), fleet=fleet, serve_previous=True)
 
 
 def router_factory(settings: Settings) -> RouterFactory:

@@ -42,7 +42,12 @@ from controller.metrics.prometheus import Sample, Series
 log = structlog.get_logger(__name__)
 
 KEY_PREFIX = "canary:answer:v2:"  # the version of the stored format
+# How often a process waiting for another's answer looks for it: soon at first,
+# then less often (every waiting process polls every query it waits for: at a
+# thousand rollouts a slow Prometheus had them poll Redis thousands of times a
+# second, a core's worth).
 POLL_SECONDS = 0.02
+MAX_POLL_SECONDS = 0.16
 # After Redis failed, how long every query goes straight to Prometheus: a Redis
 # that does not answer must not cost each query a connect timeout.
 PAUSE_AFTER_FAILURE_SECONDS = 30.0
@@ -237,6 +242,7 @@ class RedisAnswerCache:
         holds the claim, or False when the wait is over without either (the caller
         asks unclaimed)."""
         deadline = self.clock() + self.claim_seconds
+        poll = POLL_SECONDS
         while True:
             raw, failed = self.client.mget(key, key + ":failed")
             if raw is not None:
@@ -247,7 +253,8 @@ class RedisAnswerCache:
                 return True
             if self.clock() >= deadline:
                 return False  # the claimant is stuck or gone: ask, but never wait longer
-            time.sleep(POLL_SECONDS)
+            time.sleep(poll)
+            poll = min(poll * 2, MAX_POLL_SECONDS)
 
     def _say_failed(self, key: str, reason: str) -> None:
         """Tell the processes waiting for this answer that it failed, for as long as

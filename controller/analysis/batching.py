@@ -43,6 +43,7 @@ from controller.analysis.answer_cache import (
     RedisAnswerCache,
     SharedFailure,
 )
+from controller.background import in_background
 from controller.metrics.prometheus import MetricsError, Sample, Series
 from controller.metrics.provider import MetricsProvider
 from controller.plan import render_template, template_variables
@@ -374,6 +375,16 @@ class SharedAnswers:
     (``controller.analysis.answer_cache``) one process of all workers asks each
     query per slot and the others read its answer; without one, or while it fails,
     each process asks its own.
+
+    With ``serve_previous``, a check that finds the slot's answer not here yet gets
+    the previous slot's, and the slot's is fetched on a thread meanwhile: without
+    it every check at a slot's start waited for the slot's query (at a thousand
+    rollouts, a second or more), every thread of every worker waiting at the same
+    moment. The previous answer is served only when it is newer than the caller's
+    ``not_before`` (what the rollout judged last, the start of its step), so a
+    rollout never judges the same answer twice nor data from before a weight change;
+    the data a check judges is then at most two slots old, and its measurement says
+    when it was evaluated.
     """
 
     def __init__(
@@ -381,10 +392,12 @@ class SharedAnswers:
         provider: MetricsProvider,
         max_slot: timedelta = timedelta(seconds=5),
         fleet: RedisAnswerCache | None = None,
+        serve_previous: bool = False,
     ):
         self.provider = provider
         self.max_slot = max_slot
         self.fleet = fleet
+        self.serve_previous = serve_previous
         self.asked = 0  # requests sent to Prometheus (for tests and benchmarks)
         self._fleet_failed_at: float | None = None  # when the last failure was logged
         self._answers: dict[tuple, SharedAnswer] = {}
@@ -395,14 +408,25 @@ class SharedAnswers:
         return min(self.max_slot, interval / 2)
 
     def instant(
-        self, batched: BatchedQuery, now: datetime, interval: timedelta
-    ) -> tuple[list[Sample], datetime]:
-        at = _slot_start(now, self.slot_for(interval))
-        answer = self._answer(
-            ("instant", batched.query, at),
-            lambda: SharedAnswer(at, self.provider.instant(batched.query, at=at), []),
+        self,
+        batched: BatchedQuery,
+        now: datetime,
+        interval: timedelta,
+        not_before: datetime | None = None,
+        at: datetime | None = None,
+        wait: bool = True,
+    ) -> tuple[list[Sample], datetime] | None:
+        """The rollout's samples of ``batched`` and when they were evaluated: the
+        slot's answer (see ``_answer_for`` for ``not_before``, ``at`` and
+        ``wait``), None only when told not to wait for one."""
+
+        def ask(moment: datetime) -> SharedAnswer:
+            return SharedAnswer(moment, self.provider.instant(batched.query, at=moment), [])
+
+        answer = self._answer_for(
+            ("instant", batched.query), (), now, interval, ask, not_before, at, wait
         )
-        return answer.picked_samples(batched), answer.evaluated_at
+        return None if answer is None else (answer.picked_samples(batched), answer.evaluated_at)
 
     def range(
         self,
@@ -411,45 +435,67 @@ class SharedAnswers:
         window: timedelta,
         step_seconds: float,
         interval: timedelta,
-    ) -> tuple[list[Series], datetime]:
-        at = _slot_start(now, self.slot_for(interval))
-        answer = self._answer(
-            ("range", batched.query, at, window, step_seconds),
-            lambda: SharedAnswer(
-                at, [], self.provider.range(batched.query, at - window, at, step_seconds)
-            ),
-        )
-        return answer.picked_series(batched), answer.evaluated_at
-
-    def instant_if_held(
-        self, batched: BatchedQuery, now: datetime, interval: timedelta
-    ) -> tuple[list[Sample], datetime] | None:
-        """``instant``'s answer if this process holds it already; None rather than
-        wait for Redis or Prometheus."""
-        at = _slot_start(now, self.slot_for(interval))
-        answer = self._held(("instant", batched.query, at))
-        return None if answer is None else (answer.picked_samples(batched), answer.evaluated_at)
-
-    def range_if_held(
-        self,
-        batched: BatchedQuery,
-        now: datetime,
-        window: timedelta,
-        step_seconds: float,
-        interval: timedelta,
+        not_before: datetime | None = None,
+        at: datetime | None = None,
+        wait: bool = True,
     ) -> tuple[list[Series], datetime] | None:
-        """``range``'s answer if this process holds it already; None rather than wait."""
-        at = _slot_start(now, self.slot_for(interval))
-        answer = self._held(("range", batched.query, at, window, step_seconds))
-        return None if answer is None else (answer.picked_series(batched), answer.evaluated_at)
+        """``instant`` for a range query of ``window`` ending at the slot's start."""
 
-    def _held(self, key: tuple) -> SharedAnswer | None:
-        with self._guard:
-            return self._answers.get(key)
+        def ask(moment: datetime) -> SharedAnswer:
+            series = self.provider.range(batched.query, moment - window, moment, step_seconds)
+            return SharedAnswer(moment, [], series)
+
+        what, rest = ("range", batched.query), (window, step_seconds)
+        answer = self._answer_for(what, rest, now, interval, ask, not_before, at, wait)
+        return None if answer is None else (answer.picked_series(batched), answer.evaluated_at)
 
     def evaluated_at(self, now: datetime, interval: timedelta) -> datetime:
         """When an answer shared at ``now`` would have been evaluated."""
         return _slot_start(now, self.slot_for(interval))
+
+    def _answer_for(
+        self,
+        what: tuple,
+        rest: tuple,
+        now: datetime,
+        interval: timedelta,
+        ask: Callable[[datetime], SharedAnswer],
+        not_before: datetime | None,
+        at: datetime | None,
+        wait: bool,
+    ) -> SharedAnswer | None:
+        """The answer to give at ``now``: the slot's if held here; else (with
+        ``serve_previous`` and the previous one newer than ``not_before``) the
+        previous slot's, the slot's fetched meanwhile; else the slot's, waited for.
+        ``at``: the answer evaluated then (a criterion's other queries, judged from
+        the first one's evaluation time), fetched if not held. ``wait=False``: None
+        rather than wait for Redis or Prometheus."""
+        slot = self.slot_for(interval)
+        current = _slot_start(now, slot)
+
+        def key(moment: datetime) -> tuple:
+            return (*what, moment, *rest)
+
+        if at is not None:
+            held = self._held(key(at))
+            if held is not None or not wait:
+                return held
+            return self._answer(key(at), lambda: ask(at))
+        held = self._held(key(current))
+        if held is not None:
+            return held
+        if self.serve_previous:
+            previous = self._held(key(current - slot))
+            if previous is not None and (not_before is None or previous.evaluated_at > not_before):
+                self._fetch_in_background(key(current), lambda: ask(current))
+                return previous
+        if not wait:
+            return None
+        return self._answer(key(current), lambda: ask(current))
+
+    def _held(self, key: tuple) -> SharedAnswer | None:
+        with self._guard:
+            return self._answers.get(key)
 
     def _answer(self, key: tuple, ask: Callable[[], SharedAnswer]) -> SharedAnswer:
         with self._guard:
@@ -462,6 +508,29 @@ class SharedAnswers:
                 self._in_flight[key] = mine
         if waiting is not None:
             return waiting.result()  # the asker's answer, or its failure
+        return self._fetch(key, ask, mine)
+
+    def _fetch_in_background(self, key: tuple, ask: Callable[[], SharedAnswer]) -> None:
+        """Start fetching ``key`` on a thread unless it is held or on its way."""
+        with self._guard:
+            if key in self._answers or key in self._in_flight:
+                return
+            mine: Future[SharedAnswer] = Future()
+            self._in_flight[key] = mine
+
+        def fetch() -> None:
+            try:
+                self._fetch(key, ask, mine)
+            except Exception as exc:  # not kept: the next check asks again, or per rollout
+                log.warning("batched query failed", query=key[1], error=str(exc))
+
+        in_background(fetch)
+
+    def _fetch(
+        self, key: tuple, ask: Callable[[], SharedAnswer], mine: Future[SharedAnswer]
+    ) -> SharedAnswer:
+        """Ask for ``key`` (in the fleet or here); the askers waiting on ``mine`` get
+        the answer or the failure, and only an answer is kept."""
         try:
             answer = self._ask_fleet_or_here(key, ask)
         except BaseException as exc:

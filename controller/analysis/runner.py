@@ -129,7 +129,9 @@ def measure(
     templates = criterion.queries()
     queries = {role: render_template(t, values) for role, t in templates.items()}
     forms = _shared_forms(templates, values, now, shared, interval, not_before)
-    asker = _Asker(provider, now, shared if forms else None, interval, forms or {}, held_only)
+    asker = _Asker(
+        provider, now, shared if forms else None, interval, forms or {}, held_only, not_before
+    )
     try:
         with timeouts.running(f"stop criterion {criterion.name}"):
             try:
@@ -224,7 +226,11 @@ class _BatchFailed(Exception):
 
 class _Asker:
     """Asks one criterion's queries: through ``shared`` answers when ``forms`` has
-    them, per rollout otherwise; remembers which were shared and when evaluated."""
+    them, per rollout otherwise; remembers which were shared and when evaluated.
+
+    All of a criterion's shared answers come from one evaluation time, the first
+    query's (the previous slot's while the slot's is fetched: ``SharedAnswers``), so
+    its numbers are judged together."""
 
     def __init__(
         self,
@@ -234,6 +240,7 @@ class _Asker:
         interval: timedelta | None,
         forms: dict[str, BatchedQuery],
         held_only: bool = False,
+        not_before: datetime | None = None,
     ) -> None:
         self.provider = provider
         self.now = now
@@ -241,6 +248,7 @@ class _Asker:
         self.interval = interval or timedelta(0)
         self.forms = forms
         self.held_only = held_only
+        self.not_before = not_before
         self.batched_at: datetime | None = None
         self.batched_roles: list[str] = []
 
@@ -249,15 +257,13 @@ class _Asker:
         if batched is None or self.shared is None:
             self._may_wait(query)
             return self.provider.instant(query, at=self.now)
-        if self.held_only:
-            held = self.shared.instant_if_held(batched, self.now, self.interval)
-            return self._held(role, query, held)
         try:
-            samples, evaluated_at = self.shared.instant(batched, self.now, self.interval)
+            answer = self.shared.instant(
+                batched, self.now, self.interval, *self._slot(), wait=not self.held_only
+            )
         except MetricsError as exc:
             raise _BatchFailed(exc) from exc
-        self._batched(role, evaluated_at)
-        return samples
+        return self._batched(role, query, answer)
 
     def range(self, role: str, query: str, window: timedelta, step: timedelta) -> list[Series]:
         batched = self.forms.get(role)
@@ -265,32 +271,35 @@ class _Asker:
         if batched is None or self.shared is None:
             self._may_wait(query)
             return self.provider.range(query, self.now - window, self.now, step_seconds)
-        if self.held_only:
-            held = self.shared.range_if_held(batched, self.now, window, step_seconds, self.interval)
-            return self._held(role, query, held)
         try:
-            series, evaluated_at = self.shared.range(
-                batched, self.now, window, step_seconds, self.interval
+            answer = self.shared.range(
+                batched,
+                self.now,
+                window,
+                step_seconds,
+                self.interval,
+                *self._slot(),
+                wait=not self.held_only,
             )
         except MetricsError as exc:
             raise _BatchFailed(exc) from exc
-        self._batched(role, evaluated_at)
-        return series
+        return self._batched(role, query, answer)
+
+    def _slot(self) -> tuple[datetime | None, datetime | None]:
+        """``not_before`` and the evaluation time the criterion's answers share."""
+        return self.not_before, self.batched_at
 
     def _may_wait(self, query: str) -> None:
         if self.held_only:
             raise WouldWait(query)
 
-    def _held(self, role: str, query: str, held: tuple[list, datetime] | None) -> list:
-        if held is None:
+    def _batched(self, role: str, query: str, answer: tuple[list, datetime] | None) -> list:
+        if answer is None:
             raise WouldWait(query)
-        self._batched(role, held[1])
-        return held[0]
-
-    def _batched(self, role: str, evaluated_at: datetime) -> None:
+        values, evaluated_at = answer
         self.batched_roles.append(role)
-        if self.batched_at is None or evaluated_at < self.batched_at:
-            self.batched_at = evaluated_at
+        self.batched_at = evaluated_at
+        return values
 
 
 def measure_all(
