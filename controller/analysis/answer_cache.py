@@ -37,7 +37,7 @@ import redis
 import structlog
 
 from controller import timeouts
-from controller.metrics.prometheus import Sample, Series
+from controller.metrics.prometheus import MetricsError, Sample, Series
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +65,23 @@ class AnswerCacheError(Exception):
 
 class SharedFailure(Exception):
     """Another process asked this query for this slot a moment ago and it failed:
-    not asked again by every process in turn (the caller measures another way)."""
+    not asked again by every process in turn. ``status``: Prometheus's HTTP status
+    when it answered with an error (a 4xx rejects the query itself), else None."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+
+    def stored(self) -> bytes:
+        return orjson.dumps({"reason": str(self)[:500], "status": self.status})
+
+    @classmethod
+    def from_stored(cls, raw: bytes) -> SharedFailure:
+        try:
+            stored = orjson.loads(raw)
+            return cls(str(stored["reason"]), stored.get("status"))
+        except (ValueError, TypeError, KeyError):  # a bare reason, as stored before
+            return cls(raw.decode("utf-8", "replace"))
 
 
 @dataclass(frozen=True)
@@ -225,7 +241,8 @@ class RedisAnswerCache:
             self._give_back(claim, token, claimed)
             raise
         except Exception as exc:
-            self._say_failed(key, f"{type(exc).__name__}: {exc}")
+            status = exc.status if isinstance(exc, MetricsError) else None
+            self._say_failed(key, SharedFailure(f"{type(exc).__name__}: {exc}", status))
             self._give_back(claim, token, claimed)
             raise
         try:
@@ -248,7 +265,7 @@ class RedisAnswerCache:
             if raw is not None:
                 return decode(raw, evaluated_at)
             if failed is not None:
-                return SharedFailure(failed.decode("utf-8", "replace"))
+                return SharedFailure.from_stored(failed)
             if self.client.set(claim, token, nx=True, px=self._ms(self.claim_seconds)):
                 return True
             if self.clock() >= deadline:
@@ -256,11 +273,11 @@ class RedisAnswerCache:
             time.sleep(poll)
             poll = min(poll * 2, MAX_POLL_SECONDS)
 
-    def _say_failed(self, key: str, reason: str) -> None:
+    def _say_failed(self, key: str, failure: SharedFailure) -> None:
         """Tell the processes waiting for this answer that it failed, for as long as
         a claim lasts: they measure another way at once instead of asking in turn."""
         try:
-            self.client.set(key + ":failed", reason[:500], px=self._ms(self.claim_seconds))
+            self.client.set(key + ":failed", failure.stored(), px=self._ms(self.claim_seconds))
         except Exception as exc:  # they ask themselves after their wait
             log.warning("could not share a failure", error=f"{type(exc).__name__}: {exc}")
 

@@ -564,7 +564,7 @@ class SharedAnswers:
             return ask_and_count()
         except SharedFailure as failure:
             reason = f"batched query failed in another worker: {failure}"
-            raise MetricsError(key[1], reason) from None
+            raise MetricsError(key[1], reason, status=failure.status) from None
         if isinstance(cached, SharedAnswer):
             return cached  # this process asked
         return SharedAnswer(cached.evaluated_at, cached.samples, cached.series)

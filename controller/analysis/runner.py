@@ -122,8 +122,8 @@ def measure(
     can all be asked once for every rollout is (``controller.analysis.batching``),
     provided the shared answer was evaluated after ``not_before`` (this rollout's
     last shared answer, or the start of its step: never the same data twice, nor
-    data from before a weight change). Otherwise, and when the batched query fails,
-    its queries are asked for this rollout alone, at ``now``."""
+    data from before a weight change). Otherwise, and when Prometheus rejects the
+    batched query, its queries are asked for this rollout alone, at ``now``."""
     window = criterion.window or default_window
     values = {**variables, "window": format_duration(window)}
     templates = criterion.queries()
@@ -139,6 +139,11 @@ def measure(
                     asker, criterion, queries, window, previous_baseline
                 )
             except _BatchFailed as failed:
+                if not failed.rejected:
+                    # Prometheus did not answer (down, timed out, overloaded): asking
+                    # it once per rollout instead would multiply its load by the
+                    # number of rollouts at the moment it is least able to bear it.
+                    raise failed.error from None
                 log.warning(
                     "batched query failed; asking per rollout",
                     criterion=criterion.name,
@@ -217,11 +222,17 @@ class WouldWait(Exception):
 
 
 class _BatchFailed(Exception):
-    """A batched query failed: the criterion is asked per rollout instead."""
+    """A batched query failed. Rejected by Prometheus (a 4xx: the batched form
+    itself, e.g. too many samples), the criterion is asked per rollout instead;
+    unanswered, it is an error verdict like any query Prometheus did not answer."""
 
     def __init__(self, error: MetricsError) -> None:
         super().__init__(str(error))
         self.error = error
+
+    @property
+    def rejected(self) -> bool:
+        return self.error.status is not None and 400 <= self.error.status < 500
 
 
 class _Asker:
