@@ -29,6 +29,7 @@ import requests
 import structlog
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
+from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 __all__ = [
@@ -46,6 +47,8 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 _MAX_REASON_CHARS = 500
+# Connections kept open to Prometheus per process (the client library keeps 10).
+POOL_CONNECTIONS = 32
 
 
 class MetricsError(Exception):
@@ -321,14 +324,19 @@ class PrometheusProvider:
 
     def _connect(self) -> tuple[requests.Session, PrometheusConnect]:
         http = requests.Session()
+        # No hidden urllib3 retries: every attempt is ours, counted and bounded.
+        retry = Retry(total=0, read=False, redirect=0, raise_on_status=False)
         client = PrometheusConnect(
             url=self._url,
             headers=self._headers,
-            # No hidden urllib3 retries: every attempt is ours, counted and bounded.
-            retry=Retry(total=0, read=False, redirect=0, raise_on_status=False),
+            retry=retry,
             timeout=self._timeout,  # annotated int, but passed straight to requests
             session=http,
         )
+        # The client mounts an adapter that keeps 10 connections; a worker asks from
+        # more threads than that (every check's criteria, the batched fetches), and
+        # each connection past 10 was closed after one query.
+        http.mount(client.url, HTTPAdapter(max_retries=retry, pool_maxsize=POOL_CONNECTIONS))
         return http, client
 
     def _live_client(self) -> PrometheusConnect:

@@ -140,3 +140,14 @@ def test_range_points_keep_nan() -> None:
     assert series.labels == {"a": "b"}
     assert series.points[0] == (1.0, 1.0)
     assert math.isnan(series.points[1][1])
+
+
+def test_the_connection_pool_to_prometheus_outlasts_a_workers_threads() -> None:
+    """The client library keeps 10 connections; a worker asks from more threads than
+    that, and each connection past the pool's size was closed after one query."""
+    from controller.metrics.prometheus import POOL_CONNECTIONS, PrometheusProvider
+
+    http, client = PrometheusProvider("http://127.0.0.1:9/prom")._connect()
+    adapter = http.get_adapter(f"{client.url}/api/v1/query")
+    assert adapter._pool_maxsize == POOL_CONNECTIONS >= 32  # noqa: SLF001
+    assert adapter.max_retries.total == 0  # every attempt is still ours
