@@ -18,6 +18,13 @@ the same in every second.
 The phase costs a check nothing but the first of a step: that one waits between
 one and two intervals instead of exactly one, once, and every check after it is
 exactly one interval after the one before.
+
+A check that starts more than half an interval late skips the tick just ahead of
+it: the check there would come too soon to have new data (shared answers are
+evaluated once per half interval, ``controller.analysis.batching``), and asking for
+each rollout's own instead would load Prometheus most when the workers are behind
+already. Behind, the workers shed checks until they are on time again rather than
+run the ones they missed in a burst.
 """
 
 from __future__ import annotations
@@ -46,11 +53,22 @@ def next_tick(
     time, at least one interval after ``due`` (or ``now``) and after ``now``, on
     the grid ``phase * interval + k * interval`` from the epoch; a due time already
     on that grid keeps it, so only a step's first check moves (by less than an
-    interval). Missed ticks are skipped, never caught up in a burst. (``due`` may be
-    a moment after ``now`` when a check queued for its due time starts on a host
-    whose clock is a little behind.)"""
+    interval). Missed ticks are skipped, never caught up in a burst, and so is a
+    tick less than half an interval ahead of a late check. (``due`` may be a moment
+    after ``now`` when a check queued for its due time starts on a host whose clock
+    is a little behind.)"""
     if interval <= timedelta(0):
         return now + interval
+    tick = _on_grid(due, now, interval, phase)
+    if tick - now < interval / 2:
+        tick += interval
+    return tick
+
+
+def _on_grid(
+    due: datetime | None, now: datetime, interval: timedelta, phase: float | None
+) -> datetime:
+    """The first grid point after ``now`` and at least one interval after ``due``."""
     if phase is None:
         if due is None:
             return now + interval

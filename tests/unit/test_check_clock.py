@@ -45,6 +45,19 @@ def test_missed_ticks_are_skipped_not_caught_up() -> None:
     assert next_tick(due, due + timedelta(seconds=35), EVERY, phase) == due + 4 * EVERY
 
 
+def test_a_tick_less_than_half_an_interval_ahead_of_a_late_check_is_skipped() -> None:
+    """Behind, the workers shed checks: the check at that tick would find no shared
+    answer it has not judged, and would ask Prometheus for this rollout's own."""
+    for phase in (None, check_phase("rollout-1")):
+        due = next_tick(T0, T0, EVERY, phase)
+        on_time = next_tick(due, due + timedelta(seconds=5), EVERY, phase)
+        assert on_time == due + EVERY  # 5 s late: the next tick is still 5 s ahead
+        late = next_tick(due, due + timedelta(seconds=7), EVERY, phase)
+        assert late == due + 2 * EVERY  # 7 s late: the next tick, 3 s ahead, skipped
+        later = next_tick(due, due + timedelta(seconds=18), EVERY, phase)
+        assert later == due + 3 * EVERY
+
+
 def test_without_a_phase_the_grid_starts_where_the_step_began() -> None:
     assert next_tick(T0, T0 + timedelta(seconds=2), EVERY) == T0 + EVERY
     assert next_tick(None, T0, EVERY) == T0 + EVERY
