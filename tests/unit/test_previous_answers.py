@@ -13,6 +13,7 @@ from controller.analysis.runner import measure
 from controller.analysis.verdict import Verdict
 from controller.metrics.prometheus import MetricsError, Sample, Series
 from controller.plan import RatioThreshold
+from tests.unit.test_batch_failures import CRITERION as AUTH_RATIO
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 SLOT = timedelta(seconds=5)
@@ -132,16 +133,7 @@ def test_a_given_evaluation_time_is_kept_or_fetched() -> None:
 def test_a_criterions_queries_are_judged_from_one_evaluation_time() -> None:
     """The errors' previous answer is held, the totals' is not (first asked in this
     slot): the totals are fetched for the errors' evaluation time, not mixed."""
-    criterion = RatioThreshold.model_validate(
-        {
-            "name": "auth",
-            "judge": "ratio_threshold",
-            "errors": 'sum(increase(auth_fail{service="{{ service }}"}[1m]))',
-            "total": 'sum(increase(auth_total{service="{{ service }}"}[1m]))',
-            "max_ratio": 0.5,
-            "min_requests": 1,
-        }
-    )
+    criterion = AUTH_RATIO
 
     class Provider(SlowProvider):
         def instant(self, query: str, at: datetime | None = None) -> list[Sample]:
