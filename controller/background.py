@@ -26,6 +26,10 @@ T = TypeVar("T")
 # thread its queries need.
 THREADS = 32
 CHECK_THREADS = 1
+# Shared answers fetched ahead of the checks that will need them
+# (``controller.analysis.batching``): a pool of their own, so that checks waiting on
+# such a fetch can never hold every thread it would need to run.
+FETCH_THREADS = 8
 
 _pools: dict[tuple[int, str], ThreadPoolExecutor] = {}
 _guard = threading.Lock()
@@ -35,6 +39,11 @@ def in_background(work: Callable[..., T], *args: object) -> Future[T]:
     """Run ``work(*args)`` on this process's threads. The caller waits on the future,
     so a task's time limit still strikes in the caller's own thread."""
     return _pool("query", THREADS).submit(work, *args)
+
+
+def fetch_ahead(work: Callable[..., T], *args: object) -> Future[T]:
+    """Run ``work(*args)``, a fetch other threads may be waiting for."""
+    return _pool("fetch", FETCH_THREADS).submit(work, *args)
 
 
 def alongside(work: Callable[..., T], *args: object) -> Future[T]:

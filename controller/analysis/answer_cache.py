@@ -66,7 +66,7 @@ class AnswerCacheError(Exception):
 class SharedFailure(Exception):
     """Another process asked this query for this slot a moment ago and it failed:
     not asked again by every process in turn. ``status``: Prometheus's HTTP status
-    when it answered with an error (a 4xx rejects the query itself), else None."""
+    when it answered with an error (a 400 or 422 rejects the query itself), else None."""
 
     def __init__(self, reason: str, status: int | None = None) -> None:
         super().__init__(reason)

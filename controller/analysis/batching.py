@@ -43,7 +43,7 @@ from controller.analysis.answer_cache import (
     RedisAnswerCache,
     SharedFailure,
 )
-from controller.background import in_background
+from controller.background import fetch_ahead
 from controller.metrics.prometheus import MetricsError, Sample, Series
 from controller.metrics.provider import MetricsProvider
 from controller.plan import render_template, template_variables
@@ -521,10 +521,15 @@ class SharedAnswers:
         def fetch() -> None:
             try:
                 self._fetch(key, ask, mine)
-            except Exception as exc:  # not kept: the next check asks again, or per rollout
+            except Exception as exc:  # not kept: the next check asks again
                 log.warning("batched query failed", query=key[1], error=str(exc))
 
-        in_background(fetch)
+        try:
+            fetch_ahead(fetch)
+        except RuntimeError as exc:  # no thread to run it (the process is exiting)
+            with self._guard:
+                del self._in_flight[key]
+            mine.set_exception(MetricsError(key[1], f"not fetched: {exc}"))
 
     def _fetch(
         self, key: tuple, ask: Callable[[], SharedAnswer], mine: Future[SharedAnswer]

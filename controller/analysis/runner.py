@@ -222,8 +222,8 @@ class WouldWait(Exception):
 
 
 class _BatchFailed(Exception):
-    """A batched query failed. Rejected by Prometheus (a 4xx: the batched form
-    itself, e.g. too many samples), the criterion is asked per rollout instead;
+    """A batched query failed. Rejected by Prometheus (a 400 or 422: the batched
+    form itself, e.g. too many samples), the criterion is asked per rollout instead;
     unanswered, it is an error verdict like any query Prometheus did not answer."""
 
     def __init__(self, error: MetricsError) -> None:
@@ -232,7 +232,9 @@ class _BatchFailed(Exception):
 
     @property
     def rejected(self) -> bool:
-        return self.error.status is not None and 400 <= self.error.status < 500
+        # Prometheus's own answers to a query it will not run: bad_data and execution
+        # errors. A 408 or 429 (a proxy shedding load) is no answer, as a 5xx is.
+        return self.error.status in (400, 422)
 
 
 class _Asker:

@@ -57,8 +57,9 @@ def measured(provider: BatchFailingProvider):  # noqa: ANN201
     )
 
 
-@pytest.mark.parametrize("status", [503, None])
+@pytest.mark.parametrize("status", [503, 429, 408, None])
 def test_prometheus_overloaded_or_down_is_never_asked_per_rollout(status: int | None) -> None:
+    """Down, timed out, a 5xx, or a proxy in front of it shedding load (408, 429)."""
     provider = BatchFailingProvider(status=status)
     measurement = measured(provider)
     assert measurement.verdict == Verdict.ERROR
@@ -66,8 +67,9 @@ def test_prometheus_overloaded_or_down_is_never_asked_per_rollout(status: int | 
     assert provider.asked and all('service!=""' in query for query in provider.asked)
 
 
-def test_a_rejected_batched_query_is_asked_per_rollout() -> None:
-    provider = BatchFailingProvider(status=422)  # e.g. too many samples for one query
+@pytest.mark.parametrize("status", [422, 400])  # e.g. too many samples for one query
+def test_a_rejected_batched_query_is_asked_per_rollout(status: int) -> None:
+    provider = BatchFailingProvider(status=status)
     measurement = measured(provider)
     assert measurement.verdict == Verdict.PASS
     assert measurement.inputs == {"errors": 1.0, "total": 10.0}

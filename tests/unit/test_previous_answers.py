@@ -164,3 +164,25 @@ def test_a_criterions_queries_are_judged_from_one_evaluation_time() -> None:
     wait_for(lambda: not shared._in_flight)  # the errors' slot, fetched meanwhile
     # T0 asked twice: the errors in the first check, the totals in the second.
     assert sorted(provider.calls) == [T0, T0, T0 + SLOT]
+
+
+def test_a_fetch_ahead_runs_while_every_query_thread_waits() -> None:
+    """Checks' query threads may all be waiting for the answer a fetch ahead brings:
+    it must not need one of their threads to run."""
+    from controller.background import THREADS, in_background
+
+    provider = SlowProvider()
+    shared = SharedAnswers(provider, SLOT, serve_previous=True)
+    shared.instant(QUERY, T0, INTERVAL)
+    busy = threading.Event()
+    blocked = [in_background(busy.wait, 10) for _ in range(THREADS)]
+    try:
+        _, served = shared.instant(QUERY, T0 + SLOT + timedelta(seconds=0.1), INTERVAL)
+        assert served == T0
+        wait_for(lambda: not shared._in_flight)
+        _, fresh = shared.instant(QUERY, T0 + SLOT + timedelta(seconds=0.2), INTERVAL)
+        assert fresh == T0 + SLOT
+    finally:
+        busy.set()
+        for future in blocked:
+            future.result(5)
