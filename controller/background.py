@@ -28,8 +28,10 @@ THREADS = 32
 CHECK_THREADS = 1
 # Shared answers fetched ahead of the checks that will need them
 # (``controller.analysis.batching``): a pool of their own, so that checks waiting on
-# such a fetch can never hold every thread it would need to run.
-FETCH_THREADS = 8
+# such a fetch can never hold every thread it would need to run. Every distinct
+# batched query of a slot is fetched at once, each mostly waiting (for Prometheus,
+# or for the process that asks it), so as many as the checks' query threads.
+FETCH_THREADS = 32
 
 _pools: dict[tuple[int, str], ThreadPoolExecutor] = {}
 _guard = threading.Lock()
