@@ -27,7 +27,8 @@ import math
 import secrets
 import time
 import zlib
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -41,7 +42,7 @@ from controller.metrics.prometheus import MetricsError, Sample, Series
 
 log = structlog.get_logger(__name__)
 
-KEY_PREFIX = "canary:answer:v2:"  # the version of the stored format
+KEY_PREFIX = "canary:answer:v3:"  # the version of the stored format
 # How often a process waiting for another's answer looks for it: soon at first,
 # then less often (every waiting process polls every query it waits for: at a
 # thousand rollouts a slow Prometheus had them poll Redis thousands of times a
@@ -85,41 +86,74 @@ class SharedFailure(Exception):
 
 
 @dataclass(frozen=True)
+class StoredSeries:
+    """A range series as another process stored it: its labels, and its points'
+    times and values as two columns of doubles.
+
+    A fleet's range answer is tens of thousands of points, every worker process
+    reads it each slot, and each process checks only some of the rollouts in it:
+    building a (time, value) pair for every point of every series cost a worker
+    process more than its checks' own work. The columns are read whole (one C call
+    each) and the pairs are built only for the series a rollout picks.
+    """
+
+    labels: dict[str, str]
+    times: array
+    values: array
+
+    def series(self) -> Series:
+        return Series(self.labels, list(zip(self.times, self.values, strict=True)))
+
+
+def as_series(item: Series | StoredSeries) -> Series:
+    """A series of an answer as the judges read it, whichever process asked."""
+    return item.series() if isinstance(item, StoredSeries) else item
+
+
+@dataclass(frozen=True)
 class CachedAnswer:
-    """What a batched query answered, as stored for other processes."""
+    """What a batched query answered, as stored for other processes. ``series``
+    holds what this process asked (``Series``) or read (``StoredSeries``)."""
 
     evaluated_at: datetime
     samples: list[Sample]
-    series: list[Series]
+    series: Sequence[Series | StoredSeries]
 
 
 def encode(answer: CachedAnswer) -> bytes:
     """Compact JSON, compressed (a fleet's answer is hundreds of KB of labels).
     Written and read with orjson: every worker process reads every answer of every
-    slot, and a fleet's range answers are tens of thousands of numbers, which
-    Python's own JSON reads at a tenth of a worker's CPU. JSON has no NaN or
-    infinity, so those travel as Prometheus writes them: "NaN", "+Inf", "-Inf"."""
+    slot, and a fleet's range answers are tens of thousands of numbers. A range
+    series is stored as its labels, its times and its values (columns: read three
+    times faster than a list of pairs, and into two arrays rather than a Python
+    object per point). JSON has no NaN or infinity, so those travel as Prometheus
+    writes them: "NaN", "+Inf", "-Inf"."""
+    series = [as_series(item) for item in answer.series]
     document = {
         "at": answer.evaluated_at.isoformat(),
         "samples": [[s.labels, _json_number(s.value)] for s in answer.samples],
-        "series": [[s.labels, [[t, _json_number(v)] for t, v in s.points]] for s in answer.series],
+        "series": [
+            [
+                s.labels,
+                [_json_number(t) for t, _ in s.points],
+                [_json_number(v) for _, v in s.points],
+            ]
+            for s in series
+        ],
     }
     return zlib.compress(orjson.dumps(document), 1)
 
 
 def decode(raw: bytes, evaluated_at: datetime | None = None) -> CachedAnswer:
-    """The stored answer, checked: labels are maps, values numbers, and (given
-    ``evaluated_at``) it is the answer of that slot. Raises ``ValueError`` for
-    anything else, whatever wrote it."""
+    """The stored answer, checked: labels are maps, values numbers, a series' two
+    columns of one length, and (given ``evaluated_at``) it is the answer of that
+    slot. Raises ``ValueError`` for anything else, whatever wrote it."""
     try:
         document = orjson.loads(zlib.decompress(raw))
         answer = CachedAnswer(
             evaluated_at=datetime.fromisoformat(document["at"]),
             samples=[Sample(_labels(labels), _number(v)) for labels, v in document["samples"]],
-            series=[
-                Series(_labels(labels), [(_number(t), _number(v)) for t, v in points])
-                for labels, points in document["series"]
-            ],
+            series=[_stored_series(*row) for row in document["series"]],
         )
     except (ValueError, TypeError, KeyError, AttributeError, zlib.error) as exc:
         raise ValueError(f"not a stored answer: {type(exc).__name__}: {exc}") from None
@@ -129,6 +163,25 @@ def decode(raw: bytes, evaluated_at: datetime | None = None) -> CachedAnswer:
             f"expected {evaluated_at.isoformat()}"
         )
     return answer
+
+
+def _stored_series(labels: object, times: object, values: object) -> StoredSeries:
+    series = StoredSeries(_labels(labels), _column(times), _column(values))
+    if len(series.times) != len(series.values):
+        raise ValueError(f"{len(series.times)} times for {len(series.values)} values")
+    return series
+
+
+def _column(numbers: object) -> array:
+    """A stored column as doubles: at C speed when every entry is a number (the
+    usual case), entry by entry when one is a word for NaN or an infinity (or
+    is not a number, which is refused)."""
+    if type(numbers) is not list:
+        raise TypeError("a column is not a list")
+    try:
+        return array("d", numbers)
+    except TypeError:
+        return array("d", [_number(n) for n in numbers])
 
 
 # Celery and kombu take ``ssl_cert_reqs=CERT_REQUIRED`` in a broker URL (the ssl

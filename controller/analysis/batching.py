@@ -28,7 +28,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +42,7 @@ from controller.analysis.answer_cache import (
     CachedAnswer,
     RedisAnswerCache,
     SharedFailure,
+    as_series,
 )
 from controller.background import fetch_ahead
 from controller.metrics.prometheus import MetricsError, Sample, Series
@@ -349,9 +350,9 @@ class SharedAnswer(CachedAnswer):
         return self._picked(batched, self.samples)
 
     def picked_series(self, batched: BatchedQuery) -> list[Series]:
-        return self._picked(batched, self.series)
+        return [as_series(item) for item in self._picked(batched, self.series)]
 
-    def _picked(self, batched: BatchedQuery, items: list) -> list:
+    def _picked(self, batched: BatchedQuery, items: Sequence) -> list:
         names = tuple(label for label, _ in batched.labels)
         with self._guard:
             index = self._indexes.get(names)

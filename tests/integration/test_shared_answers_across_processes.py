@@ -22,7 +22,7 @@ import pytest
 import structlog
 import structlog.testing
 
-from controller.analysis.answer_cache import KEY_PREFIX, CachedAnswer, RedisAnswerCache
+from controller.analysis.answer_cache import KEY_PREFIX, RedisAnswerCache
 from controller.analysis.batching import BatchedQuery, SharedAnswers
 from controller.lab.ports import free_port
 from controller.lab.redis import RedisServer, ensure_redis
@@ -213,25 +213,3 @@ def test_a_bad_shared_answer_is_never_trusted(
     samples, evaluated_at = shared.instant(QUERY, at, INTERVAL)
     assert provider.calls == 1 and [s.labels for s in samples] == [{"service": "b"}]
     assert evaluated_at == slot
-
-
-def test_an_answer_round_trips_through_its_encoding() -> None:
-    from controller.analysis.answer_cache import decode, encode
-
-    answer = CachedAnswer(
-        datetime(2026, 1, 1, tzinfo=UTC),
-        [Sample({"service": "a"}, -math.inf)],
-        [Series({"service": "a"}, [(1.0, 2.0), (3.0, math.nan)])],
-    )
-    back = decode(encode(answer))
-    assert back.evaluated_at == answer.evaluated_at and back.samples == answer.samples
-    assert back.series[0].labels == {"service": "a"} and math.isnan(back.series[0].points[1][1])
-
-
-@pytest.mark.parametrize("value", ["1.5", "nan", "Infinity", None, [1]])
-def test_a_stored_value_is_a_number_or_prometheus_words_for_the_others(value: object) -> None:
-    from controller.analysis.answer_cache import decode
-
-    with pytest.raises(ValueError, match="not a stored answer"):
-        decode(_stored({"at": LONG_AGO, "samples": [[{"service": "a"}, value]], "series": []}))
-    assert decode(_stored({"at": LONG_AGO, "samples": [[{"service": "a"}, "+Inf"]], "series": []}))
