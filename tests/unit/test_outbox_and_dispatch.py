@@ -272,6 +272,31 @@ def test_a_check_due_before_the_next_tick_is_queued_for_its_due_time(world) -> N
     assert rollout.next_check_at == due + timedelta(seconds=5)  # the plan's clock kept
 
 
+def test_a_check_queued_further_ahead_than_the_redispatch_delay_is_not_queued_twice(
+    world,
+) -> None:
+    """With a long reconcile interval the lookahead passes the redispatch delay: a
+    check queued that far ahead is presumed lost only once the delay has passed
+    after its due time, not while it waits for it."""
+    runtime, _, _, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    advance(runtime, rollout_id)
+    rollout, _ = state(runtime, rollout_id)
+    due = rollout.next_check_at
+    ahead = timedelta(seconds=30)
+    with runtime.sessions() as session:
+        queued_at = due - ahead
+        taken = repository.take_due_advances(session, queued_at, LOST, lookahead=ahead)
+        assert [d.rollout_id for d in taken] == [rollout_id]
+        later = queued_at + LOST + timedelta(seconds=5)  # 25 s after, still before due
+        assert repository.take_due_advances(session, later, LOST, lookahead=ahead) == []
+        at_due = due + LOST - timedelta(seconds=1)  # its message may still start
+        assert repository.take_due_advances(session, at_due, LOST, lookahead=ahead) == []
+        lost = due + LOST + timedelta(seconds=1)
+        taken = repository.take_due_advances(session, lost, LOST, lookahead=ahead)
+        assert [d.rollout_id for d in taken] == [rollout_id]
+
+
 def test_a_holding_check_gives_its_lease_back_and_the_next_worker_takes_the_next_check(
     world,
 ) -> None:
