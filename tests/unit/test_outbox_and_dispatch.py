@@ -247,16 +247,21 @@ def test_a_row_delivered_twice_at_once_runs_once_and_a_dead_delivery_frees_it(wo
     assert len([e for e in events if e.kind == "runbook" and e.data["step"] == 5]) == 1
 
 
+def after_first_check(runtime):  # type: ignore[no-untyped-def]
+    """A rollout started and checked once: its id, its row, when its next check is due."""
+    rollout_id = start(runtime, make_plan())
+    advance(runtime, rollout_id)
+    rollout, _ = state(runtime, rollout_id)
+    return rollout_id, rollout, rollout.next_check_at
+
+
 def test_a_check_due_before_the_next_tick_is_queued_for_its_due_time(world) -> None:
     """With a lookahead of one reconcile interval, reconcile hands out a check due
     within it together with its due time (it is sent to start then), and not one
     due later; an advance that starts a moment early by its host's clock still
     claims it."""
     runtime, _, _, clock, _ = world
-    rollout_id = start(runtime, make_plan())
-    advance(runtime, rollout_id)
-    rollout, _ = state(runtime, rollout_id)
-    due = rollout.next_check_at
+    rollout_id, rollout, due = after_first_check(runtime)
     ahead = timedelta(seconds=2)
     with runtime.sessions() as session:
         early = due - timedelta(seconds=3)
@@ -278,11 +283,8 @@ def test_a_check_queued_further_ahead_than_the_redispatch_delay_is_not_queued_tw
     """With a long reconcile interval the lookahead passes the redispatch delay: a
     check queued that far ahead is presumed lost only once the delay has passed
     after its due time, not while it waits for it."""
-    runtime, _, _, clock, _ = world
-    rollout_id = start(runtime, make_plan())
-    advance(runtime, rollout_id)
-    rollout, _ = state(runtime, rollout_id)
-    due = rollout.next_check_at
+    runtime, _, _, _, _ = world
+    rollout_id, _, due = after_first_check(runtime)
     ahead = timedelta(seconds=30)
     with runtime.sessions() as session:
         queued_at = due - ahead
