@@ -16,14 +16,6 @@ task of their own, so one slow check (a router or a slot that answers at its
 timeout) delays the rest of its batch by at most that much. Every check therefore
 also starts with nearly the whole task's time limit ahead of it, which is what the
 step budget of one advance (``controller.budget``) counts on.
-
-A check runs at most once per dispatch. Reconcile presumes a queued check lost
-``REDISPATCH_AFTER`` after its dispatch and its due time and queues it again; a
-message still waiting behind a backlog then would check the rollout a second time
-(the later of the two finding nothing due, while the backlog grows by both). So a
-batch's message expires at ``latest_start`` of its last check, a hand-off keeps the
-dispatch it came from, and a check not started by its own ``latest_start`` is left
-to the copy reconcile queues.
 """
 
 from __future__ import annotations
@@ -50,18 +42,6 @@ SPREAD = EARLY_START_TOLERANCE
 HAND_OFF_AFTER = timedelta(seconds=1)
 # Checks of one batch run side by side: the task's own thread and the helpers.
 AT_ONCE = CHECK_THREADS + 1
-# A queued check not started by then (after its dispatch and its due time) is
-# presumed lost, and reconcile queues it again.
-REDISPATCH_AFTER = timedelta(seconds=20)
-# A check stops being started this much before reconcile may queue it again: the
-# reconcile tick's clock may be a little ahead, and a claim takes a moment.
-_START_MARGIN = timedelta(seconds=1)
-
-
-def latest_start(dispatched: datetime, due: datetime) -> datetime:
-    """The last moment a check queued at ``dispatched`` for ``due`` may start: just
-    before reconcile presumes its message lost and queues another."""
-    return max(dispatched, due) + REDISPATCH_AFTER - _START_MARGIN
 
 
 class DueCheck(NamedTuple):
@@ -108,7 +88,6 @@ def advance_due(
     sleep: Callable[[float], None] = time.sleep,
     monotonic: Callable[[], float] = time.monotonic,
     at_once: int = AT_ONCE,
-    dispatched: datetime | None = None,
 ) -> list[AdvanceResult]:
     """Check each rollout of ``batch`` at its due time, ``at_once`` of them side by
     side (a check mostly waits: on the database, Redis, the router, the slots), in
@@ -120,17 +99,12 @@ def advance_due(
     handed off and the limit raised on. A check that fails with an error is logged
     and reported as nothing done: its own lease and transaction keep the rollout
     consistent, reconcile hands it out again, and the other checks still run.
-    ``dispatched``: when reconcile queued the batch; a check not started by its
-    ``latest_start`` is not run (reconcile has queued it again, or is about to).
     """
     checks = _Checks(sorted(batch, key=lambda c: c.due), monotonic)
 
     def run_checks() -> None:
         while (taken := checks.take()) is not None:
             index, check = taken
-            if dispatched is not None and runtime.clock() > latest_start(dispatched, check.due):
-                checks.done(index, _left_to_reconcile(check))
-                continue
             try:
                 early = (check.due - runtime.clock()).total_seconds()
                 if early > 0:
@@ -196,15 +170,6 @@ class _Checks:
     def done(self, index: int, result: AdvanceResult) -> None:
         with self._guard:
             self.results[index] = result
-
-
-def _left_to_reconcile(check: Due) -> AdvanceResult:
-    log.info("check_left_to_reconcile", rollout_id=check.rollout_id, due=check.due.isoformat())
-    return AdvanceResult(
-        check.rollout_id,
-        acted=False,
-        summary="not started within its dispatch's time: reconcile queues it again",
-    )
 
 
 def _hand_off(hand_off: Callable[[list[Due]], None], left: list[Due], checked: int) -> None:

@@ -15,14 +15,7 @@ from structlog.contextvars import bound_contextvars
 
 from config.settings import get_settings
 from controller import outbox
-from controller.due_batches import (
-    REDISPATCH_AFTER,
-    Due,
-    DueCheck,
-    advance_due,
-    group_due,
-    latest_start,
-)
+from controller.due_batches import Due, DueCheck, advance_due, group_due
 from controller.engine import AdvanceResult, advance
 from controller.plan import Plan
 from controller.redaction import redact
@@ -35,6 +28,9 @@ from tasks.metrics import ADVANCES
 
 log = structlog.get_logger(__name__)
 
+# A queued advance not picked up by then is presumed lost (a broker restart) and
+# queued again; the message itself expires then, so a late duplicate is dropped.
+ADVANCE_REDISPATCH = timedelta(seconds=20)
 ROLLBACK_HOLD = timedelta(seconds=30)  # a dispatched rollback is not dispatched again before
 
 
@@ -105,7 +101,9 @@ def reconcile_task() -> str:
         # database, its own queue) still queues each check before it is due, and
         # the worker starts it at its due time (eta), not a tick late.
         lookahead = 2 * timedelta(seconds=get_settings().reconcile_interval_seconds)
-        advances = repository.take_due_advances(session, now, REDISPATCH_AFTER, lookahead=lookahead)
+        advances = repository.take_due_advances(
+            session, now, ADVANCE_REDISPATCH, lookahead=lookahead
+        )
         rollbacks = repository.take_due_rollbacks(session, now, hold=ROLLBACK_HOLD)
     for rollout_id in rollbacks:
         enqueue_rollback(rollout_id, "pending rollback")
@@ -139,24 +137,21 @@ def send_batch(
     now: datetime,
     labels: dict[str, tuple[str, str]],
     producer: object = None,
-    dispatched: datetime | None = None,
 ) -> None:
     """Queue one task checking ``batch``, to start when its first rollout is due.
-    ``labels``: each rollout's service and stage, for Flower. ``dispatched``: when
-    reconcile queued these checks (a hand-off keeps it; default ``now``): the
-    message expires when reconcile would queue its last check again."""
+    ``labels``: each rollout's service and stage, for Flower."""
     first, last = batch[0].due, batch[-1].due
-    dispatched = dispatched or now
     advance_batch_task.apply_async(
         kwargs={
             "rollout_ids": [check.rollout_id for check in batch],
             "dues": [check.due.isoformat() for check in batch],
             "services": [labels.get(check.rollout_id, ("", ""))[0] for check in batch],
             "stages": [labels.get(check.rollout_id, ("", ""))[1] for check in batch],
-            "dispatched": dispatched.isoformat(),
         },
         eta=first if first > now else None,
-        expires=latest_start(dispatched, last),
+        # From its last check's due time, not from now: a batch queued ahead of its due
+        # time must not expire before it may start.
+        expires=max(last, now) + ADVANCE_REDISPATCH,
         producer=producer,
     )
 
@@ -167,11 +162,9 @@ def advance_batch_task(
     dues: list[str],
     services: list[str] | None = None,
     stages: list[str] | None = None,
-    dispatched: str | None = None,
 ) -> str:
     """Check the rollouts due together, each at its due time, under its own lease
-    (``controller.due_batches``); one line per rollout. ``dispatched``: when
-    reconcile queued them (absent from messages of earlier versions)."""
+    (``controller.due_batches``); one line per rollout."""
     labels = dict(zip(rollout_ids, zip(services or [], stages or [], strict=False), strict=False))
     batch = [
         DueCheck(rollout_id, datetime.fromisoformat(due))
@@ -187,14 +180,10 @@ def advance_batch_task(
             sentences[rollout_id] = _advanced(result)
             return result
 
-    queued_at = datetime.fromisoformat(dispatched) if dispatched else None
-
     def hand_off(left: list[Due]) -> None:
-        send_batch(left, runtime().clock(), labels, dispatched=queued_at)
+        send_batch(left, runtime().clock(), labels)
 
-    results = advance_due(
-        runtime(), batch, hand_off, advance_one=advance_logged, dispatched=queued_at
-    )
+    results = advance_due(runtime(), batch, hand_off, advance_one=advance_logged)
     # In due order, with a line for a check that failed with an error too.
     return "\n".join(
         sentences.get(result.rollout_id) or redact(result.sentence()) for result in results

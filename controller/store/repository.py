@@ -371,12 +371,11 @@ def take_due_advances(
     A queued advance is queued once: the next ticks skip it until an advance claims
     the rollout (which clears the mark) or ``redispatch_after`` has passed since both
     its dispatch and its due time, when the message is presumed lost (a broker
-    restart) and it is queued again (``controller.due_batches.latest_start``: a
-    message is not run after that). With a lookahead of a reconcile interval or
-    two, a check due before the next tick is queued now to start at its due time,
-    instead of up to a tick late; counting from its due time too, a check queued
-    further ahead than ``redispatch_after`` (a long reconcile interval) is not
-    queued again before it is even due.
+    restart; the message expires then) and it is queued again. With a lookahead of
+    a reconcile interval or two, a check due before the next tick is queued now to
+    start at its due time, instead of up to a tick late; counting from its due
+    time too, a check queued further ahead than ``redispatch_after`` (a long
+    reconcile interval) is not queued again before it is even due.
     """
     stale = now - redispatch_after
     presumed_lost = and_(Rollout.dispatched_at < stale, Rollout.next_check_at < stale)

@@ -10,16 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from controller import timeouts
-from controller.due_batches import (
-    AT_ONCE,
-    HAND_OFF_AFTER,
-    REDISPATCH_AFTER,
-    SPREAD,
-    DueCheck,
-    advance_due,
-    group_due,
-    latest_start,
-)
+from controller.due_batches import AT_ONCE, HAND_OFF_AFTER, SPREAD, DueCheck, advance_due, group_due
 from controller.engine import AdvanceResult
 from controller.runtime import Runtime
 
@@ -208,78 +199,3 @@ def test_checks_of_a_batch_run_side_by_side_and_results_keep_due_order() -> None
     )
     assert [r.rollout_id for r in results] == list("abcdefgh")
     assert len(threads) == AT_ONCE > 1
-
-
-def test_a_check_runs_at_most_once_per_dispatch() -> None:
-    """A check still waiting when reconcile presumes its message lost is left to the
-    copy reconcile queues: run both, the later finds nothing due, and under a backlog
-    both add to it."""
-    clock = Clock()
-    clock.now = T0 + timedelta(seconds=18.9)  # the batch waited behind a backlog
-    ran: list[str] = []
-
-    def check(_rt: Runtime, rollout_id: str) -> AdvanceResult:
-        ran.append(rollout_id)
-        clock.advance(0.3)
-        return AdvanceResult(rollout_id, acted=True)
-
-    results = advance_due(
-        runtime_at(clock),
-        [due("a", 0.0), due("b", 0.1), due("c", 0.15)],
-        hand_off=lambda left: pytest.fail(f"handed off {left}"),
-        advance_one=check,
-        sleep=clock.advance,
-        monotonic=clock.monotonic,
-        at_once=1,
-        dispatched=T0 - timedelta(seconds=2),  # queued ahead of its due time
-    )
-    # a starts at 18.9 s, before its latest start (19.0 s); b (19.1 s) and c (19.15 s)
-    # would start at 19.2 s.
-    assert ran == ["a"]
-    assert [(r.rollout_id, r.acted) for r in results] == [("a", True), ("b", False), ("c", False)]
-    assert "reconcile queues it again" in results[1].sentence()
-
-
-def test_a_message_without_its_dispatch_time_runs_every_check() -> None:
-    """Messages queued by an earlier version carry no dispatch time: run as before."""
-    clock = Clock()
-    clock.now = T0 + timedelta(minutes=5)
-    results = advance_due(
-        runtime_at(clock),
-        [due("a", 0.0), due("b", 0.1)],
-        hand_off=lambda left: pytest.fail(f"handed off {left}"),
-        advance_one=lambda _rt, rollout_id: AdvanceResult(rollout_id, acted=True),
-        sleep=clock.advance,
-        monotonic=clock.monotonic,
-        at_once=1,
-    )
-    assert [r.acted for r in results] == [True, True]
-
-
-def test_the_latest_start_counts_from_the_dispatch_or_the_due_time_whichever_is_later() -> None:
-    queued_ahead = latest_start(T0 - timedelta(seconds=3), T0)
-    queued_late = latest_start(T0 + timedelta(seconds=5), T0)
-    assert queued_ahead == T0 + REDISPATCH_AFTER - timedelta(seconds=1)
-    assert queued_late == T0 + timedelta(seconds=5) + REDISPATCH_AFTER - timedelta(seconds=1)
-
-
-def test_a_batch_message_expires_when_reconcile_would_queue_its_last_check_again(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The message carries its dispatch time; a hand-off keeps it, so handing the
-    rest of a batch on never lets it outlive the redispatch of its checks."""
-    import tasks.rollout as rollout_tasks
-
-    sent: list[dict] = []
-    monkeypatch.setattr(
-        rollout_tasks.advance_batch_task, "apply_async", lambda **message: sent.append(message)
-    )
-    queued = T0 - timedelta(seconds=2)
-    batch = [due("a", 0.0), due("b", 0.4)]
-    rollout_tasks.send_batch(batch, queued, {"a": ("svc-a", "canary 10%")})
-    rollout_tasks.send_batch(batch[1:], T0 + timedelta(seconds=10), {}, dispatched=queued)
-    first, handed_on = sent
-    assert first["eta"] == T0 and handed_on["eta"] is None
-    assert first["expires"] == handed_on["expires"] == latest_start(queued, batch[1].due)
-    assert first["kwargs"]["dispatched"] == handed_on["kwargs"]["dispatched"] == queued.isoformat()
-    assert first["kwargs"]["services"] == ["svc-a", ""]
