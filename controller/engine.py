@@ -701,10 +701,16 @@ class _Advance:
         baselines = state.get("baselines", {})
         criteria = self.plan.criteria_for(step.stage)
         # Shared answers must be newer than the last this rollout judged and than its
-        # step's start (its current weight): never the same data twice.
+        # step's start (its current weight): never the same data twice, nor data from
+        # before the weight it judges. Except in the check that moved the traffic
+        # (its step began at this check): nothing it can ask is from after the move,
+        # and asking its own queries at this moment would read the same minutes as
+        # the slot's shared answer, a query per criterion per rollout (1,000 rollouts
+        # taking their canary traffic asked Prometheus 13,000 queries at once).
         last_shared = state.get("batched_at")
+        moved_now = self.rollout.step_started_at == self.now
         moments = [
-            self.rollout.step_started_at,
+            None if moved_now else self.rollout.step_started_at,
             datetime.fromisoformat(last_shared) if last_shared else None,
         ]
         versions = self.ask_slot_versions(variables)  # answered while the criteria measure

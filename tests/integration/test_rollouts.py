@@ -75,8 +75,9 @@ def test_healthy_canary_goes_to_100_and_succeeds(lab: RolloutLab) -> None:
     verdicts = {e.data["verdict"] for e in events if e.kind == "measurement"}
     assert "fail" not in verdicts and "error" not in verdicts
     # The workers ask the demo plan's criteria as batched queries (one for every
-    # rollout), all of a criterion's queries or none (a step's first check asks its
-    # own: no shared answer from before its weight), each saying when it was evaluated.
+    # rollout), all of a criterion's queries or none, each saying when it was
+    # evaluated (a check may still ask its own, when the slot's answer is not newer
+    # than what the rollout judged or than its step's start).
     measured = [e.data for e in events if e.kind == "measurement" and e.data.get("queries")]
     batched = [m for m in measured if "batched" in m]
     assert batched and all(set(m["batched"]["roles"]) == set(m["queries"]) for m in batched)
