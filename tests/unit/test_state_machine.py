@@ -117,18 +117,29 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def world(tmp_path):
+def sqlite_runtime(tmp_path, metrics, router, clock, **options) -> Runtime:  # type: ignore[no-untyped-def]
+    """A runtime on a real SQLite store of its own, with these fakes for the rest."""
     url = f"sqlite:///{tmp_path / 'state.db'}"
     migrate(url)
-    metrics, router, clock, enqueued = FakeMetrics(), FakeRouter(), Clock(), []
-    runtime = Runtime(
+    return Runtime(
         sessions=session_factory(url),
         metrics=metrics,
         router_for=lambda plan, variables: router,
         clock=clock,
-        rollback_backoff_seconds=0,
         owner="test-worker",
+        **options,
+    )
+
+
+@pytest.fixture
+def world(tmp_path):
+    metrics, router, clock, enqueued = FakeMetrics(), FakeRouter(), Clock(), []
+    runtime = sqlite_runtime(
+        tmp_path,
+        metrics,
+        router,
+        clock,
+        rollback_backoff_seconds=0,
         enqueue_rollback=enqueued.append,
     )
     return runtime, metrics, router, clock, enqueued

@@ -14,9 +14,14 @@ from datetime import datetime
 from controller.analysis.batching import SharedAnswers
 from controller.engine import advance
 from controller.metrics.prometheus import Sample
-from controller.runtime import Runtime
-from controller.store.db import migrate, session_factory
-from tests.unit.test_state_machine import Clock, FakeRouter, make_plan, start, state
+from tests.unit.test_state_machine import (
+    Clock,
+    FakeRouter,
+    make_plan,
+    sqlite_runtime,
+    start,
+    state,
+)
 
 
 class LabelledMetrics:
@@ -42,16 +47,9 @@ class LabelledMetrics:
 def test_the_check_that_moves_traffic_reads_shared_answers_and_later_ones_newer(
     tmp_path,  # noqa: ANN001
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'state.db'}"
-    migrate(url)
     metrics, router, clock = LabelledMetrics(), FakeRouter(), Clock()
-    runtime = Runtime(
-        sessions=session_factory(url),
-        metrics=metrics,
-        router_for=lambda plan, variables: router,
-        clock=clock,
-        owner="test-worker",
-        shared_answers=SharedAnswers(metrics),
+    runtime = sqlite_runtime(
+        tmp_path, metrics, router, clock, shared_answers=SharedAnswers(metrics)
     )
     rollout_id = start(runtime, make_plan())
 

@@ -28,13 +28,13 @@ from controller.lab.stack import LabSettings
 from controller.plan import CanaryDisable, CommandCheck, HttpCheck, Plan, RatioThreshold
 from controller.plan_loader import PlanError, load_plan, parse_plan
 from controller.runtime import Runtime
-from controller.store.db import migrate, session_factory
 from tests.unit.test_state_machine import (
     Clock,
     FakeMetrics,
     FakeRouter,
     make_plan,
     soak_plan,
+    sqlite_runtime,
     start,
     state,
 )
@@ -59,17 +59,8 @@ class SlowMetrics(FakeMetrics):
 @pytest.fixture
 def world(tmp_path: Path) -> tuple[Runtime, SlowMetrics, FakeRouter, Clock, list[str]]:
     """A real SQLite store; metrics, router and clock are fakes."""
-    url = f"sqlite:///{tmp_path / 'state.db'}"
-    migrate(url)
     metrics, router, clock, enqueued = SlowMetrics(), FakeRouter(), Clock(), []
-    runtime = Runtime(
-        sessions=session_factory(url),
-        metrics=metrics,
-        router_for=lambda plan, variables: router,
-        clock=clock,
-        owner="test-worker",
-        enqueue_rollback=enqueued.append,
-    )
+    runtime = sqlite_runtime(tmp_path, metrics, router, clock, enqueue_rollback=enqueued.append)
     return runtime, metrics, router, clock, enqueued
 
 
