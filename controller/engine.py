@@ -53,7 +53,7 @@ from controller.slots import (
 from controller.soak import MAX_BURST_SECONDS, send_burst
 from controller.store import repository
 from controller.store.models import WATCHED_STATES, Rollout, RolloutState
-from controller.traffic.base import RouterError, TrafficRouter
+from controller.traffic.base import Role, RouterError, TrafficRouter
 
 log = structlog.get_logger(__name__)
 
@@ -632,17 +632,15 @@ class _Advance:
             router = self.runtime.router_for(
                 self.plan, rollout_variables(self.plan, self.rollout, step)
             )
-            router.set_canary_weight(step.weight)
-            self.router_moved_to = step.weight
-            confirmed = router.get_canary_weight()
+            confirmed, problem = None, self.refuses_more_canary_traffic(router, step.weight)
+            if problem is None:
+                router.set_canary_weight(step.weight)
+                self.router_moved_to = step.weight
+                confirmed = router.get_canary_weight()
+                if confirmed != step.weight:
+                    problem = f"router reads back {confirmed}% after setting {step.weight}%"
         except RouterError as exc:
             confirmed, problem = None, str(exc)
-        else:
-            problem = (
-                None
-                if confirmed == step.weight
-                else (f"router reads back {confirmed}% after setting {step.weight}%")
-            )
         if problem:
             analysis["router_errors"] = analysis.get("router_errors", 0) + 1
             self.rollout.analysis = analysis
@@ -1042,6 +1040,12 @@ class _Advance:
             if state.get("hook_ok")
             else ["the redeploy hook has not succeeded yet"]
         )
+        if not wrong:
+            # Serving the version on its own address is not enough: the router must
+            # hold the slot up (its health check passed since the restart), or moving
+            # all traffic back to it sends every user a 503.
+            problem = self.serving_problem("stable")
+            wrong = [problem] if problem else []
         if wrong:
             if self.now - started >= traffic.redeploy_timeout:
                 return self.apply_limit_policy(
@@ -1071,6 +1075,16 @@ class _Advance:
     def router(self) -> TrafficRouter:
         return self.runtime.router_for(self.plan, rollout_variables(self.plan, self.rollout))
 
+    def refuses_more_canary_traffic(self, router: TrafficRouter, weight: int) -> str | None:
+        """Before a step raises the canary's share: the router must be able to send the
+        canary side traffic. Weights are shares among the servers the router holds up,
+        so raising them on a canary it holds down does not test the canary, and at
+        100 % sends users nowhere. Never asked before a lower weight or a rollback."""
+        if weight <= (self.rollout.weight or 0):
+            return None
+        problem = router.serving_problem("canary")
+        return None if problem is None else f"the canary cannot take traffic: {problem}"
+
     def set_and_read(self, weight: int) -> str | None:
         """Set an absolute weight and read it back; the problem if it did not take."""
         try:
@@ -1080,6 +1094,13 @@ class _Advance:
         except RouterError as exc:
             return str(exc)
         return self.router_reads(weight)
+
+    def serving_problem(self, role: Role) -> str | None:
+        """Why the router would not send ``role`` traffic now (or cannot say), or None."""
+        try:
+            return self.router().serving_problem(role)
+        except RouterError as exc:
+            return str(exc)
 
     def router_reads(self, weight: int) -> str | None:
         try:

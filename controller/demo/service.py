@@ -223,6 +223,7 @@ class DemoState:
         knobs: FaultKnobs | None = None,
         seed: int | None = None,
         lazy_series: bool = False,
+        warmup_seconds: float = 0.0,
     ) -> None:
         self.service = service
         self.version = version
@@ -236,6 +237,13 @@ class DemoState:
         # Set by POST /admin/disable: the "scale to zero" of the rollback runbook.
         # Everything but /metrics answers 503 from then on, health checks included.
         self.disabled = False
+        # Like a service warming its caches: /healthz (what the router checks) fails
+        # for a while after the start, though /version and user requests answer.
+        self.ready_at = time.monotonic() + warmup_seconds
+
+    @property
+    def warming_up(self) -> bool:
+        return time.monotonic() < self.ready_at
 
     @property
     def knobs(self) -> FaultKnobs:
@@ -293,7 +301,10 @@ def _make_handler(state: DemoState) -> type[BaseHTTPRequestHandler]:
             if state.disabled and self._path != "/metrics":
                 self._send_json(503, {"error": "disabled", "version": state.version})
             elif self._path == "/healthz":
-                self._send(200, b"ok", "text/plain")
+                if state.warming_up:
+                    self._send(503, b"warming up", "text/plain")
+                else:
+                    self._send(200, b"ok", "text/plain")
             elif self._path == VERSION_PATH:
                 # What a deploy system's version check reads; not a user request.
                 self._send_json(
@@ -374,9 +385,10 @@ def make_server(
     knobs: FaultKnobs | None = None,
     seed: int | None = None,
     lazy_series: bool = False,
+    warmup_seconds: float = 0.0,
 ) -> DemoServer:
     """Bind the service (port 0 picks a free port) without starting to serve."""
-    state = DemoState(service, version, environment, knobs, seed, lazy_series)
+    state = DemoState(service, version, environment, knobs, seed, lazy_series, warmup_seconds)
     server = DemoServer((host, port), _make_handler(state))
     server.state = state
     return server
@@ -391,9 +403,12 @@ def serve(
     knobs: FaultKnobs | None = None,
     seed: int | None = None,
     lazy_series: bool = False,
+    warmup_seconds: float = 0.0,
 ) -> None:
     """Serve until interrupted (blocking)."""
-    server = make_server(port, service, version, environment, host, knobs, seed, lazy_series)
+    server = make_server(
+        port, service, version, environment, host, knobs, seed, lazy_series, warmup_seconds
+    )
     bound_host, bound_port = server.server_address[:2]
     print(
         f"demo {service} {version} ({environment}) listening on http://{bound_host}:{bound_port}",
@@ -420,9 +435,19 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, FaultKn
         action="store_true",
         help="create error series only on the first error, as labelled counters do",
     )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="/healthz answers 503 for this long after the start (readiness after a "
+        "deploy); /version and requests answer at once",
+    )
     for knob in KNOB_RANGES:
         parser.add_argument(f"--{knob.replace('_', '-')}", type=float, default=0.0)
     args = parser.parse_args(argv)
+    if not 0 <= args.warmup <= 3600:
+        parser.error(f"--warmup: must be within 0..3600 seconds, got {args.warmup}")
     try:
         knobs = parse_knobs({knob: getattr(args, knob) for knob in KNOB_RANGES})
     except KnobError as exc:
@@ -447,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             knobs,
             args.seed,
             args.lazy_series,
+            args.warmup,
         )
     return 0
 

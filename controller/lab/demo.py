@@ -86,8 +86,10 @@ def start_demo_service(
     faults: dict[str, Any] | None = None,
     timeout: float = 15.0,
     lazy_series: bool = False,
+    warmup_seconds: float = 0.0,
 ) -> DemoServiceProcess:
-    """Start ``python -m controller.demo.service`` and wait until ``/healthz`` answers."""
+    """Start ``python -m controller.demo.service`` and wait until ``/healthz`` answers
+    (after ``warmup_seconds``, during which only ``/version`` and requests answer)."""
     port = port or free_port()
     args = [
         sys.executable,
@@ -100,6 +102,8 @@ def start_demo_service(
     ]
     if lazy_series:
         args.append("--lazy-series")
+    if warmup_seconds:
+        args.append(f"--warmup={warmup_seconds}")
     for knob, value in (faults or {}).items():
         args.append(f"--{knob.replace('_', '-')}={value}")
     process = ManagedProcess(
@@ -107,7 +111,9 @@ def start_demo_service(
     )
     demo = DemoServiceProcess(service, version, environment, "127.0.0.1", port, process)
     try:
-        process.wait_ready(lambda: http_ready(f"{demo.url}/healthz"), timeout=timeout)
+        process.wait_ready(
+            lambda: http_ready(f"{demo.url}/healthz"), timeout=timeout + warmup_seconds
+        )
     except BaseException:
         process.stop()
         raise

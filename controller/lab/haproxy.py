@@ -22,7 +22,7 @@ from controller.lab.errors import LabError
 from controller.lab.ports import free_port
 from controller.lab.process import ManagedProcess, tcp_ready
 from controller.traffic.base import RouterError
-from controller.traffic.haproxy import haproxy_command
+from controller.traffic.haproxy import haproxy_command, servers_state
 
 # sockaddr_un.sun_path is 108 bytes on Linux; deep pytest tmp dirs can exceed it.
 _MAX_SOCKET_PATH = 100
@@ -128,16 +128,8 @@ class HAProxyServer:
     def weights(self) -> dict[str, dict[str, int]]:
         """The runtime weight of every server of every backend, in one command:
         ``{backend: {server: weight}}``."""
-        lines = self.command("show servers state").splitlines()
-        header = next((line for line in lines if line.startswith("# be_id")), None)
-        if header is None:
-            raise LabError(f"unexpected answer to 'show servers state': {lines[:2]}")
-        columns = header.lstrip("# ").split()
         found: dict[str, dict[str, int]] = {}
-        for line in lines:
-            if not line.strip() or line.startswith("#") or line.strip().isdigit():
-                continue
-            row = dict(zip(columns, line.split(), strict=False))
+        for row in servers_state(str(self.socket_path)):
             found.setdefault(row["be_name"], {})[row["srv_name"]] = int(row["srv_uweight"])
         return found
 

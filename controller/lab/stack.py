@@ -75,7 +75,7 @@ class RolloutLab(ControllerProcesses):
         return self
 
     def _start_instance(
-        self, version: str, environment: str, port: int | None = None
+        self, version: str, environment: str, port: int | None = None, warmup: float = 0.0
     ) -> DemoServiceProcess:
         return start_demo_service(
             self.workdir / "demo",
@@ -84,6 +84,7 @@ class RolloutLab(ControllerProcesses):
             environment=environment,
             port=port,
             lazy_series=self.settings.lazy_error_series,
+            warmup_seconds=warmup,
         )
 
     @property
@@ -99,12 +100,15 @@ class RolloutLab(ControllerProcesses):
         ``staging``."""
         return self.instances[self.slot_of(name)]
 
-    def redeploy(self, name: str, version: str) -> None:
-        """Replace one demo instance with another version on the same port."""
+    def redeploy(self, name: str, version: str, warmup: float = 0.0) -> None:
+        """Replace one demo instance with another version on the same port. ``warmup``:
+        seconds its health check fails after the start while ``/version`` answers."""
         slot = self.slot_of(name)
         old = self.instances[slot]
         old.stop()
-        self.instances[slot] = self._start_instance(version, old.environment, port=old.port)
+        self.instances[slot] = self._start_instance(
+            version, old.environment, port=old.port, warmup=warmup
+        )
         if self.haproxy is not None and slot in SLOTS:
             self.haproxy.wait_servers_up([slot])
 
@@ -144,9 +148,12 @@ class RolloutLab(ControllerProcesses):
             values["deployer_url"] = self.deployer.url
         return values
 
-    def start_deployer(self) -> str:
-        """A deploy system's API for plans in redeploy mode; returns its URL."""
-        self.deployer = self.group.add(Deployer(self.redeploy))
+    def start_deployer(self, warmup: float = 0.0) -> str:
+        """A deploy system's API for plans in redeploy mode; returns its URL. Its
+        instances fail their health check for ``warmup`` seconds after a deploy."""
+        self.deployer = self.group.add(
+            Deployer(lambda slot, version: self.redeploy(slot, version, warmup))
+        )
         return self.deployer.url
 
     def router_for(self, plan: Plan, values: dict[str, str]) -> TrafficRouter:

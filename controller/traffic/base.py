@@ -5,7 +5,9 @@ that HAProxy, a service mesh or a cloud load balancer can be swapped without
 touching rollout logic.
 """
 
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
+
+Role = Literal["stable", "canary"]
 
 
 class RouterError(Exception):
@@ -38,5 +40,18 @@ class TrafficRouter(Protocol):
 
         Raises:
             RouterError: the router could not be read or routes nowhere.
+        """
+        ...
+
+    def serving_problem(self, role: Role) -> str | None:
+        """Why the ``stable`` or ``canary`` side would not take traffic sent to it right
+        now (its health check fails, it is in maintenance or draining), or None.
+
+        A weight is only a share among the servers the router considers able to
+        serve: moving traffic onto a side that is down sends users nowhere, so the
+        engine asks this before every move onto a side, never before a rollback.
+
+        Raises:
+            RouterError: the router could not be read.
         """
         ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import socket
 
-from controller.traffic.base import RouterError
+from controller.traffic.base import Role, RouterError
 
 _WEIGHT_ANSWER = re.compile(r"^(\d+) \(initial \d+\)\s*$")
 # HAProxy proxy and server names. Anything else could smuggle a second command
@@ -44,6 +44,48 @@ def haproxy_command(socket_path: str, command: str, timeout: float = 2.0) -> str
             f"HAProxy runtime API at {socket_path} is unreachable for {command!r}: {exc}"
         ) from exc
     return b"".join(chunks).decode(errors="replace")
+
+
+# ``show servers state``: srv_op_state 2 is running (health checks pass, or none);
+# any srv_admin_state bit means maintenance (forced, inherited, configured, DNS
+# resolution, hostname) or drain, where a server takes no new traffic.
+_OP_STATES = {"0": "down (its health check fails)", "1": "starting", "3": "stopping"}
+_DRAIN_BITS = 0x08 | 0x10
+
+
+def servers_state(
+    socket_path: str, backend: str | None = None, timeout: float = 2.0
+) -> list[dict[str, str]]:
+    """The rows of ``show servers state`` (one backend, or all), as column -> value.
+
+    Raises:
+        RouterError: HAProxy did not answer, or answered something else (an unknown
+            backend).
+    """
+    command = "show servers state" + (f" {backend}" if backend else "")
+    lines = haproxy_command(socket_path, command, timeout).splitlines()
+    header = next((line for line in lines if line.startswith("# be_id")), None)
+    if header is None:
+        answer = " ".join(line.strip() for line in lines if line.strip())
+        raise RouterError(f"HAProxy refused {command!r}: {answer or '<no answer>'}")
+    columns = header.lstrip("# ").split()
+    return [
+        dict(zip(columns, line.split(), strict=False))
+        for line in lines
+        if line.strip() and not line.startswith("#") and not line.strip().isdigit()
+    ]
+
+
+def _server_problem(row: dict[str, str]) -> str | None:
+    admin = int(row.get("srv_admin_state", "0"))
+    if admin & ~_DRAIN_BITS:
+        return "in maintenance"
+    if admin:
+        return "draining"
+    op_state = row.get("srv_op_state", "")
+    if op_state != "2":
+        return _OP_STATES.get(op_state, f"in operational state {op_state!r}")
+    return None
 
 
 def _validate_weight(weight: int) -> int:
@@ -131,6 +173,17 @@ class HAProxyRouter:
         else:
             self._set_weight(self.stable_server, new_stable)
             self._set_weight(self.canary_server, new_canary)
+
+    def serving_problem(self, role: Role) -> str | None:
+        """Why HAProxy would not send the ``role`` server traffic now, or None: its
+        health check fails (DOWN, starting), it is in maintenance or draining."""
+        server = self.canary_server if role == "canary" else self.stable_server
+        rows = servers_state(self.socket_path, self.backend, self.timeout)
+        row = next((r for r in rows if r.get("srv_name") == server), None)
+        if row is None:
+            raise RouterError(f"HAProxy backend {self.backend} has no server {server!r}")
+        problem = _server_problem(row)
+        return None if problem is None else f"HAProxy server {self.backend}/{server} is {problem}"
 
     def get_canary_weight(self) -> int:
         """The canary's share in percent, computed from the weights HAProxy reports.

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
 
-from controller.lab import HAProxyServer
+from controller.lab import HAProxyServer, start_haproxy
+from controller.lab.ports import free_port
 from controller.traffic import HAProxyRouter, RouterError, TrafficRouter
 from tests.integration.conftest import BACKEND, CANARY_VERSION, STABLE_VERSION
 
@@ -118,3 +120,46 @@ def test_a_sliver_of_canary_traffic_never_reads_as_zero(
     assert router.get_canary_weight() == 1
     router.set_canary_weight(0)
     assert router.server_weights() == (0, 100) and router.get_canary_weight() == 0
+
+
+def test_a_server_up_and_in_rotation_can_take_traffic(router: HAProxyRouter) -> None:
+    assert router.serving_problem("stable") is None
+    assert router.serving_problem("canary") is None  # weight 0 is a share, not a state
+
+
+@pytest.mark.parametrize(("state", "problem"), [("maint", "in maintenance"), ("drain", "draining")])
+def test_maintenance_and_drain_are_named(
+    router: HAProxyRouter, haproxy: HAProxyServer, state: str, problem: str
+) -> None:
+    assert haproxy.command(f"set server {BACKEND}/canary state {state}").strip() == ""
+    assert router.serving_problem("canary") == f"HAProxy server {BACKEND}/canary is {problem}"
+    assert router.serving_problem("stable") is None
+
+
+def test_a_server_whose_health_check_fails_is_down(tmp_path: Path) -> None:
+    """The canary's address has nothing listening: HAProxy's check marks it DOWN."""
+    server = start_haproxy(
+        tmp_path,
+        BACKEND,
+        servers={"stable": f"127.0.0.1:{free_port()}", "canary": f"127.0.0.1:{free_port()}"},
+        weights={"stable": 100, "canary": 0},
+    )
+    try:
+        router = HAProxyRouter(server.socket_path, BACKEND)
+        deadline = time.monotonic() + 10
+        while server.server_status().get("canary") != "DOWN" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert router.serving_problem("canary") == (
+            f"HAProxy server {BACKEND}/canary is down (its health check fails)"
+        )
+    finally:
+        server.stop()
+
+
+def test_asking_about_an_unknown_backend_or_server_is_a_router_error(
+    haproxy: HAProxyServer,
+) -> None:
+    with pytest.raises(RouterError, match="Can't find backend"):
+        HAProxyRouter(haproxy.socket_path, "no-such-backend").serving_problem("stable")
+    with pytest.raises(RouterError, match="has no server 'green'"):
+        HAProxyRouter(haproxy.socket_path, BACKEND, canary_server="green").serving_problem("canary")

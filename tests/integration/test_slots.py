@@ -214,11 +214,18 @@ def redeploy_plan(deployer_url: str) -> Plan:
 
 
 def test_redeploy_mode_ends_with_the_stable_slot_serving_the_new_version(lab: RolloutLab) -> None:
-    plan = redeploy_plan(lab.start_deployer())
+    """The redeployed slot answers /version at once but fails its health check for 4 s
+    (a service warming up): traffic moves back only once HAProxy holds it up, so no
+    user ever gets a 503."""
+    plan = redeploy_plan(lab.start_deployer(warmup=4))
     stable_slot = lab.stable_slot
     version = deploy(lab)
-    rollout_id = begin(lab, version, plan=plan)
-    rollout = wait_for(lab, rollout_id, finished)
+    assert lab.haproxy is not None
+    with TrafficSampler(lab.haproxy.url) as sampler:
+        rollout_id = begin(lab, version, plan=plan)
+        rollout = wait_for(lab, rollout_id, finished)
+    answered = {answer for _, answer in sampler.samples}
+    assert "?" not in answered and version in answered, answered
     assert rollout.state == "succeeded", rollout.reason
     assert lab.deployer is not None and lab.deployer.deploys == [(stable_slot, version)]
     assert lab.instances[stable_slot].version == version

@@ -97,6 +97,7 @@ class FakeRouter:
     fail_sets: int = 0
     lie: bool = False
     history: list[int] = field(default_factory=list)
+    down: dict[str, str] = field(default_factory=dict)  # role -> why it takes no traffic
 
     def set_canary_weight(self, weight: int) -> None:
         if self.fail_sets > 0:
@@ -107,6 +108,9 @@ class FakeRouter:
 
     def get_canary_weight(self) -> int:
         return 7 if self.lie else self.weight
+
+    def serving_problem(self, role: str) -> str | None:
+        return self.down.get(role)
 
 
 class Clock:
@@ -287,6 +291,50 @@ def test_router_that_does_not_confirm_holds_the_step(world) -> None:
     clock.now = rollout.next_check_at
     advance(runtime, rollout_id)
     assert state(runtime, rollout_id)[0].weight == 10
+
+
+def test_traffic_is_never_raised_onto_a_canary_the_router_holds_down(world) -> None:
+    """A weight is a share among the servers the router holds up: 50 % onto a canary
+    whose health check fails tests nothing, and 100 % would send users nowhere."""
+    runtime, _, router, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    run_until_settled_at(runtime, clock, rollout_id, weight=10)
+    router.down["canary"] = "HAProxy server api/green is down (its health check fails)"
+    clock.now += timedelta(seconds=30)  # the 10 % hold is over: the ramp is due
+    for _ in range(2):  # the step completes, then the next one asks for 50 %
+        advance(runtime, rollout_id)
+        clock.now = max(clock.now, state(runtime, rollout_id)[0].next_check_at)
+    rollout, events = state(runtime, rollout_id)
+    assert rollout.state == "running" and rollout.weight == 10 and router.history == [10]
+    refused = [e for e in events if e.kind == "router_error"]
+    assert len(refused) == 1 and "not moved to 50%" in refused[0].message
+    assert "the canary cannot take traffic" in refused[0].message
+    assert "health check fails" in refused[0].message
+    del router.down["canary"]
+    run_until_settled(runtime, clock, rollout_id)
+    assert state(runtime, rollout_id)[0].state == "succeeded" and router.history == [10, 50, 100]
+
+
+def test_a_rollback_never_waits_for_the_router_to_hold_a_side_up(world) -> None:
+    runtime, metrics, router, clock, enqueued = world
+    rollout_id = start(runtime, make_plan(sustained="0s"))
+    advance(runtime, rollout_id)
+    router.down.update(canary="down", stable="down")
+    metrics.errors = 200.0
+    clock.now += timedelta(seconds=5)
+    advance(runtime, rollout_id)
+    assert enqueued == [rollout_id]
+    assert rollback(runtime, rollout_id).state == "rolled_back" and router.weight == 0
+
+
+def run_until_settled_at(runtime: Runtime, clock: Clock, rollout_id: str, weight: int) -> None:
+    """Advance until the rollout carries ``weight`` percent."""
+    for _ in range(20):
+        if state(runtime, rollout_id)[0].weight == weight:
+            return
+        clock.now = max(clock.now, state(runtime, rollout_id)[0].next_check_at)
+        advance(runtime, rollout_id)
+    raise AssertionError(f"rollout never reached {weight}%")
 
 
 def test_lease_keeps_a_second_worker_out(world) -> None:
