@@ -9,6 +9,8 @@ sleep, so a crashed worker loses nothing and the next one carries on.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -197,26 +199,43 @@ def last_measured(measurements: list[Measurement]) -> dict[str, dict[str, Any]]:
     return found
 
 
-_plans: OrderedDict[str, Plan] = OrderedDict()
-_PLANS_KEPT = 4096
+_plans: OrderedDict[str, Plan] = OrderedDict()  # content digest -> validated plan
+_plan_digests: OrderedDict[str, str] = OrderedDict()  # rollout id -> its plan's digest
+_PLANS_KEPT = 256
+_DIGESTS_KEPT = 65536
 _plans_guard = threading.Lock()
 
 
 def plan_of(rollout: Rollout) -> Plan:
     """A rollout's plan, validated once per process rather than at every check (a
-    plan's validation was a measurable part of a check's CPU). A rollout's plan is
-    fixed when it starts: nothing changes it afterwards."""
+    plan's validation was a measurable part of a check's CPU), and once per distinct
+    plan: a thousand rollouts started from one plan share one validated copy, so a
+    worker's memory does not grow with the rollouts it checks. A rollout's plan is
+    fixed when it starts: nothing changes it afterwards (nor the shared copy)."""
     with _plans_guard:
-        plan = _plans.get(rollout.id)
+        digest = _plan_digests.get(rollout.id)
+        if digest is not None:
+            _plan_digests.move_to_end(rollout.id)
+    if digest is None:
+        canonical = json.dumps(rollout.plan, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+    with _plans_guard:
+        _remember(_plan_digests, rollout.id, digest, _DIGESTS_KEPT)
+        plan = _plans.get(digest)
         if plan is not None:
-            _plans.move_to_end(rollout.id)
+            _plans.move_to_end(digest)
             return plan
     plan = Plan.from_data(rollout.plan)
     with _plans_guard:
-        _plans[rollout.id] = plan
-        while len(_plans) > _PLANS_KEPT:
-            _plans.popitem(last=False)
+        _remember(_plans, digest, plan, _PLANS_KEPT)
     return plan
+
+
+def _remember(kept: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
+    kept[key] = value
+    kept.move_to_end(key)
+    while len(kept) > limit:
+        kept.popitem(last=False)
 
 
 class _Advance:

@@ -641,3 +641,8 @@ def test_a_rollouts_plan_is_validated_once_per_process_and_never_mixed_up(world)
     longer = make_plan(sustained="30s").model_dump(mode="json")
     other = SimpleNamespace(id="r-other", plan=longer)
     assert plan_of(other) == Plan.from_data(longer) != plan_of(one)
+    # Rollouts started from one plan share its validated copy, whatever its key order.
+    reordered = dict(reversed(list(one.plan.items())))
+    same = SimpleNamespace(id="r-same-plan", plan=reordered)
+    assert plan_of(same) is plan_of(one)
+    assert plan_of(SimpleNamespace(id="r-other-2", plan=longer)) is plan_of(other)
