@@ -41,6 +41,7 @@ from controller.operations import (
     OperationConflict,
     OperationError,
     OperationOutcome,
+    OperationUnavailable,
     abort_rollout,
     approve_rollout,
     check_identifier,
@@ -149,6 +150,8 @@ def _classify(exc: Exception) -> tuple[ExitCode, str]:
         return ExitCode.NOT_FOUND, str(exc)
     if isinstance(exc, OperationConflict):
         return ExitCode.REFUSED, str(exc)  # as the API's 409: another rollout is active
+    if isinstance(exc, OperationUnavailable):
+        return ExitCode.UNAVAILABLE, str(exc)  # as the API's 503: the router is unreachable
     return ExitCode.BAD_INPUT, str(exc)
 
 

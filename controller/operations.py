@@ -43,7 +43,13 @@ class OperationError(Exception):
 
 class OperationConflict(OperationError):
     """Refused by the state of things, not by the input: another rollout of the
-    service is active (the API's 409, the CLI's exit 1)."""
+    service is active, the router is not as the store expects (the API's 409, the
+    CLI's exit 1)."""
+
+
+class OperationUnavailable(OperationError):
+    """A server the request needs (the router) cannot be reached; nothing was done,
+    the same request may succeed later (the API's 503, the CLI's exit 4)."""
 
 
 def check_identifier(field: str, value: str) -> str:
@@ -138,9 +144,14 @@ def start_rollout(
     try:
         problem = router_state_problem(router_for(plan, values), slots)
     except RouterError as exc:
-        problem = f"cannot reach the router: {exc}"
+        problem = f"cannot read the router: {exc}"
+        if force_reason is None:
+            raise OperationUnavailable(
+                f"router: {problem}. Nothing was started; retry once it answers, or force "
+                "with a reason (admin)"
+            ) from None
     if problem and force_reason is None:
-        raise OperationError(
+        raise OperationConflict(
             f"router: {problem}. Nothing was started; put the router back, or force with "
             "a reason (admin)"
         )

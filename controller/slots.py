@@ -90,11 +90,12 @@ def slot_after_success(plan: Plan, slots: Slots) -> str:
 
 def router_state_problem(router: TrafficRouter, slots: Slots) -> str | None:
     """Why the router is not in the state a new rollout needs (the stable slot carries
-    everything, the canary slot nothing); None when it is."""
-    try:
-        weight = router.get_canary_weight()
-    except RouterError as exc:
-        return f"cannot read the router: {exc}"
+    everything, the canary slot nothing); None when it is.
+
+    Raises:
+        RouterError: the router cannot be read: that is no state at all.
+    """
+    weight = router.get_canary_weight()
     if weight != 0:
         return (
             f"the router gives {weight}% to {slots.canary}, the slot the new version goes "

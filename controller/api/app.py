@@ -82,6 +82,18 @@ log = structlog.get_logger(__name__)
 RECENT = timedelta(hours=1)  # how long a handled alert's repeats are recognised
 
 
+def _operation_status(exc: operations.OperationError) -> int:
+    """The HTTP status of a refused operation: no such rollout, refused by the state
+    of things, a server it needs unreachable (retry), or bad input."""
+    if str(exc).startswith("id: no "):
+        return 404
+    if isinstance(exc, operations.OperationConflict):
+        return 409
+    if isinstance(exc, operations.OperationUnavailable):
+        return 503
+    return 422
+
+
 def create_app(
     settings: Settings,
     enqueue_rollback: Callable[[str], None],
@@ -213,10 +225,12 @@ def create_app(
 
     @app.exception_handler(operations.OperationError)
     async def _operation_error(_request: Request, exc: operations.OperationError) -> JSONResponse:
-        conflict = isinstance(exc, operations.OperationConflict)
-        code = 404 if str(exc).startswith("id: no ") else 409 if conflict else 422
+        code = _operation_status(exc)
         field, _, message = str(exc).partition(": ")
-        return JSONResponse({"detail": [{"loc": [field], "msg": message}]}, status_code=code)
+        headers = {"Retry-After": "5"} if code == 503 else None
+        return JSONResponse(
+            {"detail": [{"loc": [field], "msg": message}]}, status_code=code, headers=headers
+        )
 
     @app.exception_handler(PlanError)
     async def _plan_error(_request: Request, exc: PlanError) -> JSONResponse:

@@ -138,7 +138,7 @@ def test_start_refuses_a_router_that_is_not_as_the_store_expects(
     slots.command("set server checkout/green weight 30")  # traffic left on the canary slot
     args = ["start", str(PLANS_DIR / "demo.yaml"), "--service", "checkout", "--version", "2.0.0"]
     refused = canary(*args, "--stable", "1.0.0", env=env)
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr  # refused by state
     assert "router: the router gives 23% to green" in refused.stderr
     assert json.loads(canary("status", "--json", env=env).stdout) == []
 
@@ -150,7 +150,9 @@ def test_start_refuses_a_router_that_is_not_as_the_store_expects(
     unreachable = canary(
         *args, "--stable", "1.0.0", env={**env, "CANARY_HAPROXY_SOCKET": "/nonexistent.sock"}
     )
-    assert unreachable.returncode == 2 and "cannot read the router" in unreachable.stderr
+    assert unreachable.returncode == 4 and "cannot read the router" in unreachable.stderr
+    assert "retry once it answers" in unreachable.stderr
+    assert len(json.loads(canary("status", "--json", env=env).stdout)) == 1  # only the forced
 
 
 @pytest.mark.parametrize(
