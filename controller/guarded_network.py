@@ -9,8 +9,10 @@ connection when any address the name resolves to is one no plan may call, and th
 connects to an address it checked, so a second lookup cannot answer differently.
 
 Every client that calls a plan's URLs (checks, the soak's load, hooks,
-notifications, incident posts, the slots' version check) is built with
-``guarded_transport``.
+notifications, the slots' version check) is built with ``guarded_transport``. URLs
+only an operator's settings or command line give (the incident webhook, the API
+for the CLI, ``plan validate --check-against``) are not plan input and go out as
+configured.
 """
 
 from __future__ import annotations
