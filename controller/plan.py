@@ -686,7 +686,7 @@ class Plan(_Strict):
         if pattern is None:
             allowed = ", ".join(self.overridable) or "none"
             return f"plan {self.name} does not let a start override it (overridable: {allowed})"
-        if not re.fullmatch(pattern, value):
+        if compile_pattern(pattern).fullmatch(value) is None:
             return f"{value!r} does not match the plan's pattern {pattern!r}"
         return None
 

@@ -25,7 +25,7 @@ import promql_parser
 from controller.durations import format_duration
 from controller.metrics.prometheus import MetricsError, Sample
 from controller.plan import Plan, SoakStage, VerifyStage, render_template
-from controller.regex_input import PatternError, compile_pattern
+from controller.regex_input import Pattern, PatternError, compile_pattern
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]
@@ -220,7 +220,7 @@ class Matcher:
     name: str
     op: MatchOp
     value: str
-    regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    regex: Pattern | None = field(default=None, compare=False, repr=False)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         actual = labels.get(self.name, "")

@@ -1,31 +1,62 @@
 """Regular expressions that come from input (a plan's override patterns, its alert
-matchers): compiled so that no pattern can end in anything but a clear error.
+matchers), compiled with RE2: matching takes time linear in the text, whatever the
+pattern, and no pattern can end in anything but a clear error.
 
-``re.compile`` raises ``re.error`` for bad syntax, but a repeat count beyond what the
-engine holds (``a{9999999999}``) raises ``OverflowError`` and groups nested a
-thousand deep raise ``RecursionError``: both would escape a loader that catches only
-``re.error`` as a traceback or a 500.
+Python's ``re`` backtracks: ``(a+)+$`` against forty ``a`` and a ``!`` runs for
+minutes, and the texts matched here come from outside (a start's variable values,
+an alert's labels), so one pattern an admin got wrong would let any operator, or
+any label, hold an API process. RE2 is also the syntax Alertmanager itself matches
+with (Go's regexp), so a matcher copied from an Alertmanager route means the same
+here. What RE2 leaves out (backreferences, lookaround) is refused with its reason.
 """
 
 from __future__ import annotations
 
-import re
+from functools import lru_cache
+from typing import Protocol
+
+import re2
 
 
 class PatternError(ValueError):
     """The pattern cannot be used; the message says why."""
 
 
-def compile_pattern(pattern: str, wrap: bool = False) -> re.Pattern[str]:
+class Match(Protocol):
+    def group(self, index: int = 0) -> str: ...
+
+
+class Pattern(Protocol):
+    """What callers use of a compiled pattern (``re``'s names)."""
+
+    pattern: str
+
+    def fullmatch(self, text: str) -> Match | None: ...
+
+    def search(self, text: str) -> Match | None: ...
+
+
+def _options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # RE2 writes errors to stderr itself; ours say them
+    return options
+
+
+_OPTIONS = _options()
+
+
+@lru_cache(maxsize=1024)
+def compile_pattern(pattern: str, wrap: bool = False) -> Pattern:
     """Compile ``pattern`` (in a non-capturing group when ``wrap``, so an anchor or an
-    alternation applies to all of it); raise PatternError for any pattern ``re``
-    cannot hold."""
+    alternation applies to all of it); raise PatternError for any pattern RE2 cannot
+    hold (bad syntax, a construct it leaves out, a program beyond its memory)."""
     try:
-        compiled = re.compile(pattern)  # alone first, so an error's position is the pattern's
-        return re.compile(f"(?:{pattern})") if wrap else compiled
-    except re.error as exc:
-        raise PatternError(str(exc)) from None
-    except OverflowError:
-        raise PatternError("a repeat count is larger than the regex engine can hold") from None
-    except RecursionError:
-        raise PatternError("nested too deep") from None
+        compiled = re2.compile(pattern, _OPTIONS)  # alone first: the error is the pattern's
+        return re2.compile(f"(?:{pattern})", _OPTIONS) if wrap else compiled
+    except re2.error as exc:
+        raise PatternError(_reason(exc)) from None
+
+
+def _reason(exc: re2.error) -> str:
+    reason = exc.args[0] if exc.args else "not a pattern RE2 can compile"
+    return reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
