@@ -292,10 +292,37 @@ def _settle(
         },
         step_index=rollout.step_index,
     )
+    stable_down = _stable_problem(router)
+    if stable_down:
+        repository.append_event(
+            session,
+            rollout.id,
+            "stable_unavailable",
+            actor=ACTOR,
+            at=now,
+            message=f"all traffic is on stable {rollout.stable_version}, but {stable_down}: "
+            "users get errors until the stable service is healthy again",
+            data={"error": stable_down},
+            step_index=rollout.step_index,
+        )
+        bound.error("stable_unavailable", error=stable_down)
     aftercare.promise(session, rollout, shift)
     session.commit()
     bound.warning("rolled_back", state=str(final), reason=rollout.reason)
     return RollbackResult(rollout.id, True, str(final), f"traffic on stable; {final}"), shift
+
+
+def _stable_problem(router: TrafficRouter | None) -> str | None:
+    """After the shift: whether the router holds the stable side down. A rollback never
+    waits for it (there is nowhere better to send users), but on-call must hear that
+    the stable service itself is failing. Not asked before the shift: it never delays
+    it."""
+    if router is None:
+        return None
+    try:
+        return router.serving_problem("stable")
+    except RouterError:
+        return None  # the shift was read back: the router answers, this is no verdict
 
 
 def _record_time_to_stable(rollout: Rollout, shifted_at: datetime) -> None:

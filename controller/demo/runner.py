@@ -56,6 +56,7 @@ SHOWN_EVENTS = {
     "rollback_requested",
     "router_error",
     "rollback_failed",
+    "stable_unavailable",
 }
 
 

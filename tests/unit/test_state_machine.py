@@ -319,12 +319,27 @@ def test_a_rollback_never_waits_for_the_router_to_hold_a_side_up(world) -> None:
     runtime, metrics, router, clock, enqueued = world
     rollout_id = start(runtime, make_plan(sustained="0s"))
     advance(runtime, rollout_id)
-    router.down.update(canary="down", stable="down")
+    router.down.update(canary="down", stable="HAProxy server api/blue is down")
     metrics.errors = 200.0
     clock.now += timedelta(seconds=5)
     advance(runtime, rollout_id)
     assert enqueued == [rollout_id]
     assert rollback(runtime, rollout_id).state == "rolled_back" and router.weight == 0
+    # On-call hears that the stable side itself is failing.
+    _, events = state(runtime, rollout_id)
+    (warning,) = [e for e in events if e.kind == "stable_unavailable"]
+    assert "all traffic is on stable 1.0, but HAProxy server api/blue is down" in warning.message
+
+
+def test_a_rollback_onto_a_healthy_stable_side_says_nothing_more(world) -> None:
+    runtime, metrics, _, clock, _ = world
+    rollout_id = start(runtime, make_plan(sustained="0s"))
+    advance(runtime, rollout_id)
+    metrics.errors = 200.0
+    clock.now += timedelta(seconds=5)
+    advance(runtime, rollout_id)
+    assert rollback(runtime, rollout_id).state == "rolled_back"
+    assert not [e for e in state(runtime, rollout_id)[1] if e.kind == "stable_unavailable"]
 
 
 def run_until_settled_at(runtime: Runtime, clock: Clock, rollout_id: str, weight: int) -> None:
