@@ -315,31 +315,33 @@ def test_traffic_is_never_raised_onto_a_canary_the_router_holds_down(world) -> N
     assert state(runtime, rollout_id)[0].state == "succeeded" and router.history == [10, 50, 100]
 
 
-def test_a_rollback_never_waits_for_the_router_to_hold_a_side_up(world) -> None:
+def rolled_back_on_errors(world, down: dict[str, str]):  # type: ignore[no-untyped-def]
+    """A rollout whose canary trips its error criterion while the router holds the
+    ``down`` sides down, rolled back; its id and events."""
     runtime, metrics, router, clock, enqueued = world
     rollout_id = start(runtime, make_plan(sustained="0s"))
     advance(runtime, rollout_id)
-    router.down.update(canary="down", stable="HAProxy server api/blue is down")
+    router.down.update(down)
     metrics.errors = 200.0
     clock.now += timedelta(seconds=5)
     advance(runtime, rollout_id)
     assert enqueued == [rollout_id]
     assert rollback(runtime, rollout_id).state == "rolled_back" and router.weight == 0
+    return rollout_id, state(runtime, rollout_id)[1]
+
+
+def test_a_rollback_never_waits_for_the_router_to_hold_a_side_up(world) -> None:
+    _, events = rolled_back_on_errors(
+        world, {"canary": "down", "stable": "HAProxy server api/blue is down"}
+    )
     # On-call hears that the stable side itself is failing.
-    _, events = state(runtime, rollout_id)
     (warning,) = [e for e in events if e.kind == "stable_unavailable"]
     assert "all traffic is on stable 1.0, but HAProxy server api/blue is down" in warning.message
 
 
 def test_a_rollback_onto_a_healthy_stable_side_says_nothing_more(world) -> None:
-    runtime, metrics, _, clock, _ = world
-    rollout_id = start(runtime, make_plan(sustained="0s"))
-    advance(runtime, rollout_id)
-    metrics.errors = 200.0
-    clock.now += timedelta(seconds=5)
-    advance(runtime, rollout_id)
-    assert rollback(runtime, rollout_id).state == "rolled_back"
-    assert not [e for e in state(runtime, rollout_id)[1] if e.kind == "stable_unavailable"]
+    _, events = rolled_back_on_errors(world, {})
+    assert not [e for e in events if e.kind == "stable_unavailable"]
 
 
 def run_until_settled_at(runtime: Runtime, clock: Clock, rollout_id: str, weight: int) -> None:
