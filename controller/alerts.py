@@ -75,7 +75,7 @@ def matchers_hold(plan: Plan, labels: dict[str, str]) -> tuple[bool, str]:
     (``controller.plan_checks``), so what validates is what matches."""
     for text in plan.alerts.matchers:
         try:
-            matcher = parse_matcher(text)
+            matcher = parse_matcher(text, stored=True)  # a running rollout's plan
         except MatcherError as exc:  # only a plan stored before matchers were checked
             return False, f"matcher {text!r} is not valid: {exc}"
         if not matcher.matches(labels):
@@ -107,7 +107,7 @@ def match_alert(
         return [outcome(None, "ignored", "resolved alert: nothing to do")]
     found: list[AlertMatch] = []
     for rollout in rollouts:
-        plan = Plan.from_data(rollout.plan)
+        plan = Plan.from_stored(rollout.plan)
         if alert.labels.get(plan.alerts.service_label) != rollout.service:
             continue
         if "rollout_id" in alert.labels and alert.labels["rollout_id"] != rollout.id:

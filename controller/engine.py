@@ -225,7 +225,7 @@ def plan_of(rollout: Rollout) -> Plan:
         if plan is not None:
             _plans.move_to_end(digest)
             return plan
-    plan = Plan.from_data(rollout.plan)
+    plan = Plan.from_stored(rollout.plan)
     with _plans_guard:
         _remember(_plans, digest, plan, _PLANS_KEPT)
     return plan

@@ -15,7 +15,7 @@ def send_notifications(runtime: Runtime, rollout_id: str, kind: str) -> str:
         rollout = repository.get_rollout(session, rollout_id)
         if rollout is None:
             return f"{rollout_id}: no such rollout"
-        plan = Plan.from_data(rollout.plan)
+        plan = Plan.from_stored(rollout.plan)
         if not plan.notifications:
             return f"{rollout_id}: no notification targets in the plan"
         summary = rollout_summary(rollout)

@@ -350,7 +350,7 @@ def _set_state(
     rollout = _apply_to_fresh(session, rollout_id, allowed, changes)
     if isinstance(rollout, str):
         return OperationOutcome(rollout_id, False, f"{rollout}; cannot be {kind}")
-    if kind == "paused" and Plan.from_data(rollout.plan).notifications:
+    if kind == "paused" and Plan.from_stored(rollout.plan).notifications:
         # Sent by the next reconcile, with the pause in the same transaction.
         outbox.promise_notification(session, rollout_id, "paused", now)
     repository.append_event(
@@ -389,7 +389,7 @@ def approve_rollout(
         RolloutState.PAUSED,
     ):
         return OperationOutcome(rollout_id, False, f"rollout {rollout_id} is {rollout.state}")
-    plan = Plan.from_data(rollout.plan)
+    plan = Plan.from_stored(rollout.plan)
     gates = {
         "preflight": [g.role for g in plan.gates.approvals],
         **{s.name: list(s.approval) for s in plan.stages},

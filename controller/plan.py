@@ -31,7 +31,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from controller.durations import DURATION_PATTERN, format_duration, parse_duration
 from controller.notifications import NotificationTarget
 from controller.numbers import Count, Number
-from controller.regex_input import PatternError, compile_pattern
+from controller.regex_input import PatternError, compile_pattern, matches_whole
 
 Duration = Annotated[
     timedelta,
@@ -660,10 +660,11 @@ class Plan(_Strict):
 
     @field_validator("overridable")
     @classmethod
-    def _patterns_compile(cls, value: dict[str, str]) -> dict[str, str]:
+    def _patterns_compile(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        stored = bool((info.context or {}).get("stored"))
         for name, pattern in value.items():
             try:
-                compile_pattern(pattern)
+                compile_pattern(pattern, stored=stored)
             except PatternError as exc:
                 raise ValueError(f"{name}: not a regular expression: {exc}") from None
         return value
@@ -686,7 +687,7 @@ class Plan(_Strict):
         if pattern is None:
             allowed = ", ".join(self.overridable) or "none"
             return f"plan {self.name} does not let a start override it (overridable: {allowed})"
-        if compile_pattern(pattern).fullmatch(value) is None:
+        if not matches_whole(compile_pattern(pattern), value):
             return f"{value!r} does not match the plan's pattern {pattern!r}"
         return None
 
@@ -716,14 +717,26 @@ class Plan(_Strict):
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Plan:
-        """Validate plan data (from YAML or the store), with its declared variables known
-        to the template checks."""
+        """Validate plan data given as input (YAML, a request), with its declared
+        variables known to the template checks."""
+        return cls._validated(data, stored=False)
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> Plan:
+        """A plan as a rollout stored it when it started. Validated again, but what was
+        accepted then still loads after an upgrade that tightened a check (its
+        patterns: ``controller.regex_input``): a rollout whose plan no longer loaded
+        could not even be rolled back."""
+        return cls._validated(data, stored=True)
+
+    @classmethod
+    def _validated(cls, data: dict[str, Any], stored: bool) -> Plan:
         declared = data.get("variables") if isinstance(data, dict) else None
         names = list(declared) if isinstance(declared, dict) else []
         traffic = data.get("traffic") if isinstance(data, dict) else None
         if isinstance(traffic, dict) and traffic.get("slot_urls"):
             names += [n for n in SLOT_URL_VARIABLES if n not in names]
-        return cls.model_validate(data, context={"variables": names})
+        return cls.model_validate(data, context={"variables": names, "stored": stored})
 
     def template_values(
         self, builtins: dict[str, str], overrides: dict[str, str] | None = None

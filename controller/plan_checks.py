@@ -25,7 +25,7 @@ import promql_parser
 from controller.durations import format_duration
 from controller.metrics.prometheus import MetricsError, Sample
 from controller.plan import Plan, SoakStage, VerifyStage, render_template
-from controller.regex_input import Pattern, PatternError, compile_pattern
+from controller.regex_input import Pattern, PatternError, compile_pattern, matches_whole
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]
@@ -229,18 +229,19 @@ class Matcher:
         if self.op == "!=":
             return actual != self.value
         assert self.regex is not None
-        found = self.regex.fullmatch(actual) is not None
+        found = matches_whole(self.regex, actual)
         return found if self.op == "=~" else not found
 
 
-def parse_matcher(text: str) -> Matcher:
+def parse_matcher(text: str, stored: bool = False) -> Matcher:
     """Parse ``severity="critical"``, ``team=~"pay.*"``, ``env!=staging``.
 
     Alertmanager's grammar: a label name, an operator (``=``, ``!=``, ``=~``, ``!~``),
     and a value, double-quoted (escapes ``\\"``, ``\\\\``, ``\\n``; another backslash
     stays as written, so ``"pay\\.eu"`` is the regex ``pay\\.eu``) or unquoted
     (no whitespace, quotes, commas or braces). A regex is anchored as Alertmanager
-    does, ``^(?:value)$``.
+    does, ``^(?:value)$``, and is RE2 but, with ``stored`` (a running rollout's plan),
+    where only Python's ``re`` takes it (``controller.regex_input``).
 
     Raises:
         MatcherError: what is wrong, for a person to fix.
@@ -273,7 +274,7 @@ def parse_matcher(text: str) -> Matcher:
     regex = None
     if op in ("=~", "!~"):
         try:
-            regex = compile_pattern(value, wrap=True)
+            regex = compile_pattern(value, wrap=True, stored=stored)
         except PatternError as exc:
             raise MatcherError(f"{value!r} is not a valid regular expression: {exc}") from None
     return Matcher(source, name, op, value, regex)

@@ -178,7 +178,7 @@ def run_runbook(
     with runtime.sessions() as session:
         rollout = repository.get_rollout(session, rollout_id)
         assert rollout is not None
-        plan = Plan.from_data(rollout.plan)
+        plan = Plan.from_stored(rollout.plan)
         values = rollout_values(plan, rollout)
 
         def record(

@@ -24,7 +24,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def rollout_summary(rollout: Rollout) -> dict[str, Any]:
-    steps = Plan.from_data(rollout.plan).steps()
+    steps = Plan.from_stored(rollout.plan).steps()
     step = steps[min(rollout.step_index, len(steps) - 1)]
     return {
         "id": rollout.id,
@@ -108,7 +108,7 @@ class DetailFollower:
             self.recent.append(event_view(e))
 
     def _render(self, rollout: Rollout, now: datetime) -> dict[str, Any]:
-        steps = Plan.from_data(rollout.plan).steps()
+        steps = Plan.from_stored(rollout.plan).steps()
         hold_left = None
         if rollout.step_started_at and rollout.state in ("running", "paused"):
             current = steps[min(rollout.step_index, len(steps) - 1)]

@@ -67,7 +67,7 @@ def _step_labels(rollout_id: str) -> tuple[str, ...]:
         rollout = repository.get_rollout(session, rollout_id)
         if rollout is None:
             return ()
-        return tuple(step.label for step in Plan.from_data(rollout.plan).steps())
+        return tuple(step.label for step in Plan.from_stored(rollout.plan).steps())
 
 
 def enqueue_rollback(rollout_id: str, reason: str = "") -> None:

@@ -107,7 +107,7 @@ class RolloutWatcher:
 
     def approve_as_owners(self, rollout: Rollout) -> None:
         """The demo's owners approve whatever the rollout waits for, as people would."""
-        plan = Plan.from_data(rollout.plan)
+        plan = Plan.from_stored(rollout.plan)
         for role, people in plan.owners.items():
             if role in (rollout.reason or "") and (rollout.id, role) not in self.approved:
                 with self.sessions() as session:

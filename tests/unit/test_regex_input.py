@@ -4,10 +4,15 @@ matching, Alertmanager's syntax, and refusals that say why."""
 from __future__ import annotations
 
 import pytest
+import yaml
 
+from config import PLANS_DIR
+from controller.alerts import Alert, match_alert
 from controller.plan import Plan
 from controller.plan_checks import MatcherError, parse_matcher
-from controller.regex_input import PatternError, compile_pattern
+from controller.plan_loader import PlanError, load_plan, parse_plan
+from controller.regex_input import PatternError, compile_pattern, matches_whole
+from controller.store.models import Rollout
 from tests.unit.test_start_input import plan_with_hook
 
 
@@ -54,3 +59,47 @@ def test_a_matcher_regex_means_what_alertmanager_makes_of_it() -> None:
     assert not matcher.matches({"team": "payments"}) and not matcher.matches({})
     with pytest.raises(MatcherError, match=r"not a valid regular expression: invalid escape"):
         parse_matcher(r'team=~"(p)\\1"')
+
+
+# --- Plans stored before patterns were RE2 ------------------------------------------
+
+
+def stored_plan_with(**changes: object) -> dict:
+    """The demo plan as a rollout stored it before the upgrade, with ``changes``."""
+    data = load_plan(PLANS_DIR / "demo.yaml").model_dump(mode="json")
+    data.update(changes)
+    return data
+
+
+def test_a_stored_plan_with_a_pattern_re2_refuses_still_loads_and_matches_as_re_did() -> None:
+    data = stored_plan_with(overridable={"scrape_job": "(?!admin)[a-z]+"})
+    with pytest.raises(PlanError):
+        parse_plan(yaml.safe_dump(data))  # as new input: refused
+    plan = Plan.from_stored(data)  # a running rollout's: loads
+    pattern = compile_pattern(plan.overridable["scrape_job"], stored=True)
+    assert matches_whole(pattern, "lab") and not matches_whole(pattern, "admin")
+
+
+def test_a_stored_plans_alert_matcher_re2_refuses_still_rolls_back() -> None:
+    matchers = ['severity="critical"', 'team=~"(?!ops).*"']
+    running = Rollout(
+        id="r-1",
+        service="checkout",
+        canary_version="2.0",
+        stable_version="1.0",
+        plan=stored_plan_with(alerts={"matchers": matchers, "service_label": "service"}),
+        state="running",
+    )
+    labels = {"alertname": "Canary5xx", "severity": "critical", "service": "checkout"}
+    firing = Alert(status="firing", labels={**labels, "team": "pay"}, fingerprint="abc")
+    assert [m.action for m in match_alert(firing, [running])] == ["rollback"]
+    ignored = Alert(status="firing", labels={**labels, "team": "ops"}, fingerprint="abd")
+    assert [m.action for m in match_alert(ignored, [running])] == ["ignored"]
+
+
+def test_text_re2_cannot_encode_is_matched_or_refused_never_raised() -> None:
+    lone = "pay\ud800"
+    assert parse_matcher('team=~"pay.*"').matches({"team": lone})
+    assert not parse_matcher('team!~"pay.*"').matches({"team": lone})
+    with pytest.raises(PatternError, match="lone surrogate"):
+        compile_pattern("pay\ud800")

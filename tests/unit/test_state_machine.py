@@ -663,3 +663,26 @@ def test_a_rollouts_plan_is_validated_once_per_process_and_never_mixed_up(world)
     same = SimpleNamespace(id="r-same-plan", plan=reordered)
     assert plan_of(same) is plan_of(one)
     assert plan_of(SimpleNamespace(id="r-other-2", plan=longer)) is plan_of(other)
+
+
+def test_a_rollout_stored_before_patterns_were_re2_is_still_checked_and_rolled_back(
+    world,
+) -> None:
+    """Its plan has a lookahead (Python's re took it; RE2 refuses it for new plans):
+    after an upgrade its checks, its trip and its rollback still run."""
+    runtime, metrics, router, clock, enqueued = world
+    rollout_id = start(runtime, make_plan(sustained="0s"))
+    with runtime.sessions() as session:
+        stored = repository.get_rollout(session, rollout_id)
+        stored.plan = {
+            **stored.plan,
+            "variables": {"team": "pay"},
+            "overridable": {"team": "(?!admin)[a-z]+"},
+        }
+        session.commit()
+    advance(runtime, rollout_id)
+    metrics.errors = 200.0
+    clock.now += timedelta(seconds=5)
+    advance(runtime, rollout_id)
+    assert enqueued == [rollout_id]
+    assert rollback(runtime, rollout_id).state == "rolled_back" and router.weight == 0
