@@ -55,7 +55,7 @@ from controller.slots import (
 from controller.soak import MAX_BURST_SECONDS, send_burst
 from controller.store import repository
 from controller.store.models import WATCHED_STATES, Rollout, RolloutState
-from controller.traffic.base import Role, RouterError, TrafficRouter
+from controller.traffic.base import RouterError, Serving, TrafficRouter
 
 log = structlog.get_logger(__name__)
 
@@ -376,6 +376,11 @@ class _Advance:
 
         needs_traffic = rollout.weight != step.weight or rollout.step_started_at is None
         if needs_traffic and not self.apply_weight(step):
+            if rollout.weight and step.index > 0:
+                # The traffic already moved is still judged while the next move waits.
+                watched = self.watch(self.steps[step.index - 1])
+                if watched:
+                    return watched
             if self.router_gave_up:
                 return self.apply_limit_policy(self.router_gave_up)
             self.commit()
@@ -651,7 +656,7 @@ class _Advance:
             router = self.runtime.router_for(
                 self.plan, rollout_variables(self.plan, self.rollout, step)
             )
-            confirmed, problem = None, self.refuses_more_canary_traffic(router, step.weight)
+            confirmed, problem = None, self.refuses_more_canary_traffic(step.weight, router)
             if problem is None:
                 router.set_canary_weight(step.weight)
                 self.router_moved_to = step.weight
@@ -1052,19 +1057,17 @@ class _Advance:
                     f"the redeploy hook failed {state['hook_attempts']} times ({detail}); "
                     f"{rollout.canary_version} still serves 100% from the canary slot"
                 )
-        analysis["redeploy"] = state
-        rollout.analysis = analysis
         wrong = (
             version_mismatches(self.plan, values, {"stable": rollout.canary_version})
             if state.get("hook_ok")
             else ["the redeploy hook has not succeeded yet"]
         )
-        if not wrong:
-            # Serving the version on its own address is not enough: the router must
-            # hold the slot up (its health check passed since the restart), or moving
-            # all traffic back to it sends every user a 503.
-            problem = self.serving_problem("stable")
-            wrong = [problem] if problem else []
+        if wrong:
+            state.pop("ready_since", None)
+        else:
+            wrong = self.stable_settled(state)
+        analysis["redeploy"] = state
+        rollout.analysis = analysis
         if wrong:
             if self.now - started >= traffic.redeploy_timeout:
                 return self.apply_limit_policy(
@@ -1089,19 +1092,54 @@ class _Advance:
         rollout.weight = 0
         return None
 
+    def stable_settled(self, state: dict[str, Any]) -> list[str]:
+        """Redeploy mode, the stable slot serving the new version on its own address:
+        the router must also hold it up, and have for ``redeploy_settle`` without a
+        change. Serving the version is not enough: HAProxy notices a restart only after
+        its failed checks (fall x inter), so right after a fast restart it may still
+        hold the slot up from before, and moving all traffic there sends users 503s
+        once it notices. Empty once settled, else what is awaited; ``state`` keeps
+        since when the slot has looked ready."""
+        try:
+            serving = self.router().serving("stable")
+        except RouterError as exc:
+            serving = Serving(str(exc))
+        if serving.problem:
+            state.pop("ready_since", None)
+            return [serving.problem]
+        ready_since = datetime.fromisoformat(state.get("ready_since") or self.now.isoformat())
+        if serving.unchanged_for is not None:
+            # A change the router saw between two checks (down, then up) starts it over.
+            ready_since = max(ready_since, self.now - timedelta(seconds=serving.unchanged_for))
+        state["ready_since"] = ready_since.isoformat()
+        settle, held = self.plan.traffic.redeploy_settle, self.now - ready_since
+        if held < settle:
+            return [
+                f"the stable slot serves {self.rollout.canary_version} and the router holds "
+                f"it up; settling, {format_duration(held)} of "
+                f"{format_duration(settle)}"
+            ]
+        return []
+
     # -- the router is the truth ------------------------------------------------
 
     def router(self) -> TrafficRouter:
         return self.runtime.router_for(self.plan, rollout_variables(self.plan, self.rollout))
 
-    def refuses_more_canary_traffic(self, router: TrafficRouter, weight: int) -> str | None:
-        """Before a step raises the canary's share: the router must be able to send the
-        canary side traffic. Weights are shares among the servers the router holds up,
-        so raising them on a canary it holds down does not test the canary, and at
-        100 % sends users nowhere. Never asked before a lower weight or a rollback."""
+    def refuses_more_canary_traffic(
+        self, weight: int, router: TrafficRouter | None = None
+    ) -> str | None:
+        """Before the canary's share rises above the record's (a step, a drift
+        re-asserted): the router must be able to send the canary side traffic. Weights
+        are shares among the servers the router holds up, so raising them on a canary
+        it holds down does not test the canary, and at 100 % sends users nowhere.
+        Never asked before a lower weight or a rollback."""
         if weight <= (self.rollout.weight or 0):
             return None
-        problem = router.serving_problem("canary")
+        try:
+            problem = (router or self.router()).serving("canary").problem
+        except RouterError as exc:
+            return str(exc)
         return None if problem is None else f"the canary cannot take traffic: {problem}"
 
     def set_and_read(self, weight: int) -> str | None:
@@ -1113,13 +1151,6 @@ class _Advance:
         except RouterError as exc:
             return str(exc)
         return self.router_reads(weight)
-
-    def serving_problem(self, role: Role) -> str | None:
-        """Why the router would not send ``role`` traffic now (or cannot say), or None."""
-        try:
-            return self.router().serving_problem(role)
-        except RouterError as exc:
-            return str(exc)
 
     def router_reads(self, weight: int) -> str | None:
         try:
@@ -1171,7 +1202,8 @@ class _Advance:
                 f"traffic drifted: router gives the canary {actual}%, expected {expected}%; "
                 "paused for a human"
             )
-        problem = self.set_and_read(expected)
+        # The record already reads ``actual``: a rise back to ``expected`` asks first.
+        problem = self.refuses_more_canary_traffic(expected) or self.set_and_read(expected)
         if problem:
             return self.hold_for_router(f"re-asserting {expected}% after a drift: {problem}")
         rollout.weight = expected

@@ -141,6 +141,17 @@ def start_rollout(
     refused = url_problems(plan, values, url_policy or HostPolicy())
     if refused:
         raise OperationError("; ".join(refused))
+    # Before the router: a start no retry could make succeed is told so at once.
+    active = session.scalars(
+        select(Rollout.id).where(
+            Rollout.service == service, Rollout.state.in_([str(s) for s in ACTIVE_STATES])
+        )
+    ).first()
+    if active:
+        raise OperationConflict(
+            f"service: {service} already has an active rollout ({active}); "
+            "abort it or wait for it to finish"
+        )
     try:
         problem = router_state_problem(router_for(plan, values), slots)
     except RouterError as exc:
@@ -154,16 +165,6 @@ def start_rollout(
         raise OperationConflict(
             f"router: {problem}. Nothing was started; put the router back, or force with "
             "a reason (admin)"
-        )
-    active = session.scalars(
-        select(Rollout.id).where(
-            Rollout.service == service, Rollout.state.in_([str(s) for s in ACTIVE_STATES])
-        )
-    ).first()
-    if active:
-        raise OperationConflict(
-            f"service: {service} already has an active rollout ({active}); "
-            "abort it or wait for it to finish"
         )
     try:
         rollout = _record_start(

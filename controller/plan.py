@@ -588,6 +588,13 @@ class HAProxyTraffic(_Strict):
         description="mode redeploy: how long the stable slot may take to serve the new "
         "version before the rollout pauses for a human.",
     )
+    redeploy_settle: Duration = Field(
+        default=timedelta(seconds=10),
+        description="mode redeploy: how long the stable slot must serve the new version "
+        "with the router holding it up, without a change, before traffic moves back to "
+        "it; at least HAProxy's fall x inter, the time it takes to notice a restart "
+        "(0s: at once).",
+    )
 
     @field_validator("backend")
     @classmethod

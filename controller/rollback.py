@@ -320,9 +320,10 @@ def _stable_problem(router: TrafficRouter | None) -> str | None:
     if router is None:
         return None
     try:
-        return router.serving_problem("stable")
-    except RouterError:
-        return None  # the shift was read back: the router answers, this is no verdict
+        return router.serving("stable").problem
+    except Exception as exc:  # the shift was read back: this is no verdict, and never fatal
+        log.warning("stable_state_unread", error=str(exc))
+        return None
 
 
 def _record_time_to_stable(rollout: Rollout, shifted_at: datetime) -> None:

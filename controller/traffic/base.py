@@ -5,9 +5,18 @@ that HAProxy, a service mesh or a cloud load balancer can be swapped without
 touching rollout logic.
 """
 
+from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 Role = Literal["stable", "canary"]
+
+
+@dataclass(frozen=True)
+class Serving:
+    """Whether a side would take traffic sent to it now, as the router sees it."""
+
+    problem: str | None  # why not (down, starting, maintenance, draining); None: it would
+    unchanged_for: float | None = None  # seconds since the router last changed its state
 
 
 class RouterError(Exception):
@@ -43,9 +52,10 @@ class TrafficRouter(Protocol):
         """
         ...
 
-    def serving_problem(self, role: Role) -> str | None:
-        """Why the ``stable`` or ``canary`` side would not take traffic sent to it right
-        now (its health check fails, it is in maintenance or draining), or None.
+    def serving(self, role: Role) -> Serving:
+        """Whether the ``stable`` or ``canary`` side would take traffic sent to it right
+        now (its health check passes, it is not in maintenance or draining), and for
+        how long the router has held it in that state.
 
         A weight is only a share among the servers the router considers able to
         serve: moving traffic onto a side that is down sends users nowhere, so the

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import socket
 
-from controller.traffic.base import Role, RouterError
+from controller.traffic.base import Role, RouterError, Serving
 
 _WEIGHT_ANSWER = re.compile(r"^(\d+) \(initial \d+\)\s*$")
 # HAProxy proxy and server names. Anything else could smuggle a second command
@@ -77,7 +77,10 @@ def servers_state(
 
 
 def _server_problem(row: dict[str, str]) -> str | None:
-    admin = int(row.get("srv_admin_state", "0"))
+    admin_state = row.get("srv_admin_state", "0")
+    if not admin_state.isdigit():
+        raise RouterError(f"HAProxy reports srv_admin_state {admin_state!r}, not a number")
+    admin = int(admin_state)
     if admin & ~_DRAIN_BITS:
         return "in maintenance"
     if admin:
@@ -174,16 +177,21 @@ class HAProxyRouter:
             self._set_weight(self.stable_server, new_stable)
             self._set_weight(self.canary_server, new_canary)
 
-    def serving_problem(self, role: Role) -> str | None:
-        """Why HAProxy would not send the ``role`` server traffic now, or None: its
-        health check fails (DOWN, starting), it is in maintenance or draining."""
+    def serving(self, role: Role) -> Serving:
+        """Whether HAProxy would send the ``role`` server traffic now (not if its health
+        check fails, it is starting, in maintenance or draining), and how long ago
+        HAProxy last changed its state (``srv_time_since_last_change``)."""
         server = self.canary_server if role == "canary" else self.stable_server
         rows = servers_state(self.socket_path, self.backend, self.timeout)
         row = next((r for r in rows if r.get("srv_name") == server), None)
         if row is None:
             raise RouterError(f"HAProxy backend {self.backend} has no server {server!r}")
         problem = _server_problem(row)
-        return None if problem is None else f"HAProxy server {self.backend}/{server} is {problem}"
+        since = row.get("srv_time_since_last_change", "")
+        return Serving(
+            None if problem is None else f"HAProxy server {self.backend}/{server} is {problem}",
+            float(since) if since.isdigit() else None,
+        )
 
     def get_canary_weight(self) -> int:
         """The canary's share in percent, computed from the weights HAProxy reports.

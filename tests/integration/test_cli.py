@@ -142,17 +142,24 @@ def test_start_refuses_a_router_that_is_not_as_the_store_expects(
     assert "router: the router gives 23% to green" in refused.stderr
     assert json.loads(canary("status", "--json", env=env).stdout) == []
 
-    forced = canary(*args, "--stable", "1.0.0", "--force", "green drained by hand", env=env)
-    assert forced.returncode == 0, forced.stderr
-    detail = json.loads(canary("status", forced.stdout.strip(), "--json", env=env).stdout)
-    assert [e["kind"] for e in detail["events"]] == ["created", "forced_start"]
-
     unreachable = canary(
         *args, "--stable", "1.0.0", env={**env, "CANARY_HAPROXY_SOCKET": "/nonexistent.sock"}
     )
     assert unreachable.returncode == 4 and "cannot read the router" in unreachable.stderr
     assert "retry once it answers" in unreachable.stderr
-    assert len(json.loads(canary("status", "--json", env=env).stdout)) == 1  # only the forced
+    assert json.loads(canary("status", "--json", env=env).stdout) == []
+
+    forced = canary(*args, "--stable", "1.0.0", "--force", "green drained by hand", env=env)
+    assert forced.returncode == 0, forced.stderr
+    detail = json.loads(canary("status", forced.stdout.strip(), "--json", env=env).stdout)
+    assert [e["kind"] for e in detail["events"]] == ["created", "forced_start"]
+
+    # With a rollout of the service active, a start is refused by state (409) before
+    # the router is asked: no retry could make it succeed.
+    again = canary(
+        *args, "--stable", "1.0.0", env={**env, "CANARY_HAPROXY_SOCKET": "/nonexistent.sock"}
+    )
+    assert again.returncode == 1 and "already has an active rollout" in again.stderr
 
 
 @pytest.mark.parametrize(

@@ -123,8 +123,9 @@ def test_a_sliver_of_canary_traffic_never_reads_as_zero(
 
 
 def test_a_server_up_and_in_rotation_can_take_traffic(router: HAProxyRouter) -> None:
-    assert router.serving_problem("stable") is None
-    assert router.serving_problem("canary") is None  # weight 0 is a share, not a state
+    assert router.serving("stable").problem is None
+    assert router.serving("canary").problem is None  # weight 0 is a share, not a state
+    assert router.serving("canary").unchanged_for is not None  # HAProxy reports it
 
 
 @pytest.mark.parametrize(("state", "problem"), [("maint", "in maintenance"), ("drain", "draining")])
@@ -132,8 +133,10 @@ def test_maintenance_and_drain_are_named(
     router: HAProxyRouter, haproxy: HAProxyServer, state: str, problem: str
 ) -> None:
     assert haproxy.command(f"set server {BACKEND}/canary state {state}").strip() == ""
-    assert router.serving_problem("canary") == f"HAProxy server {BACKEND}/canary is {problem}"
-    assert router.serving_problem("stable") is None
+    canary = router.serving("canary")
+    assert canary.problem == f"HAProxy server {BACKEND}/canary is {problem}"
+    assert canary.unchanged_for is not None and canary.unchanged_for < 10  # just changed
+    assert router.serving("stable").problem is None
 
 
 def test_a_server_whose_health_check_fails_is_down(tmp_path: Path) -> None:
@@ -149,7 +152,7 @@ def test_a_server_whose_health_check_fails_is_down(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while server.server_status().get("canary") != "DOWN" and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert router.serving_problem("canary") == (
+        assert router.serving("canary").problem == (
             f"HAProxy server {BACKEND}/canary is down (its health check fails)"
         )
     finally:
@@ -160,6 +163,6 @@ def test_asking_about_an_unknown_backend_or_server_is_a_router_error(
     haproxy: HAProxyServer,
 ) -> None:
     with pytest.raises(RouterError, match="Can't find backend"):
-        HAProxyRouter(haproxy.socket_path, "no-such-backend").serving_problem("stable")
+        HAProxyRouter(haproxy.socket_path, "no-such-backend").serving("stable")
     with pytest.raises(RouterError, match="has no server 'green'"):
-        HAProxyRouter(haproxy.socket_path, BACKEND, canary_server="green").serving_problem("canary")
+        HAProxyRouter(haproxy.socket_path, BACKEND, canary_server="green").serving("canary")

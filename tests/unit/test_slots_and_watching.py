@@ -191,6 +191,23 @@ def test_a_weight_changed_behind_our_back_is_a_drift_and_is_reasserted(world) ->
     assert rollout.step_started_at == clock.now  # the hold starts again
 
 
+def test_a_drift_is_not_reasserted_onto_a_canary_the_router_holds_down(world) -> None:
+    runtime, _, router, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    advance(runtime, rollout_id)
+    router.weight = 0  # a reload reset it...
+    router.down["canary"] = "HAProxy server checkout/green is in maintenance"  # ...and this
+    clock.now += timedelta(seconds=5)
+    advance(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert router.weight == 0 and rollout.weight == 0 and rollout.state == "running"
+    assert "re-asserting 10% after a drift: the canary cannot take traffic" in events[-1].message
+    del router.down["canary"]
+    clock.now = rollout.next_check_at
+    advance(runtime, rollout_id)
+    assert router.weight == 10 and state(runtime, rollout_id)[0].weight == 10
+
+
 def test_drift_can_pause_the_rollout(world) -> None:
     runtime, _, router, clock, _ = world
     plan = with_traffic("", analysis=", on_drift: pause")
@@ -259,6 +276,58 @@ redeploy: {command: [deploy, "{{ stable_slot }}", "{{ canary_version }}"]}"""
     assert rollout.state == "succeeded" and router.weight == 0 and rollout.weight == 0
     with runtime.sessions() as session:
         assert repository.stable_release(session, "api").stable_slot == "blue"
+
+
+def test_redeploy_moves_traffic_back_only_once_the_router_held_the_slot_up_to_settle(
+    world, monkeypatch
+) -> None:
+    """The stable slot answers the new version right after a fast restart while HAProxy
+    still holds it up from before (its checks have not failed yet): traffic stays on
+    the canary until the router has held the slot up, unchanged, for
+    ``redeploy_settle``; a down state or a change the router saw starts it over."""
+    runtime, _, router, clock, _ = world
+    deployed = []
+    monkeypatch.setattr(
+        engine, "run_hook", lambda hook, values: (deployed.append(1), (True, ""))[1]
+    )
+    # blue (stable) serves the new version once the hook ran: a fast restart.
+    monkeypatch.setattr(
+        slots,
+        "served_version",
+        lambda url, check: "1.0" if "blue" in url and not deployed else "2.0",
+    )
+    plan = with_traffic(
+        """mode: redeploy
+slot_urls: {blue: "http://blue", green: "http://green"}
+version_check: {path: /version}
+redeploy: {command: [deploy]}
+redeploy_settle: 10s"""
+    )
+    router.unchanged_for["stable"] = 3600.0  # up since long before the restart
+    rollout_id = start(runtime, plan)
+    summaries = [advance_summary(runtime, clock, rollout_id)]
+    while "settling" not in summaries[-1] and len(summaries) < 20:
+        summaries.append(advance_summary(runtime, clock, rollout_id))
+    assert "settling, 0s of 10s" in summaries[-1] and router.weight == 100, summaries
+    router.down["stable"] = "HAProxy server api/blue is down (its health check fails)"
+    assert "is down" in advance_summary(runtime, clock, rollout_id)  # HAProxy noticed
+    del router.down["stable"]
+    router.unchanged_for["stable"] = 0.0  # up again just now
+    assert "settling, 0s of 10s" in advance_summary(runtime, clock, rollout_id)
+    router.unchanged_for["stable"] = 1.0  # a blip between two checks: down and up again
+    assert "settling, 1s of 10s" in advance_summary(runtime, clock, rollout_id)
+    came_up = clock.now - timedelta(seconds=1)
+    assert router.weight == 100
+    for _ in range(10):  # the router's clock of the slot's state runs on
+        if state(runtime, rollout_id)[0].state != "running":
+            break
+        clock.now = state(runtime, rollout_id)[0].next_check_at
+        router.unchanged_for["stable"] = (clock.now - came_up).total_seconds()
+        advance(runtime, rollout_id)
+    rollout, events = state(runtime, rollout_id)
+    assert rollout.state == "succeeded" and router.weight == 0
+    moved = next(e for e in events if e.kind == "weight_set" and e.data.get("kind") == "redeploy")
+    assert moved.at - came_up >= timedelta(seconds=10)
 
 
 def advance_summary(runtime: Runtime, clock: Clock, rollout_id: str) -> str:

@@ -21,7 +21,7 @@ from controller.rollback import rollback
 from controller.runtime import Runtime
 from controller.store import repository
 from controller.store.db import migrate, session_factory
-from controller.traffic.base import RouterError
+from controller.traffic.base import RouterError, Serving
 
 PLAN = """
 name: unit
@@ -98,6 +98,7 @@ class FakeRouter:
     lie: bool = False
     history: list[int] = field(default_factory=list)
     down: dict[str, str] = field(default_factory=dict)  # role -> why it takes no traffic
+    unchanged_for: dict[str, float] = field(default_factory=dict)  # role -> seconds
 
     def set_canary_weight(self, weight: int) -> None:
         if self.fail_sets > 0:
@@ -109,8 +110,8 @@ class FakeRouter:
     def get_canary_weight(self) -> int:
         return 7 if self.lie else self.weight
 
-    def serving_problem(self, role: str) -> str | None:
-        return self.down.get(role)
+    def serving(self, role: str) -> Serving:
+        return Serving(self.down.get(role), self.unchanged_for.get(role))
 
 
 class Clock:
@@ -313,6 +314,25 @@ def test_traffic_is_never_raised_onto_a_canary_the_router_holds_down(world) -> N
     del router.down["canary"]
     run_until_settled(runtime, clock, rollout_id)
     assert state(runtime, rollout_id)[0].state == "succeeded" and router.history == [10, 50, 100]
+
+
+def test_the_traffic_already_moved_is_judged_while_the_next_move_waits(world) -> None:
+    """The ramp to 50 % is refused (the canary held down), and meanwhile the canary's
+    errors at 10 % trip its criterion: it is rolled back, not left unwatched."""
+    runtime, metrics, router, clock, enqueued = world
+    rollout_id = start(runtime, make_plan())
+    run_until_settled_at(runtime, clock, rollout_id, weight=10)
+    router.down["canary"] = "HAProxy server api/green is down (its health check fails)"
+    clock.now += timedelta(seconds=30)
+    for _ in range(2):  # the step completes, then the next one asks for 50 %: refused
+        advance(runtime, rollout_id)
+        clock.now = max(clock.now, state(runtime, rollout_id)[0].next_check_at)
+    metrics.errors = 200.0
+    advance(runtime, rollout_id)  # refused again, and the 10 % measured
+    rollout, events = state(runtime, rollout_id)
+    assert rollout.state == "rolling_back" and rollout.tripped_criterion == "errors"
+    assert enqueued == [rollout_id] and router.history == [10]
+    assert [e.kind for e in events].count("router_error") == 2
 
 
 def rolled_back_on_errors(world, down: dict[str, str]):  # type: ignore[no-untyped-def]
