@@ -16,6 +16,7 @@ from controller.input_text import refuse_nul
 from controller.plan import Plan
 from controller.plan_checks import MatcherError, parse_matcher
 from controller.store.models import ADVANCING_STATES, Rollout, RolloutState
+from controller.stored_plans import plan_of
 
 MAX_ALERTS = 1000
 
@@ -107,7 +108,7 @@ def match_alert(
         return [outcome(None, "ignored", "resolved alert: nothing to do")]
     found: list[AlertMatch] = []
     for rollout in rollouts:
-        plan = Plan.from_stored(rollout.plan)
+        plan = plan_of(rollout)
         if alert.labels.get(plan.alerts.service_label) != rollout.service:
             continue
         if "rollout_id" in alert.labels and alert.labels["rollout_id"] != rollout.id:

@@ -9,11 +9,7 @@ sleep, so a crashed worker loses nothing and the next one carries on.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -55,6 +51,7 @@ from controller.slots import (
 from controller.soak import MAX_BURST_SECONDS, send_burst
 from controller.store import repository
 from controller.store.models import WATCHED_STATES, Rollout, RolloutState
+from controller.stored_plans import plan_of
 from controller.traffic.base import RouterError, Serving, TrafficRouter
 
 log = structlog.get_logger(__name__)
@@ -197,45 +194,6 @@ def last_measured(measurements: list[Measurement]) -> dict[str, dict[str, Any]]:
         event = m.as_event()
         found[m.criterion] = {key: event.get(key) for key in ("value", "limit", "verdict")}
     return found
-
-
-_plans: OrderedDict[str, Plan] = OrderedDict()  # content digest -> validated plan
-_plan_digests: OrderedDict[str, str] = OrderedDict()  # rollout id -> its plan's digest
-_PLANS_KEPT = 256
-_DIGESTS_KEPT = 65536
-_plans_guard = threading.Lock()
-
-
-def plan_of(rollout: Rollout) -> Plan:
-    """A rollout's plan, validated once per process rather than at every check (a
-    plan's validation was a measurable part of a check's CPU), and once per distinct
-    plan: a thousand rollouts started from one plan share one validated copy, so a
-    worker's memory does not grow with the rollouts it checks. A rollout's plan is
-    fixed when it starts: nothing changes it afterwards (nor the shared copy)."""
-    with _plans_guard:
-        digest = _plan_digests.get(rollout.id)
-        if digest is not None:
-            _plan_digests.move_to_end(rollout.id)
-    if digest is None:
-        canonical = json.dumps(rollout.plan, sort_keys=True, separators=(",", ":"))
-        digest = hashlib.sha256(canonical.encode()).hexdigest()
-    with _plans_guard:
-        _remember(_plan_digests, rollout.id, digest, _DIGESTS_KEPT)
-        plan = _plans.get(digest)
-        if plan is not None:
-            _plans.move_to_end(digest)
-            return plan
-    plan = Plan.from_stored(rollout.plan)
-    with _plans_guard:
-        _remember(_plans, digest, plan, _PLANS_KEPT)
-    return plan
-
-
-def _remember(kept: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
-    kept[key] = value
-    kept.move_to_end(key)
-    while len(kept) > limit:
-        kept.popitem(last=False)
 
 
 class _Advance:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from controller.notifications import LifecycleEvent, notify
-from controller.plan import Plan
 from controller.runtime import Runtime
 from controller.store import repository
+from controller.stored_plans import plan_of
 from controller.views import rollout_summary
 
 
@@ -15,7 +15,7 @@ def send_notifications(runtime: Runtime, rollout_id: str, kind: str) -> str:
         rollout = repository.get_rollout(session, rollout_id)
         if rollout is None:
             return f"{rollout_id}: no such rollout"
-        plan = Plan.from_stored(rollout.plan)
+        plan = plan_of(rollout)
         if not plan.notifications:
             return f"{rollout_id}: no notification targets in the plan"
         summary = rollout_summary(rollout)

@@ -28,6 +28,7 @@ from controller.slots import (
 )
 from controller.store import repository
 from controller.store.models import ACTIVE_STATES, Rollout, RolloutState
+from controller.stored_plans import plan_of
 from controller.traffic.base import RouterError
 from controller.url_policy import HostPolicy, url_problems
 
@@ -351,7 +352,7 @@ def _set_state(
     rollout = _apply_to_fresh(session, rollout_id, allowed, changes)
     if isinstance(rollout, str):
         return OperationOutcome(rollout_id, False, f"{rollout}; cannot be {kind}")
-    if kind == "paused" and Plan.from_stored(rollout.plan).notifications:
+    if kind == "paused" and plan_of(rollout).notifications:
         # Sent by the next reconcile, with the pause in the same transaction.
         outbox.promise_notification(session, rollout_id, "paused", now)
     repository.append_event(
@@ -390,7 +391,7 @@ def approve_rollout(
         RolloutState.PAUSED,
     ):
         return OperationOutcome(rollout_id, False, f"rollout {rollout_id} is {rollout.state}")
-    plan = Plan.from_stored(rollout.plan)
+    plan = plan_of(rollout)
     gates = {
         "preflight": [g.role for g in plan.gates.approvals],
         **{s.name: list(s.approval) for s in plan.stages},

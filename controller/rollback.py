@@ -20,10 +20,10 @@ from sqlalchemy.orm import Session
 
 from controller import outbox
 from controller.engine import rollout_variables
-from controller.plan import Plan
 from controller.runtime import Runtime
 from controller.store import repository
 from controller.store.models import ROLLBACK_STATES, Rollout, RolloutState
+from controller.stored_plans import plan_of
 from controller.traffic.base import RouterError, TrafficRouter
 
 log = structlog.get_logger(__name__)
@@ -80,7 +80,7 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
         shift_started = runtime.clock()
         router: TrafficRouter | None = None
         try:
-            plan = Plan.from_stored(rollout.plan)
+            plan = plan_of(rollout)
             router = runtime.router_for(plan, rollout_variables(plan, rollout))
         except Exception as exc:  # a broken plan must end in rollback_failed, loudly
             shift = ShiftOutcome(False, 0, f"cannot build the router: {exc}")
@@ -143,7 +143,7 @@ class _Aftercare:
         }
         runbook = outbox.promise_runbook(session, rollout, payload, now)
         self.promised.append((runbook, "runbook", rollout.id))
-        if Plan.from_stored(rollout.plan).notifications:
+        if plan_of(rollout).notifications:
             kind = "rolled_back" if shift.confirmed else "rollback_failed"
             notify = outbox.promise_notification(session, rollout.id, kind, now)
             self.promised.append((notify, "notify", rollout.id))
@@ -157,7 +157,7 @@ def _require_reconciliation_after_failed_writes(
     until someone records that it was done."""
     if not rollout.tripped_criterion:
         return
-    plan = Plan.from_stored(rollout.plan)
+    plan = plan_of(rollout)
     criterion = next((c for c in plan.stop_criteria if c.name == rollout.tripped_criterion), None)
     if criterion is None or criterion.judge != "zero_tolerance":
         return

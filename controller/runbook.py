@@ -35,6 +35,7 @@ from controller.runtime import Runtime
 from controller.slots import rollout_values
 from controller.store import repository
 from controller.store.models import Incident, Rollout
+from controller.stored_plans import plan_of
 from controller.views import event_view
 
 log = structlog.get_logger(__name__)
@@ -178,7 +179,7 @@ def run_runbook(
     with runtime.sessions() as session:
         rollout = repository.get_rollout(session, rollout_id)
         assert rollout is not None
-        plan = Plan.from_stored(rollout.plan)
+        plan = plan_of(rollout)
         values = rollout_values(plan, rollout)
 
         def record(

@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from controller.durations import format_duration
-from controller.plan import Plan
 from controller.runtime import utcnow
 from controller.store import repository
 from controller.store.models import Rollout
+from controller.stored_plans import plan_of
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -24,7 +24,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def rollout_summary(rollout: Rollout) -> dict[str, Any]:
-    steps = Plan.from_stored(rollout.plan).steps()
+    steps = plan_of(rollout).steps()
     step = steps[min(rollout.step_index, len(steps) - 1)]
     return {
         "id": rollout.id,
@@ -108,7 +108,7 @@ class DetailFollower:
             self.recent.append(event_view(e))
 
     def _render(self, rollout: Rollout, now: datetime) -> dict[str, Any]:
-        steps = Plan.from_stored(rollout.plan).steps()
+        steps = plan_of(rollout).steps()
         hold_left = None
         if rollout.step_started_at and rollout.state in ("running", "paused"):
             current = steps[min(rollout.step_index, len(steps) - 1)]

@@ -17,11 +17,11 @@ from config.settings import get_settings
 from controller import outbox
 from controller.due_batches import Due, DueCheck, advance_due, group_due
 from controller.engine import AdvanceResult, advance
-from controller.plan import Plan
 from controller.redaction import redact
 from controller.rollback import rollback
 from controller.runtime import Runtime
 from controller.store import repository
+from controller.stored_plans import plan_of
 from controller.views import rollout_summary
 from tasks.app import app
 from tasks.metrics import ADVANCES
@@ -67,7 +67,7 @@ def _step_labels(rollout_id: str) -> tuple[str, ...]:
         rollout = repository.get_rollout(session, rollout_id)
         if rollout is None:
             return ()
-        return tuple(step.label for step in Plan.from_stored(rollout.plan).steps())
+        return tuple(step.label for step in plan_of(rollout).steps())
 
 
 def enqueue_rollback(rollout_id: str, reason: str = "") -> None:

@@ -30,12 +30,12 @@ from config import PLANS_DIR
 from config.settings import get_settings
 from controller.lab.stack import LabSettings, RolloutLab
 from controller.operations import approve_rollout, start_rollout
-from controller.plan import Plan
 from controller.plan_loader import load_plan
 from controller.runtime import utcnow
 from controller.store import repository
 from controller.store.db import migrate, session_factory
 from controller.store.models import FINAL_STATES, ROLLBACK_STATES, Event, Rollout
+from controller.stored_plans import plan_of
 from controller.views import weights_of
 
 DEMO_PLAN = PLANS_DIR / "demo.yaml"
@@ -107,7 +107,7 @@ class RolloutWatcher:
 
     def approve_as_owners(self, rollout: Rollout) -> None:
         """The demo's owners approve whatever the rollout waits for, as people would."""
-        plan = Plan.from_stored(rollout.plan)
+        plan = plan_of(rollout)
         for role, people in plan.owners.items():
             if role in (rollout.reason or "") and (rollout.id, role) not in self.approved:
                 with self.sessions() as session:

@@ -83,7 +83,7 @@ def test_a_stored_plan_with_a_pattern_re2_refuses_still_loads_and_matches_as_re_
 def test_a_stored_plans_alert_matcher_re2_refuses_still_rolls_back() -> None:
     matchers = ['severity="critical"', 'team=~"(?!ops).*"']
     running = Rollout(
-        id="r-1",
+        id="r-stored-before-re2",
         service="checkout",
         canary_version="2.0",
         stable_version="1.0",

@@ -667,7 +667,7 @@ def test_following_without_a_terminal_prints_one_line_per_change(capsys) -> None
 def test_a_rollouts_plan_is_validated_once_per_process_and_never_mixed_up(world) -> None:
     from types import SimpleNamespace
 
-    from controller.engine import plan_of
+    from controller.stored_plans import plan_of
 
     runtime = world[0]
     rollout_id = start(runtime, make_plan(sustained="0s"))
