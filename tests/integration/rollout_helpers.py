@@ -78,7 +78,8 @@ def begin(lab: RolloutLab, version: str, plan: Plan = PLAN, approve: bool = True
             created_by="pytest",
             now=utcnow(),
             router_for=lab.router_for,
-            variables=lab.plan_variables(),
+            # Only what the plan declares: a deployer another test started adds its own.
+            variables={k: v for k, v in lab.plan_variables().items() if k in plan.variables},
         ).id
         if approve:
             approve_all(session, plan, rollout_id)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from controller.lab.stack import RolloutLab
-from controller.operations import abort_rollout, pause_rollout
+from controller.operations import abort_rollout, pause_rollout, resume_rollout
 from controller.plan import Plan
 from controller.runtime import utcnow
 from controller.store import repository
@@ -271,4 +271,39 @@ def test_start_wait_follows_a_release_to_its_end_in_a_log(lab: RolloutLab, tmp_p
     assert len(lines) >= 3 and "\x1b" not in done.stdout  # lines, not a redrawn screen
     assert lines[-1].split()[1] == "succeeded"
     assert len(set(lines)) == len(lines)  # a line per change, no repeats
+    assert versions_served(lab) == {version}
+
+
+def test_the_ramp_waits_while_an_operator_holds_the_canary_in_maintenance(
+    lab: RolloutLab,
+) -> None:
+    """An operator puts the canary's server in maintenance at 10 %: the canary gets no
+    traffic, so nothing promotes it and no step raises its weight (the engine would
+    also refuse a raise onto a server HAProxy holds down); the rollout pauses for a
+    human at 10 %. Back in rotation and resumed, the release goes on to 100 %."""
+    assert lab.haproxy is not None
+    version = deploy(lab)
+    rollout_id = begin(lab, version)
+    wait_for(lab, rollout_id, at_canary)
+    server = f"{lab.settings.service}/{lab.canary_slot}"
+    assert lab.haproxy.command(f"set server {server} state maint").strip() == ""
+    try:
+        wait_for(lab, rollout_id, lambda r, ev: r.state == "paused")
+        _, events = snapshot(lab, rollout_id)
+        assert max(e.data["weight"] for e in events if e.kind == "weight_set") == 10
+        assert lab.router().get_canary_weight() == 10
+        assert (
+            lab.router().serving("canary").problem == f"HAProxy server {server} is in maintenance"
+        )
+    except BaseException:
+        with session_factory(lab.database_url)() as session:
+            abort_rollout(session, rollout_id, reason="test failed", actor="pytest", now=utcnow())
+        raise
+    finally:
+        assert lab.haproxy.command(f"set server {server} state ready").strip() == ""
+    with session_factory(lab.database_url)() as session:
+        outcome = resume_rollout(session, rollout_id, actor="pytest", now=utcnow())
+    assert outcome.accepted, outcome.message
+    rollout = wait_for(lab, rollout_id, finished)
+    assert rollout.state == "succeeded", rollout.reason
     assert versions_served(lab) == {version}
