@@ -28,8 +28,11 @@ Running deeper (the suite runs a modest number of examples, deterministically)::
     CANARY_MODEL_EXAMPLES=500 CANARY_MODEL_STEPS=80 .venv/bin/pytest \\
         tests/unit/test_rollout_model.py tests/integration/test_rollout_model_postgres.py
 
-``CANARY_MODEL_SEED=N`` explores with another seed instead of the fixed one. A failure
-prints the shrunk rule sequence (``state.rule(...)`` lines) that breaks a promise.
+``CANARY_MODEL_SEED=N`` explores with another seed instead of the fixed one;
+``CANARY_MODEL_SKIP=name,name`` leaves out invariants (``Invariants`` method names) to
+look past a failure already known; ``CANARY_MODEL_SHRINK_SECONDS`` bounds the time spent
+shrinking a failure (45 s by default). A failure prints the shrunk rule sequence
+(``state.rule(...)`` lines) that breaks a promise.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from hypothesis.stateful import (
     get_state_machine_test,
     initialize,
     invariant,
+    precondition,
     rule,
 )
 from sqlalchemy import Engine, create_engine, delete, event, select, text, update
@@ -113,11 +117,11 @@ DURING_A_ROLLBACK = ("second rollback delivery", "alert", "abort", "router drift
 def model_settings(examples: int = DEFAULT_EXAMPLES) -> settings:
     """Deterministic in the suite (a fixed seed, no example database, so CI sees the
     same examples on every run); deeper and with other seeds through the environment."""
-    seed = os.environ.get("CANARY_MODEL_SEED")
+    chosen_seed = os.environ.get("CANARY_MODEL_SEED")
     return settings(
         max_examples=int(os.environ.get("CANARY_MODEL_EXAMPLES", examples)),
         stateful_step_count=int(os.environ.get("CANARY_MODEL_STEPS", DEFAULT_STEPS)),
-        derandomize=seed is None,
+        derandomize=chosen_seed is None,
         database=None,
         deadline=None,
         phases=[Phase.generate, Phase.target, Phase.shrink, Phase.explain],
@@ -996,6 +1000,7 @@ class RolloutModel(RuleBasedStateMachine):
         self.model.actors["rollback"].arm(point)
         self.model.run_rollback()
 
+    @precondition(lambda self: self.model.dead_owners)
     @rule()
     def leases_expire(self) -> None:
         self.model.expire_dead_leases()
@@ -1008,6 +1013,7 @@ class RolloutModel(RuleBasedStateMachine):
     def resume(self) -> None:
         self.model.resume()
 
+    @precondition(lambda self: self.model.plan is not None and self.model.plan.stages[-1].approval)
     @rule()
     def approve(self) -> None:
         self.model.approve()
@@ -1030,15 +1036,16 @@ class RolloutModel(RuleBasedStateMachine):
     def broker(self, up: bool) -> None:
         self.model.broker.up = up
 
+    @precondition(lambda self: self.model.broker.up and self.model.broker.rollbacks)
     @rule()
     def rollback_worker_takes_next(self) -> None:
-        if self.model.broker.up and self.model.broker.rollbacks:
-            self.model.run_rollback(rollout_id=self.model.broker.rollbacks.pop(0))
+        self.model.run_rollback(rollout_id=self.model.broker.rollbacks.pop(0))
 
     @rule()
     def reconcile(self) -> None:
         self.model.reconcile()
 
+    @precondition(lambda self: self.model.broker.up and self.model.broker.outbox)
     @rule()
     def runbook_worker_takes_next(self) -> None:
         self.model.deliver_outbox()
@@ -1063,6 +1070,7 @@ class RolloutModel(RuleBasedStateMachine):
         self.model.run_rollback(rollout_id=queued.pop(0) if queued else None)
         self.model.world.interleavings = []
 
+    @precondition(lambda self: self.model.broker.up and self.model.broker.outbox)
     @rule()
     def slow_runbook_step_while_reconcile_runs(self) -> None:
         """The next runbook's healthcheck step takes longer than the row's claim;
@@ -1098,6 +1106,7 @@ class RolloutModel(RuleBasedStateMachine):
     def canary_errors(self, high: bool) -> None:
         self.model.world.metrics.errors = 200.0 if high else 0.0
 
+    @precondition(lambda self: self.model.world.deploying)
     @rule()
     def redeploy_makes_progress(self) -> None:
         self.model.world.progress()
