@@ -191,8 +191,19 @@ def backlog(check: Backlog, metrics: MetricsProvider, values: dict[str, str]) ->
 def missing_approvals(
     plan: Plan, roles: list[str], approvals: list[dict[str, Any]], gate: str
 ) -> list[str]:
-    """Roles still without an approval by one of their named owners for ``gate``."""
-    given = {(a["role"], a["name"]) for a in approvals if a.get("gate") == gate}
+    """Roles still without an approval by one of their named owners for ``gate``.
+
+    A person counts in one role per rollout, the first they approved in (``approvals``
+    in the order given): two roles always mean two people, even if the store holds
+    two approvals by one name (written before that rule was enforced under a lock)."""
+    first_role: dict[str, str] = {}
+    for approval in approvals:
+        first_role.setdefault(approval["name"], approval["role"])
+    given = {
+        (a["role"], a["name"])
+        for a in approvals
+        if a.get("gate") == gate and first_role.get(a["name"]) == a["role"]
+    }
     return [
         role
         for role in roles
