@@ -54,7 +54,7 @@ class OperationUnavailable(OperationError):
 
 
 def check_identifier(field: str, value: str) -> str:
-    if not _IDENTIFIER.match(value or ""):
+    if not _IDENTIFIER.fullmatch(value or ""):
         raise OperationError(
             f"{field}: {value!r} is not allowed: use 1-128 letters, digits and . _ : + - "
             "(it is used inside PromQL label matchers)"
@@ -106,7 +106,7 @@ def start_rollout(
         problem = plan.override_problem(name, value)
         if problem:
             raise OperationError(f"variables.{name}: {problem}")
-        if not _VARIABLE_VALUE.match(value):
+        if not _VARIABLE_VALUE.fullmatch(value):
             raise OperationError(
                 f"variables.{name}: use up to 2000 characters of letters, digits and "
                 "_ . : / @ % + = , ~ - (it is placed inside URLs, queries and commands)"

@@ -353,3 +353,39 @@ def test_ten_identical_approvals_at_once_write_one_audit_line(api: Api) -> None:
     assert {a.status_code for a in answers} == {200}, [a.text for a in answers]
     with Session(api.engine) as session:
         assert len(repository.events_for(session, rollout_id, ["approval"])) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (
+            "/api/v1/rollouts",
+            {"plan": "two-hats", "service": "checkout", "version": "2.0.0\n"},
+            "version",
+        ),
+        (
+            "/api/v1/rollouts",
+            {"plan": "two-hats", "service": "checkout\n", "version": "2.0.0"},
+            "service",
+        ),
+        (
+            "/api/v1/rollouts",
+            {"plan": "two-hats", "service": "checkout", "version": "2.0.0", "stable": "1.0.0\n"},
+            "stable",
+        ),
+        ("/api/v1/plans", {"name": "evil\n", "plan_yaml": TWO_HATS_YAML}, "plan"),
+    ],
+    ids=["version", "service", "stable", "plan-name"],
+)
+def test_a_trailing_newline_is_not_part_of_a_name(
+    api: Api, path: str, body: dict[str, Any], field: str
+) -> None:
+    """``^…$`` with ``re.match`` lets "2.0.0\\n" through: a rollout whose every query is
+    invalid PromQL, a plan named "evil\\n". Names are matched whole: a 422 naming
+    the field, and the store unchanged."""
+    token = ADMIN if path.endswith("plans") else ERIN
+    problems = refused(api, token, path, json=body)
+    assert any(
+        field in [str(part) for part in p["loc"]] or p["msg"].startswith(f"{field}:")
+        for p in problems
+    ), problems
