@@ -34,6 +34,20 @@ CLAIMS = {"runbook": timedelta(seconds=120), "notify": timedelta(seconds=130)}
 _RUNBOOK_STATES = (RolloutState.ROLLED_BACK, RolloutState.ABORTED, *ROLLBACK_STATES)
 
 
+def claim_for(runtime: Runtime, kind: str) -> timedelta:
+    """How long one delivery of a ``kind`` row holds it: a runbook's claim may be set
+    (``CANARY_RUNBOOK_CLAIM_SECONDS``); a notification's stays tied to its task's
+    time limit."""
+    if kind == "runbook" and runtime.runbook_claim is not None:
+        return runtime.runbook_claim
+    return CLAIMS[kind]
+
+
+def redispatch_after(runtime: Runtime) -> timedelta:
+    """How long a dispatched row not done waits before it is sent again."""
+    return runtime.outbox_redispatch or REDISPATCH_AFTER
+
+
 def promise_runbook(session: Session, rollout: Rollout, shift: dict[str, Any], now: Any) -> int:
     """The runbook after a rollback's traffic shift, as an outbox row; its id."""
     return repository.add_outbox(session, rollout.id, "runbook", shift, now, RUNBOOK_TTL).id
@@ -55,7 +69,7 @@ def run_outbox_row(runtime: Runtime, row_id: int) -> str:
         if row.done_at is not None:
             return f"outbox {row_id}: already done ({row.outcome})"
         kind, rollout_id, payload = row.kind, row.rollout_id, dict(row.payload)
-        if not repository.claim_outbox(session, row_id, runtime.clock(), CLAIMS[kind]):
+        if not repository.claim_outbox(session, row_id, runtime.clock(), claim_for(runtime, kind)):
             return f"outbox {row_id}: another delivery is running it"
         stale = why_not_run(session, row_id, runtime.clock())
     if stale:
@@ -66,7 +80,9 @@ def run_outbox_row(runtime: Runtime, row_id: int) -> str:
 
         def renew() -> None:
             with runtime.sessions() as session:
-                repository.renew_outbox_claim(session, row_id, runtime.clock(), CLAIMS[kind])
+                repository.renew_outbox_claim(
+                    session, row_id, runtime.clock(), claim_for(runtime, kind)
+                )
 
         def why_stop() -> str | None:
             with runtime.sessions() as session:
@@ -139,7 +155,7 @@ def _record_skip(runtime: Runtime, rollout_id: str, kind: str, outcome: str) -> 
 def dispatch_due(runtime: Runtime) -> list[int]:
     """Send again every outbox row that is not done (reconcile calls this)."""
     with runtime.sessions() as session:
-        due = repository.take_due_outbox(session, runtime.clock(), REDISPATCH_AFTER)
+        due = repository.take_due_outbox(session, runtime.clock(), redispatch_after(runtime))
     for row_id, kind, rollout_id in due:
         runtime.send_outbox(row_id, kind, rollout_id)
     return [row_id for row_id, _, _ in due]

@@ -70,6 +70,10 @@ class Runtime:
     # the same second. Off here (a step's first check exactly one interval after it
     # began, as the unit tests' clocks expect); the workers' setting turns it on.
     spread_checks: bool = False
+    # How long a runbook's delivery holds its outbox row between renewals, and when a
+    # row not done is sent again (``controller.outbox``); None: that module's defaults.
+    runbook_claim: timedelta | None = None
+    outbox_redispatch: timedelta | None = None
 
     def __post_init__(self) -> None:
         if self.send_outbox is None:
@@ -91,6 +95,8 @@ class Runtime:
             rollback_attempts=settings.rollback_attempts,
             rollback_backoff_seconds=settings.rollback_backoff_seconds,
             spread_checks=settings.spread_checks,
+            runbook_claim=timedelta(seconds=settings.runbook_claim_seconds),
+            outbox_redispatch=timedelta(seconds=settings.outbox_redispatch_seconds),
             post_incident=partial(
                 post_incident,
                 _secret(settings.incident_webhook_url),
