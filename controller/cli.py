@@ -59,6 +59,7 @@ from controller.plan_checks import (
     SAMPLE_SERVICE,
     SAMPLE_STABLE_VERSION,
     PlanQuery,
+    absent_series_meanings,
     check_queries,
     plan_queries,
     sample_values,
@@ -274,9 +275,11 @@ def plan_validate(
     """Check a plan file; report every problem with its field path and line.
 
     Every PromQL query is parsed (rendered with sample values) and every alert
-    matcher is parsed with Alertmanager's grammar, as when a rollout starts."""
+    matcher is parsed with Alertmanager's grammar, as when a rollout starts. Then
+    what each stop criterion will decide when a query returns no series."""
     loaded = load_plan(plan)
     steps = loaded.steps()
+    absent = absent_series_meanings(loaded)
     report: dict[str, Any] = {
         "file": str(plan),
         "name": loaded.name,
@@ -286,6 +289,9 @@ def plan_validate(
             for step in steps
         ],
         "stop_criteria": [c.name for c in loaded.stop_criteria],
+        "absent_series": [
+            {"criterion": a.criterion, "meaning": a.meaning, "warning": a.warning} for a in absent
+        ],
     }
     if not as_json:
         out.print(
@@ -298,6 +304,11 @@ def plan_validate(
                 f"  {step.index + 1}. {step.label:<24} hold {format_duration(step.hold)}",
                 markup=False,
             )
+        if absent:
+            out.print("when a query returns no series:", markup=False)
+        for a in absent:
+            note = " (warning)" if a.warning else ""
+            out.print(f"  {a.criterion}: {a.meaning}{note}", markup=False, highlight=False)
     failing = False
     if check_against is not None:
         overrides = _variables(var)
