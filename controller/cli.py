@@ -196,7 +196,8 @@ def plan_register(
 ) -> None:
     """Register a plan by name, as its next version (who and when are kept). Operators
     start rollouts from registered plans; the API accepts no inline plan from them.
-    Here the registrant is your OS login name (direct database access)."""
+    The registrant is who you are: the API token's name with CANARY_API_URL and
+    CANARY_TOKEN set (an admin's), else your OS login name (direct database access)."""
     source = read_plan_text(plan)
     name = name or parse_plan(source, source=str(plan)).name
     client = _api_client()
@@ -962,7 +963,7 @@ def worker(
     ] = 0,
 ) -> None:
     """Run a Celery worker (task events on). In production run one worker per queue:
-    rollback (its own, always), rollouts, runbook and notify."""
+    rollback (its own, always), reconcile, rollouts, runbook and notify."""
     metrics_dir = None
     if metrics_port:
         # Before any task module creates a metric: the prefork children share counters.
