@@ -532,23 +532,33 @@ def take_due_outbox(
             data={"outbox_id": row.id, "kind": row.kind, "attempts": row.attempts},
         )
     stale, orphaned = now - redispatch_after, now - first_dispatch_grace
+    due = and_(
+        Outbox.done_at.is_(None),
+        Outbox.expires_at >= now,
+        or_(Outbox.claimed_until.is_(None), Outbox.claimed_until < now),
+        or_(
+            and_(Outbox.dispatched_at.is_(None), Outbox.created_at < orphaned),
+            Outbox.dispatched_at < stale,
+        ),
+    )
+    # The oldest ``limit`` first, and only those marked: a row marked here is a row
+    # the caller sends, and the rest are taken at the next tick, not marked as sent
+    # and left for the redispatch delay.
+    chosen = session.scalars(select(Outbox.id).where(due).order_by(Outbox.id).limit(limit)).all()
+    if not chosen:
+        session.commit()
+        return []
+    # The conditions again: a concurrent reconcile that chose the same rows marks each
+    # one only once (the second UPDATE finds it dispatched just now).
     taken = session.execute(
         update(Outbox)
-        .where(
-            Outbox.done_at.is_(None),
-            Outbox.expires_at >= now,
-            or_(Outbox.claimed_until.is_(None), Outbox.claimed_until < now),
-            or_(
-                and_(Outbox.dispatched_at.is_(None), Outbox.created_at < orphaned),
-                Outbox.dispatched_at < stale,
-            ),
-        )
+        .where(Outbox.id.in_(chosen), due)
         .values(dispatched_at=now, attempts=Outbox.attempts + 1)
         .returning(Outbox.id, Outbox.kind, Outbox.rollout_id)
         .execution_options(synchronize_session=False)
     ).all()
     session.commit()
-    return [(row_id, kind, rollout_id) for row_id, kind, rollout_id in taken[:limit]]
+    return sorted((row_id, kind, rollout_id) for row_id, kind, rollout_id in taken)
 
 
 def mark_outbox_dispatched(session: Session, row_id: int, now: datetime) -> bool:
@@ -568,9 +578,18 @@ def unmark_outbox_dispatched(session: Session, row_id: int, marked_at: datetime)
     """Undo our own dispatch mark when the send failed (broker down), so reconcile
     sends the row after the first-dispatch grace instead of the redispatch delay. A
     mark reconcile has set since (another ``dispatched_at``) is left alone."""
+    unmark_outbox_rows(session, [row_id], marked_at)
+
+
+def unmark_outbox_rows(session: Session, row_ids: Iterable[int], marked_at: datetime) -> None:
+    """``unmark_outbox_dispatched`` for several rows marked at the same moment (the
+    rows of a reconcile tick it could not send)."""
+    ids = list(row_ids)
+    if not ids:
+        return
     session.execute(
         update(Outbox)
-        .where(Outbox.id == row_id, Outbox.done_at.is_(None), Outbox.dispatched_at == marked_at)
+        .where(Outbox.id.in_(ids), Outbox.done_at.is_(None), Outbox.dispatched_at == marked_at)
         .values(dispatched_at=None)
         .execution_options(synchronize_session=False)
     )
