@@ -448,6 +448,48 @@ def take_due_rollbacks(session: Session, now: datetime, hold: timedelta) -> list
     return taken
 
 
+def release_rollback_holds(
+    session: Session, rollout_ids: Iterable[str], held_until: datetime, due_at: datetime
+) -> None:
+    """Make rollbacks taken by ``take_due_rollbacks`` (held until ``held_until``) due
+    at ``due_at`` again: their message never reached the broker, and a rollback must
+    not sit out the hold meant for one that did. A rollback whose row moved on since
+    (its worker set its own next try) is left alone."""
+    ids = list(rollout_ids)
+    if not ids:
+        return
+    session.execute(
+        update(Rollout)
+        .where(
+            Rollout.id.in_(ids),
+            Rollout.next_check_at == held_until,
+            _ROLLING_BACK,
+        )
+        .values(next_check_at=due_at, version=Rollout.version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def unmark_advances_dispatched(
+    session: Session, rollout_ids: Iterable[str], marked_at: datetime
+) -> None:
+    """Undo the dispatch mark ``take_due_advances`` set at ``marked_at`` on rollouts
+    whose advance could not be queued, so the next tick takes them instead of the
+    one after the redispatch delay. A mark set since (a newer tick) or cleared by an
+    advance that claimed the rollout is left alone."""
+    ids = list(rollout_ids)
+    if not ids:
+        return
+    session.execute(
+        update(Rollout)
+        .where(Rollout.id.in_(ids), Rollout.dispatched_at == marked_at)
+        .values(dispatched_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
 def get_rollout(session: Session, rollout_id: str) -> Rollout | None:
     return session.get(Rollout, rollout_id)
 
