@@ -25,7 +25,7 @@ import structlog
 from controller import outbox, timeouts
 from controller.due_batches import group_due
 from controller.runtime import Runtime
-from controller.store import repository
+from controller.store import heartbeats, repository
 from controller.store.repository import DueAdvance
 
 log = structlog.get_logger(__name__)
@@ -76,9 +76,13 @@ def reconcile(
     runtime: Runtime, senders: Senders, *, lookahead: timedelta, batch_size: int
 ) -> TickReport:
     """Hand out everything due now (advances due within ``lookahead`` too, to start
-    at their due time), in batches of at most ``batch_size`` advances."""
+    at their due time), in batches of at most ``batch_size`` advances; first note in
+    the store that reconcile ran, which is how ``canary status`` and ``/metrics``
+    tell a quiet system from one where nothing consumes the reconcile queue."""
     now = runtime.clock()
     with runtime.sessions() as session:
+        heartbeats.record(session, heartbeats.RECONCILE, now, runtime.owner)
+        session.commit()
         advances = repository.take_due_advances(
             session, now, ADVANCE_REDISPATCH, lookahead=lookahead
         )

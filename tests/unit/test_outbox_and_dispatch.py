@@ -345,8 +345,7 @@ def test_a_row_the_broker_refuses_is_sent_at_the_next_tick_and_the_rest_at_once(
     rollout_id = start(runtime, make_plan())
     with runtime.sessions() as session:
         rows = [
-            outbox.promise_notification(session, rollout_id, "started", clock.now)
-            for _ in range(3)
+            outbox.promise_notification(session, rollout_id, "started", clock.now) for _ in range(3)
         ]
         session.commit()
     sent: list[int] = []

@@ -21,7 +21,7 @@ from controller import outbox, timeouts
 from controller.operations import abort_rollout, start_rollout
 from controller.reconcile.tick import ROLLBACK_HOLD, Senders, TickReport, reconcile
 from controller.runtime import Runtime
-from controller.store import repository
+from controller.store import heartbeats, repository
 from controller.store.models import Rollout
 from controller.store.repository import ROLLBACK_FALLBACK, DueAdvance
 from controller.stored_plans import plan_of
@@ -240,3 +240,15 @@ def test_out_of_time_stops_the_tick_and_leaves_nothing_held(world) -> None:
     clock.now += NEXT_TICK
     tick(runtime, broker)
     assert sorted(broker.rollbacks[1:]) == sorted(set(ids) - {sent})
+
+
+def test_every_tick_records_that_reconcile_ran(world) -> None:
+    runtime, _, _, clock, _ = world
+    with runtime.sessions() as session:
+        assert heartbeats.last_run(session) is None
+    tick(runtime, FakeBroker())
+    clock.now += NEXT_TICK
+    tick(runtime, FakeBroker())
+    with runtime.sessions() as session:
+        beat = heartbeats.last_run(session)
+        assert beat is not None and (beat.at, beat.by) == (clock.now, runtime.owner)
