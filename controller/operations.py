@@ -22,6 +22,7 @@ from controller.plan import Plan
 from controller.runtime import RouterFactory
 from controller.slots import (
     Slots,
+    router_names_problem,
     router_state_problem,
     slots_for_new_rollout,
     template_values,
@@ -142,6 +143,9 @@ def start_rollout(
     refused = url_problems(plan, values, url_policy or HostPolicy())
     if refused:
         raise OperationError("; ".join(refused))
+    backend_problem = router_names_problem(plan, values)
+    if backend_problem:
+        raise OperationError(backend_problem)
     # Before the router: a start no retry could make succeed is told so at once.
     active = session.scalars(
         select(Rollout.id).where(
