@@ -192,8 +192,13 @@ SCENARIOS: dict[str, Scenario] = {
     "CanaryNoRollbackWorker": Scenario(
         series={'canary_worker_up{queues="rollback"}': gauge(1, None)}
     ),
+    # The only reconcile worker stops: its series goes stale and the store's age of
+    # the last reconcile run grows from then on.
     "CanaryNoReconcileWorker": Scenario(
-        series={'canary_worker_up{queues="reconcile"}': gauge(1, None)}
+        series={
+            'canary_worker_up{queues="reconcile"}': gauge(1, None),
+            "canary_reconcile_last_run_age_seconds": lambda t: 2 + after_fault(t),
+        }
     ),
     "CanaryRolloutHeldWithTraffic": Scenario(
         series={
