@@ -353,6 +353,14 @@ def _set_state(
         analysis.update(error_streak=0, inconclusive_streak=0, breach_since={})
         analysis.pop("waiting_since", None)
         analysis.pop("deadline_passed", None)
+        if new_state == RolloutState.RUNNING and analysis.get("redeploy"):
+            # A redeploy that timed out paused the rollout: resuming gives it a new
+            # ``redeploy_timeout`` (and its hook new attempts), not an instant re-pause.
+            analysis["redeploy"] = {
+                **analysis["redeploy"],
+                "started_at": now.isoformat(),
+                "hook_attempts": 0,
+            }
         return {
             "state": new_state,
             "reason": reason,

@@ -74,6 +74,9 @@ TEMPLATE_VARIABLES = (
     "window",
     "stable_slot",
     "canary_slot",
+    # The version the redeploy hook puts into the stable slot: the canary version when
+    # a release is promoted, the stable version when a rollback puts it back.
+    "deploy_version",
 )
 SLOT_URL_VARIABLES = ("stable_url", "canary_url")  # from traffic.slot_urls, when given
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -378,6 +381,24 @@ class CanaryDisable(_Strict):
         return self
 
 
+def hook_variables(hook: CanaryDisable) -> set[str]:
+    """Template variables a hook uses anywhere (argv, URL, JSON body)."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, str):
+            found.update(template_variables(node))
+        elif isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(hook.model_dump(mode="json"))
+    return found
+
+
 class Runbook(_Strict):
     """The rollback runbook's steps after traffic is back on stable."""
 
@@ -490,17 +511,33 @@ class SoakStage(_Stage):
     )
 
 
+def _measured_at_its_weight(value: timedelta, info: ValidationInfo) -> timedelta:
+    """A step that moves canary traffic is promoted only once it was measured at its
+    own weight: the check that moves the traffic judges data from before the move, so
+    ``hold: 0s`` would promote a step nothing ever measured. (A plan a rollout stored
+    before this rule still loads.)"""
+    if value < timedelta(seconds=1) and not (info.context or {}).get("stored"):
+        raise ValueError(
+            f"{format_duration(value)} would promote the step on data from before its "
+            "traffic moved; hold it at least 1s, so that a check measures it at its own weight"
+        )
+    return value
+
+
+StepHold = Annotated[Duration, AfterValidator(_measured_at_its_weight)]
+
+
 class CanaryStage(_Stage):
     """The first slice of production traffic to the new version, held and compared."""
 
     kind: Literal["canary"]
     weight: Count = Field(ge=1, le=100)
-    hold: Duration
+    hold: StepHold
 
 
 class RampStep(_Strict):
     weight: Count = Field(ge=1, le=100)
-    hold: Duration
+    hold: StepHold
 
 
 class RampStage(_Stage):
@@ -605,7 +642,7 @@ class HAProxyTraffic(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _slots(self) -> HAProxyTraffic:
+    def _slots(self, info: ValidationInfo) -> HAProxyTraffic:
         servers = {self.stable_server, self.canary_server}
         if len(servers) != 2:
             raise ValueError("stable_server and canary_server must be two different servers")
@@ -619,6 +656,13 @@ class HAProxyTraffic(_Strict):
         if self.mode == SlotMode.REDEPLOY:
             if self.redeploy is None:
                 raise ValueError("mode redeploy needs a redeploy hook (command or http)")
+            stored = bool((info.context or {}).get("stored"))
+            if not stored and "deploy_version" not in hook_variables(self.redeploy):
+                raise ValueError(
+                    "redeploy: name the version to deploy as {{ deploy_version }}, not "
+                    "{{ canary_version }}: the hook deploys the new version when the release "
+                    "is promoted, and the stable version back when a rollback comes after it"
+                )
             if self.version_check is None:
                 raise ValueError(
                     "mode redeploy needs version_check: the controller must see the stable "

@@ -22,7 +22,11 @@ from sqlalchemy.orm import Session
 
 from controller import outbox
 from controller.engine import rollout_variables
+from controller.plan import Plan
 from controller.runtime import Runtime
+from controller.slots import version_mismatches
+from controller.stable_restore import RECHECK as RESTORE_RECHECK
+from controller.stable_restore import needs_stable_restored, restore_stable
 from controller.store import repository
 from controller.store.models import ROLLBACK_STATES, Rollout, RolloutState
 from controller.stored_plans import plan_of
@@ -79,15 +83,18 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
                 rollout_id, False, rollout.state if rollout else None, "nothing to roll back"
             )
         bound = log.bind(rollout_id=rollout.id, service=rollout.service)
-        first_attempt = rollout.state == RolloutState.ROLLING_BACK
         shift_started = runtime.clock()
         router: TrafficRouter | None = None
+        plan: Plan | None = None
         try:
             plan = plan_of(rollout)
             router = runtime.router_for(plan, rollout_variables(plan, rollout))
         except Exception as exc:  # a broken plan must end in rollback_failed, loudly
             shift = ShiftOutcome(False, 0, f"cannot build the router: {exc}")
         else:
+            if needs_stable_restored(plan, rollout):
+                session.rollback()
+                return _restore_then_roll_back(runtime, session, rollout_id, plan, router, bound)
             shift = shift_to_stable(
                 router, runtime.rollback_attempts, runtime.rollback_backoff_seconds
             )
@@ -111,7 +118,11 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
                 + "; an advance in flight still holds the rollout: settled at the next "
                 "dispatch, in about a second",
             )
-        aftercare = _Aftercare(first_attempt, shift_started, shifted_at)
+        # Whether this is the first attempt is read under the lease: two deliveries of
+        # one rollback must not both take it for the first (two runbooks promised).
+        aftercare = _Aftercare(
+            claimed.state == RolloutState.ROLLING_BACK, shift_started, shifted_at
+        )
         try:
             result, shift = _settle(runtime, session, claimed, router, shift, aftercare, bound)
         finally:
@@ -119,6 +130,88 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
             repository.release(session, rollout_id, runtime.owner)
     outbox.dispatch_now(runtime, aftercare.promised)
     return result
+
+
+def _restore_then_roll_back(
+    runtime: Runtime,
+    session: Session,
+    rollout_id: str,
+    plan: Plan,
+    router: TrafficRouter,
+    bound: structlog.typing.FilteringBoundLogger,
+) -> RollbackResult:
+    """Redeploy mode after the redeploy hook began: under the lease, put the stable
+    version back into the stable slot (``controller.stable_restore``); traffic moves
+    only once that slot answers the stable version and the router holds it up."""
+    claimed = _take_lease(runtime, session, rollout_id)
+    if claimed is None:
+        _come_back_soon(runtime, session, rollout_id)
+        return RollbackResult(
+            rollout_id,
+            False,
+            RolloutState.ROLLING_BACK,
+            "an advance in flight still holds the rollout: the stable version is put back "
+            "at the next dispatch, in about a second",
+        )
+    aftercare = _Aftercare(
+        claimed.state == RolloutState.ROLLING_BACK, runtime.clock(), runtime.clock()
+    )
+    try:
+        result = _restore_step(runtime, session, claimed, plan, router, aftercare, bound)
+    finally:
+        session.rollback()
+        repository.release(session, rollout_id, runtime.owner)
+    outbox.dispatch_now(runtime, aftercare.promised)
+    return result
+
+
+def _restore_step(
+    runtime: Runtime,
+    session: Session,
+    rollout: Rollout,
+    plan: Plan,
+    router: TrafficRouter,
+    aftercare: _Aftercare,
+    bound: structlog.typing.FilteringBoundLogger,
+) -> RollbackResult:
+    """One look at the restore; the shift and its record once the slot is ready."""
+    now = runtime.clock()
+    restore, analysis = restore_stable(plan, rollout, router, now)
+    rollout.analysis = analysis
+    for kind, message, data in restore.events:
+        repository.append_event(
+            session,
+            rollout.id,
+            kind,
+            actor=ACTOR,
+            at=now,
+            message=message,
+            data=data,
+            step_index=rollout.step_index,
+        )
+    if restore.ready:
+        aftercare.shift_started = runtime.clock()
+        shift = shift_to_stable(router, runtime.rollback_attempts, runtime.rollback_backoff_seconds)
+        aftercare.shifted_at = runtime.clock()
+        bound.info(
+            "traffic_shift", confirmed=shift.confirmed, attempts=shift.attempts, restored=True
+        )
+        result, _ = _settle(runtime, session, rollout, router, shift, aftercare, bound)
+        return result
+    if restore.failed and rollout.state == RolloutState.ROLLING_BACK:
+        failed = ShiftOutcome(False, 0, restore.failed)
+        result, _ = _settle(runtime, session, rollout, router, failed, aftercare, bound)
+        return result
+    rollout.next_check_at = now + RESTORE_RECHECK
+    rollout.updated_at = now
+    session.commit()
+    bound.warning("stable_restore_waiting", waiting=restore.waiting)
+    return RollbackResult(
+        rollout.id,
+        True,
+        rollout.state,
+        f"putting the stable version back before traffic moves: {restore.waiting}",
+    )
 
 
 @dataclass
@@ -248,19 +341,29 @@ def _settle(
             shift = shift_to_stable(
                 router, runtime.rollback_attempts, runtime.rollback_backoff_seconds
             )
+    if shift.confirmed:
+        wrong = _stable_version_problem(rollout)
+        if wrong:
+            rollout.weight = 0  # the router reads 0: the record says so
+            shift = ShiftOutcome(
+                False, shift.attempts, f"all traffic is on the stable slot, but {wrong}"
+            )
     now = runtime.clock()
     previous_weight = rollout.weight
     if not shift.confirmed:
         rollout.state = RolloutState.ROLLBACK_FAILED
         rollout.next_check_at = now + timedelta(seconds=RETRY_FAILED_ROLLBACK_SECONDS)
         rollout.updated_at = now
+        # One rollback_failed per rollback; its retries are recorded as such.
+        first = aftercare.first_attempt
         repository.append_event(
             session,
             rollout.id,
-            "rollback_failed",
+            "rollback_failed" if first else "rollback_retry_failed",
             actor=ACTOR,
             at=now,
-            message=f"ROLLBACK FAILED: traffic is NOT confirmed on stable after "
+            message=("ROLLBACK FAILED" if first else "rollback retry failed")
+            + f": traffic is NOT confirmed on stable {rollout.stable_version} after "
             f"{shift.attempts} attempts: {shift.error}; retrying in "
             f"{RETRY_FAILED_ROLLBACK_SECONDS}s. If the router cannot be fixed for the "
             f"controller: {resolve_hint(rollout.id)}",
@@ -333,6 +436,18 @@ def _settle(
     session.commit()
     bound.warning("rolled_back", state=str(final), reason=rollout.reason)
     return RollbackResult(rollout.id, True, str(final), f"traffic on stable; {final}"), shift
+
+
+def _stable_version_problem(rollout: Rollout) -> str | None:
+    """With a version check in the plan: whether the stable slot answers the stable
+    version at its own address. A rollback ends on a server that serves the stable
+    version, read from the server itself, not on whatever the stable slot holds."""
+    plan = plan_of(rollout)
+    if plan.traffic.version_check is None:
+        return None
+    values = rollout_variables(plan, rollout)
+    wrong = version_mismatches(plan, values, {"stable": rollout.stable_version})
+    return "; ".join(wrong) or None
 
 
 def _stable_problem(router: TrafficRouter | None) -> str | None:

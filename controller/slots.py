@@ -66,6 +66,7 @@ def template_values(
         "environment": environment,
         "stable_slot": slots.stable,
         "canary_slot": slots.canary,
+        "deploy_version": canary_version,
     }
     return plan.template_values(builtins, overrides)
 

@@ -65,6 +65,8 @@ WATCHED_STATES = (*ADVANCING_STATES, RolloutState.PAUSED)
 ROLLBACK_STATES = (RolloutState.ROLLING_BACK, RolloutState.ROLLBACK_FAILED)
 ACTIVE_STATES = (*ADVANCING_STATES, RolloutState.PAUSED, *ROLLBACK_STATES)
 FINAL_STATES = (RolloutState.SUCCEEDED, RolloutState.ROLLED_BACK, RolloutState.ABORTED)
+# A rollback was asked for: traffic must be on stable (or going there) in these states.
+ROLLBACK_INTENT_STATES = (*ROLLBACK_STATES, RolloutState.ROLLED_BACK, RolloutState.ABORTED)
 
 
 _ACTIVE_SQL = "state IN (" + ", ".join(f"'{s}'" for s in ACTIVE_STATES) + ")"

@@ -201,6 +201,61 @@ def release(session: Session, rollout_id: str, owner: str) -> None:
     session.commit()
 
 
+def rollback_request(
+    rollout: Rollout,
+    *,
+    reason: str,
+    actor: str,
+    now: datetime,
+    final_state: RolloutState = RolloutState.ROLLED_BACK,
+    tripped: str | None = None,
+    trigger: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The columns a rollback request sets on ``rollout``: one definition for the
+    conditional UPDATE of ``request_rollback`` and for an advance that decides a
+    rollback and requests it in the same commit as the decision."""
+    values: dict[str, Any] = {
+        "state": RolloutState.ROLLING_BACK,
+        "reason": reason,
+        "updated_at": now,
+        # Whoever requests a rollback enqueues it at once; reconcile is the fallback.
+        "next_check_at": now + ROLLBACK_FALLBACK,
+        "analysis": {
+            **(rollout.analysis or {}),
+            "final_state": str(final_state),
+            "trigger": {
+                "at": now.isoformat(),
+                "actor": actor,
+                "reason": reason,
+                **(trigger or {"kind": "manual"}),
+            },
+        },
+    }
+    if tripped:
+        values["tripped_criterion"] = tripped
+    return values
+
+
+def append_rollback_requested(
+    session: Session,
+    rollout_id: str,
+    *,
+    reason: str,
+    actor: str,
+    now: datetime,
+    tripped: str | None,
+) -> None:
+    append_event(
+        session,
+        rollout_id,
+        "rollback_requested",
+        actor=actor,
+        at=now,
+        message=f"rollback requested: {reason}",
+        data={"reason": reason, "tripped": tripped},
+    )
+
+
 def request_rollback(
     session: Session,
     rollout_id: str,
@@ -216,50 +271,34 @@ def request_rollback(
 
     Rollback beats everything: this does not wait for the lease. An advance that
     holds it will fail its own commit on the version check, and the rollback waits
-    for its lease before it declares traffic settled.
+    for its lease before it declares traffic settled. Whatever the caller added to
+    the session (a decision event) is committed with the request, or not at all.
     """
     rollout = session.get(Rollout, rollout_id)
     if rollout is None or rollout.state not in [*ADVANCING_STATES, RolloutState.PAUSED]:
         return False
-    values: dict[str, Any] = {
-        "state": RolloutState.ROLLING_BACK,
-        "reason": reason,
-        "updated_at": now,
-        # Whoever requests a rollback enqueues it at once; reconcile is the fallback.
-        "next_check_at": now + ROLLBACK_FALLBACK,
-        "version": Rollout.version + 1,
-        "analysis": {
-            **(rollout.analysis or {}),
-            "final_state": str(final_state),
-            "trigger": {
-                "at": now.isoformat(),
-                "actor": actor,
-                "reason": reason,
-                **(trigger or {"kind": "manual"}),
-            },
-        },
-    }
-    if tripped:
-        values["tripped_criterion"] = tripped
+    values = rollback_request(
+        rollout,
+        reason=reason,
+        actor=actor,
+        now=now,
+        final_state=final_state,
+        tripped=tripped,
+        trigger=trigger,
+    )
     result = session.execute(
         update(Rollout)
         .where(
             Rollout.id == rollout_id, Rollout.state.in_([*ADVANCING_STATES, RolloutState.PAUSED])
         )
-        .values(**values)
+        .values(**values, version=Rollout.version + 1)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         session.rollback()
         return False
-    append_event(
-        session,
-        rollout_id,
-        "rollback_requested",
-        actor=actor,
-        at=now,
-        message=f"rollback requested: {reason}",
-        data={"reason": reason, "tripped": tripped},
+    append_rollback_requested(
+        session, rollout_id, reason=reason, actor=actor, now=now, tripped=tripped
     )
     session.commit()
     return True

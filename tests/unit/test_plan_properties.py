@@ -197,7 +197,8 @@ def durations(low: int, high: int) -> st.SearchStrategy[str]:
 
 
 # Holds in whole seconds, or in milliseconds (under a second, or with a remainder).
-HOLDS = durations(0, 7 * 86400) | st.integers(1, 99_999).map(lambda ms: f"{ms}ms")
+# A step with traffic holds at least 1s (a check must measure it at its own weight).
+HOLDS = durations(1, 7 * 86400) | st.integers(1_000, 99_999).map(lambda ms: f"{ms}ms")
 FACTORS = st.floats(1.0, 1000.0)
 FRACTIONS = st.floats(0.0, 1.0)
 CONFIDENCES = st.floats(0.5, 1.0, exclude_min=True, exclude_max=True)
