@@ -145,6 +145,9 @@ def _restore_then_roll_back(
     only once that slot answers the stable version and the router holds it up."""
     claimed = _take_lease(runtime, session, rollout_id)
     if claimed is None:
+        ended = _ended_meanwhile(session, rollout_id)
+        if ended is not None:
+            return ended
         _come_back_soon(runtime, session, rollout_id)
         return RollbackResult(
             rollout_id,
