@@ -86,6 +86,20 @@ class Settings(BaseSettings):
         description="Hard time limit of every task; below lease_seconds, and its soft limit "
         "(5 s earlier) above the time one advance of a plan may take (30 s).",
     )
+    runbook_claim_seconds: float = Field(
+        120.0,
+        ge=3,
+        le=600,
+        description="How long a runbook's delivery holds its outbox row before another "
+        "delivery may take it.",
+    )
+    outbox_redispatch_seconds: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="An outbox row (runbook, notification) sent this long ago, not done "
+        "and not held by a running delivery, is sent again.",
+    )
     rollback_attempts: int = Field(5, ge=1, le=20)
     rollback_backoff_seconds: float = Field(0.2, ge=0, le=10)
     queue_prefix: str = Field(

@@ -12,6 +12,13 @@ from controller.guarded_network import plan_client
 from controller.plan import CanaryDisable, render_template
 
 
+def hook_seconds(hook: CanaryDisable) -> float:
+    """The longest ``hook`` can take: an HTTP call's timeout, or a command's."""
+    if hook.http is not None:
+        return hook.http.timeout.total_seconds()
+    return hook.timeout.total_seconds()
+
+
 def run_hook(hook: CanaryDisable, values: dict[str, str]) -> tuple[bool, str]:
     """Run ``hook`` with the rollout's template values; ``(ok, what happened)``."""
     if hook.command is not None:

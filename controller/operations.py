@@ -25,6 +25,7 @@ from controller.runtime import RouterFactory
 from controller.slots import (
     Slots,
     rollout_values,
+    router_names_problem,
     router_state_problem,
     slots_for_new_rollout,
     slots_of,
@@ -66,7 +67,7 @@ class OperationUnavailable(OperationError):
 
 
 def check_identifier(field: str, value: str) -> str:
-    if not _IDENTIFIER.match(value or ""):
+    if not _IDENTIFIER.fullmatch(value or ""):
         raise OperationError(
             f"{field}: {value!r} is not allowed: use 1-128 letters, digits and . _ : + - "
             "(it is used inside PromQL label matchers)"
@@ -118,7 +119,7 @@ def start_rollout(
         problem = plan.override_problem(name, value)
         if problem:
             raise OperationError(f"variables.{name}: {problem}")
-        if not _VARIABLE_VALUE.match(value):
+        if not _VARIABLE_VALUE.fullmatch(value):
             raise OperationError(
                 f"variables.{name}: use up to 2000 characters of letters, digits and "
                 "_ . : / @ % + = , ~ - (it is placed inside URLs, queries and commands)"
@@ -154,6 +155,9 @@ def start_rollout(
     refused = url_problems(plan, values, url_policy or HostPolicy())
     if refused:
         raise OperationError("; ".join(refused))
+    backend_problem = router_names_problem(plan, values)
+    if backend_problem:
+        raise OperationError(backend_problem)
     # Before the router: a start no retry could make succeed is told so at once.
     active = session.execute(
         select(Rollout.id, Rollout.state).where(
@@ -400,8 +404,13 @@ def approve_rollout(
 ) -> OperationOutcome:
     """Record ``name``'s approval for the gate the rollout waits at (or ``gate``).
     ``via`` says how ``name`` was established (an API token, or the OS user of a
-    direct-database CLI), and is kept with the approval."""
-    rollout = repository.get_rollout(session, rollout_id)
+    direct-database CLI), and is kept with the approval.
+
+    The earlier approvals are read under the rollout's row lock, taken first: two
+    approvals sent at once (one person in two roles, or the same click twice) are
+    checked one after the other, so separation of duties and "one line per person,
+    role and gate" hold under concurrency, on PostgreSQL and SQLite alike."""
+    rollout = _lock_rollout(session, rollout_id)
     if rollout is None:
         raise OperationError(f"id: no rollout {rollout_id!r}")
     if rollout.state not in (
@@ -449,6 +458,25 @@ def approve_rollout(
     _touch(session, rollout, now)
     session.commit()
     return OperationOutcome(rollout_id, True, f"{name} approved {gate} as {approving_role}")
+
+
+def _lock_rollout(session: Session, rollout_id: str) -> Rollout | None:
+    """Take the rollout's row lock for the rest of the transaction and read it.
+
+    A conditional version bump as the transaction's first statement: PostgreSQL
+    holds the row lock until commit (a concurrent writer waits, then sees what was
+    committed), and SQLite takes its write lock before anything is read, so no read
+    of this transaction predates a concurrent one's commit. An advance holding the
+    rollout's object then loses its commit on the version and reads again."""
+    session.rollback()
+    session.execute(
+        update(Rollout)
+        .where(Rollout.id == rollout_id)
+        .values(version=Rollout.version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    session.expire_all()
+    return repository.get_rollout(session, rollout_id)
 
 
 def _approved_already(session: Session, rollout_id: str, name: str, role: str, gate: str) -> bool:

@@ -82,6 +82,7 @@ SLOT_URL_VARIABLES = ("stable_url", "canary_url")  # from traffic.slot_urls, whe
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _NAME = r"^[a-z0-9][a-z0-9_.-]*$"
 _HAPROXY_NAME = r"^[A-Za-z0-9_.:-]+$"  # no spaces or ';': names go into runtime-API commands
+HAPROXY_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # matched whole
 
 
 def template_variables(text: str) -> list[str]:
@@ -741,6 +742,20 @@ class Plan(_Strict):
         if not matches_whole(compile_pattern(pattern), value):
             return f"{value!r} does not match the plan's pattern {pattern!r}"
         return None
+
+    @model_validator(mode="after")
+    def _backend_variables_are_names(self) -> Plan:
+        """A plan variable used in ``traffic.backend`` must default to something a
+        HAProxy backend name can hold: ``x;disable server x/blue`` is bad input here,
+        not a router that cannot be reached at start."""
+        for name in template_variables(self.traffic.backend):
+            default = self.variables.get(name)
+            if default is not None and not HAPROXY_NAME.fullmatch(_TEMPLATE.sub("x", default)):
+                raise ValueError(
+                    f"variables.{name}: {default!r} is used in traffic.backend and is not a "
+                    "HAProxy backend name (letters, digits, _ . : - only)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _slot_urls_are_builtins(self) -> Plan:

@@ -38,7 +38,7 @@ class FoundPlan:
 
 
 def check_name(name: str) -> None:
-    if not PLAN_NAME.match(name):
+    if not PLAN_NAME.fullmatch(name):
         raise OperationError(
             f"plan: {name!r} is not a plan name (lowercase letters, digits, _ . -; at most 64)"
         )

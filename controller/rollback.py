@@ -13,6 +13,7 @@ after which a retry still in flight finds nothing to do.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -85,7 +86,6 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
         bound = log.bind(rollout_id=rollout.id, service=rollout.service)
         shift_started = runtime.clock()
         router: TrafficRouter | None = None
-        plan: Plan | None = None
         try:
             plan = plan_of(rollout)
             router = runtime.router_for(plan, rollout_variables(plan, rollout))
@@ -94,7 +94,18 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
         else:
             if needs_stable_restored(plan, rollout):
                 session.rollback()
-                return _restore_then_roll_back(runtime, session, rollout_id, plan, router, bound)
+                restoring = router
+                return _under_lease(
+                    runtime,
+                    session,
+                    rollout_id,
+                    (shift_started, shift_started),
+                    lambda claimed, aftercare: _restore_step(
+                        runtime, session, claimed, plan, restoring, aftercare, bound
+                    ),
+                    "an advance in flight still holds the rollout: the stable version is put "
+                    "back at the next dispatch, in about a second",
+                )
             shift = shift_to_stable(
                 router, runtime.rollback_attempts, runtime.rollback_backoff_seconds
             )
@@ -103,64 +114,43 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
             "traffic_shift", confirmed=shift.confirmed, attempts=shift.attempts, error=shift.error
         )
         session.rollback()
-
-        claimed = _take_lease(runtime, session, rollout_id)
-        if claimed is None:
-            ended = _ended_meanwhile(session, rollout_id)
-            if ended is not None:
-                return ended
-            _come_back_soon(runtime, session, rollout_id)
-            return RollbackResult(
-                rollout_id,
-                False,
-                RolloutState.ROLLING_BACK,
-                ("traffic on stable" if shift.confirmed else f"traffic NOT shifted: {shift.error}")
-                + "; an advance in flight still holds the rollout: settled at the next "
-                "dispatch, in about a second",
-            )
-        # Whether this is the first attempt is read under the lease: two deliveries of
-        # one rollback must not both take it for the first (two runbooks promised).
-        aftercare = _Aftercare(
-            claimed.state == RolloutState.ROLLING_BACK, shift_started, shifted_at
+        return _under_lease(
+            runtime,
+            session,
+            rollout_id,
+            (shift_started, shifted_at),
+            lambda claimed, aftercare: _settle(
+                runtime, session, claimed, router, shift, aftercare, bound
+            )[0],
+            ("traffic on stable" if shift.confirmed else f"traffic NOT shifted: {shift.error}")
+            + "; an advance in flight still holds the rollout: settled at the next "
+            "dispatch, in about a second",
         )
-        try:
-            result, shift = _settle(runtime, session, claimed, router, shift, aftercare, bound)
-        finally:
-            session.rollback()
-            repository.release(session, rollout_id, runtime.owner)
-    outbox.dispatch_now(runtime, aftercare.promised)
-    return result
 
 
-def _restore_then_roll_back(
+def _under_lease(
     runtime: Runtime,
     session: Session,
     rollout_id: str,
-    plan: Plan,
-    router: TrafficRouter,
-    bound: structlog.typing.FilteringBoundLogger,
+    shift_times: tuple[datetime, datetime],
+    settle: Callable[[Rollout, _Aftercare], RollbackResult],
+    busy: str,
 ) -> RollbackResult:
-    """Redeploy mode after the redeploy hook began: under the lease, put the stable
-    version back into the stable slot (``controller.stable_restore``); traffic moves
-    only once that slot answers the stable version and the router holds it up."""
+    """Take the lease, so that an advance still in flight cannot have moved traffic
+    behind the rollback's back, then ``settle`` and send what it promised. An advance
+    that holds the lease past the wait sends the rollback round again (``busy``)."""
     claimed = _take_lease(runtime, session, rollout_id)
     if claimed is None:
         ended = _ended_meanwhile(session, rollout_id)
         if ended is not None:
             return ended
         _come_back_soon(runtime, session, rollout_id)
-        return RollbackResult(
-            rollout_id,
-            False,
-            RolloutState.ROLLING_BACK,
-            "an advance in flight still holds the rollout: the stable version is put back "
-            "at the next dispatch, in about a second",
-        )
-    aftercare = _Aftercare(
-        claimed.state == RolloutState.ROLLING_BACK, runtime.clock(), runtime.clock()
-    )
+        return RollbackResult(rollout_id, False, RolloutState.ROLLING_BACK, busy)
+    # Whether this is the first attempt is read under the lease: two deliveries of
+    # one rollback must not both take it for the first (two runbooks promised).
+    aftercare = _Aftercare(claimed.state == RolloutState.ROLLING_BACK, *shift_times)
     try:
-        result = _restore_step(runtime, session, claimed, plan, router, aftercare, bound)
+        result = settle(claimed, aftercare)
     finally:
         session.rollback()
         repository.release(session, rollout_id, runtime.owner)

@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -70,6 +71,10 @@ class Runtime:
     # the same second. Off here (a step's first check exactly one interval after it
     # began, as the unit tests' clocks expect); the workers' setting turns it on.
     spread_checks: bool = False
+    # How long a runbook's delivery holds its outbox row between renewals, and when a
+    # row not done is sent again (``controller.outbox``); None: that module's defaults.
+    runbook_claim: timedelta | None = None
+    outbox_redispatch: timedelta | None = None
 
     def __post_init__(self) -> None:
         if self.send_outbox is None:
@@ -91,6 +96,8 @@ class Runtime:
             rollback_attempts=settings.rollback_attempts,
             rollback_backoff_seconds=settings.rollback_backoff_seconds,
             spread_checks=settings.spread_checks,
+            runbook_claim=timedelta(seconds=settings.runbook_claim_seconds),
+            outbox_redispatch=timedelta(seconds=settings.outbox_redispatch_seconds),
             post_incident=partial(
                 post_incident,
                 _secret(settings.incident_webhook_url),
@@ -160,11 +167,12 @@ def run_runbook_now(
     runtime: Runtime,
     rollout_id: str,
     shift: dict[str, Any],
-    still_running: Callable[[], None] = lambda: None,
     why_stop: Callable[[], str | None] = lambda: None,
+    outbox_id: int | None = None,
+    hold: Callable[[Session], AbstractContextManager[object]] | None = None,
 ) -> str:
     """Run the runbook after a rollback in this process (see ``controller.runbook``);
-    returns one line saying how each step went."""
+    returns one line saying how each step this run did went."""
     from controller.runbook import run_runbook
 
     results = run_runbook(
@@ -175,15 +183,22 @@ def run_runbook_now(
         shift_detail=shift["shift_detail"],
         post=runtime.post_incident,
         traffic_on_stable=shift["traffic_on_stable"],
-        still_running=still_running,
         why_stop=why_stop,
+        outbox_id=outbox_id,
+        hold=hold,
     )
+    if not results:
+        return "runbook: every step recorded already"
     ran = [r for r in results if "not_run" not in r.data]
     failed = [f"{r.number} {r.name}" for r in ran if not r.ok]
+    # A delivery that died is resumed at the first step it did not record.
+    runbook = (
+        "runbook" if results[0].number == 1 else f"runbook (resumed at step {results[0].number})"
+    )
     line = (
-        f"runbook: {len(ran)} step(s), failed: {', '.join(failed)}"
+        f"{runbook}: {len(ran)} step(s), failed: {', '.join(failed)}"
         if failed
-        else f"runbook: {len(ran)} step(s) ok"
+        else f"{runbook}: {len(ran)} step(s) ok"
     )
     stopped = [r for r in results if "not_run" in r.data]
     if stopped:

@@ -14,7 +14,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from config.settings import get_settings
-from controller import outbox
+from controller import outbox, runbook
 from controller.due_batches import Due, DueCheck, advance_due, group_due
 from controller.engine import AdvanceResult, advance
 from controller.redaction import redact
@@ -228,10 +228,16 @@ def notify_task(outbox_id: int, rollout_id: str, service: str = "", stage: str =
         return redact(f"{rollout_id} {outbox.run_outbox_row(runtime(), outbox_id)}")
 
 
-@app.task(name="rollout.runbook", time_limit=300, soft_time_limit=290)
+@app.task(
+    name="rollout.runbook",
+    time_limit=runbook.TIME_LIMIT_SECONDS,
+    soft_time_limit=runbook.TIME_LIMIT_SECONDS - 10,
+)
 def runbook_task(outbox_id: int, rollout_id: str, service: str = "", stage: str = "") -> str:
     """Rollback runbook steps 2-5 (healthchecks, journeys, disable canary, incident),
     on a queue of their own so that the rollback queue stays free for the next
-    rollback and the checks of other rollouts never wait behind a runbook."""
+    rollback and the checks of other rollouts never wait behind a runbook. Each step
+    is bounded, so a whole runbook ends well inside the time limit
+    (``controller.runbook.longest_seconds``)."""
     with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
         return redact(f"{rollout_id} {outbox.run_outbox_row(runtime(), outbox_id)}")

@@ -176,8 +176,10 @@ class Outbox(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Set by the delivery that runs the row, so a second delivery of the same row
-    # (a redispatch while it still runs) does nothing; a claim outlives the task's
-    # hard time limit, so a worker killed mid-run frees it only by expiry.
+    # (a redispatch while it still runs) does nothing. A notification's claim
+    # outlives its task's hard time limit; a runbook's delivery renews its claim
+    # while it runs (controller.outbox.heartbeat). A worker killed mid-run frees the
+    # row only by expiry.
     claimed_until: Mapped[datetime | None] = mapped_column(default=None)
     done_at: Mapped[datetime | None] = mapped_column(default=None)
     outcome: Mapped[str | None] = mapped_column(Text, default=None)

@@ -633,15 +633,17 @@ def claim_outbox(session: Session, row_id: int, now: datetime, claim: timedelta)
     return result.rowcount == 1
 
 
-def renew_outbox_claim(session: Session, row_id: int, now: datetime, claim: timedelta) -> None:
-    """A delivery still at work on a row holds it until ``now + claim``."""
-    session.execute(
+def renew_outbox_claim(session: Session, row_id: int, held: datetime, until: datetime) -> bool:
+    """A delivery still at work on a row holds it until ``until``, in the caller's
+    transaction. Only if the row still holds the claim this delivery wrote last
+    (``held``): False once another delivery has claimed it, or it is done."""
+    result = session.execute(
         update(Outbox)
-        .where(Outbox.id == row_id, Outbox.done_at.is_(None))
-        .values(claimed_until=now + claim)
+        .where(Outbox.id == row_id, Outbox.done_at.is_(None), Outbox.claimed_until == held)
+        .values(claimed_until=until)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
+    return result.rowcount == 1
 
 
 def get_outbox(session: Session, row_id: int) -> Outbox | None:

@@ -20,12 +20,19 @@ test_api_fuzz; no worker runs, so nothing but these calls changes the store.
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
+from sqlalchemy.orm import Session
 
 from config import PLANS_DIR
+from controller.plan_loader import parse_plan
+from controller.runtime import utcnow
+from controller.store import repository
 from tests.conftest import postgres_schema
 from tests.integration.rollout_helpers import STABLE, deploy, snapshot, start_lab
 from tests.integration.test_api_alerts import call
@@ -282,3 +289,103 @@ def test_one_person_approves_in_one_role_per_rollout(api: Api) -> None:
     assert second[0]["loc"] == ["role"]
     assert "erin approved this rollout as release_manager already" in second[0]["msg"]
     assert approvals(api, "erin") == ["release_manager"]
+
+
+def side_rollout(api: Api, service: str) -> str:
+    """A pending rollout of the two-hats plan for a service of its own, written to the
+    store directly (its router state is not what these tests are about)."""
+    with Session(api.engine) as session:
+        rollout = repository.create_rollout(
+            session,
+            service=service,
+            canary_version="9.9.9",
+            stable_version=STABLE,
+            plan_name="two-hats",
+            plan=parse_plan(TWO_HATS_YAML).model_dump(mode="json"),
+            created_by="alice",
+            now=utcnow(),
+        )
+        session.commit()
+        return rollout.id
+
+
+def at_once(requests: list[dict[str, Any]]) -> list[httpx.Response]:
+    """Send every request at the same moment, each on a connection of its own."""
+    barrier = threading.Barrier(len(requests))
+
+    def send(request: dict[str, Any]) -> httpx.Response:
+        barrier.wait()
+        return call("POST", **request)
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(send, requests))
+
+
+def test_one_person_in_two_roles_approving_twice_at_once_counts_once(api: Api) -> None:
+    """erin owns release_manager and security_approver; both her approvals sent in
+    parallel must not both be recorded (before the row lock, 6 of 8 tries recorded
+    both, and preflight's two-person rule was met by one person)."""
+    for attempt in range(8):
+        rollout_id = side_rollout(api, f"parallel-{attempt}")
+        path = f"{api.url}/api/v1/rollouts/{rollout_id}/approve"
+        answers = at_once(
+            [
+                {"url": path, "token": ERIN, "json": {"role": role, "stage": "preflight"}}
+                for role in ("release_manager", "security_approver")
+            ]
+        )
+        with Session(api.engine) as session:
+            events = repository.events_for(session, rollout_id, ["approval"])
+            roles = [e.data["role"] for e in events if e.data["name"] == "erin"]
+        assert len(roles) == 1, (attempt, roles, [a.text for a in answers])
+        assert sorted(a.status_code for a in answers) == [200, 422], [a.text for a in answers]
+
+
+def test_ten_identical_approvals_at_once_write_one_audit_line(api: Api) -> None:
+    rollout_id = side_rollout(api, "parallel-same")
+    path = f"{api.url}/api/v1/rollouts/{rollout_id}/approve"
+    request = {
+        "url": path,
+        "token": ERIN,
+        "json": {"role": "release_manager", "stage": "preflight"},
+    }
+    answers = at_once([request] * 10)
+    assert {a.status_code for a in answers} == {200}, [a.text for a in answers]
+    with Session(api.engine) as session:
+        assert len(repository.events_for(session, rollout_id, ["approval"])) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (
+            "/api/v1/rollouts",
+            {"plan": "two-hats", "service": "checkout", "version": "2.0.0\n"},
+            "version",
+        ),
+        (
+            "/api/v1/rollouts",
+            {"plan": "two-hats", "service": "checkout\n", "version": "2.0.0"},
+            "service",
+        ),
+        (
+            "/api/v1/rollouts",
+            {"plan": "two-hats", "service": "checkout", "version": "2.0.0", "stable": "1.0.0\n"},
+            "stable",
+        ),
+        ("/api/v1/plans", {"name": "evil\n", "plan_yaml": TWO_HATS_YAML}, "plan"),
+    ],
+    ids=["version", "service", "stable", "plan-name"],
+)
+def test_a_trailing_newline_is_not_part_of_a_name(
+    api: Api, path: str, body: dict[str, Any], field: str
+) -> None:
+    """``^…$`` with ``re.match`` lets "2.0.0\\n" through: a rollout whose every query is
+    invalid PromQL, a plan named "evil\\n". Names are matched whole: a 422 naming
+    the field, and the store unchanged."""
+    token = ADMIN if path.endswith("plans") else ERIN
+    problems = refused(api, token, path, json=body)
+    assert any(
+        field in [str(part) for part in p["loc"]] or p["msg"].startswith(f"{field}:")
+        for p in problems
+    ), problems

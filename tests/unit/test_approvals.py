@@ -70,3 +70,19 @@ def test_approving_again_records_nothing_more(world) -> None:
     again = approve(runtime, rollout_id, "erin")  # her role is known from the first
     assert again.accepted and again.message == "erin approved preflight as sre_oncall already"
     assert approvals(runtime, rollout_id) == [("erin", "sre_oncall", "api token")]
+
+
+def test_the_engine_counts_a_person_once_whatever_the_store_holds() -> None:
+    """Two approvals by one name in two roles (as a race could write before the row
+    lock) satisfy one role, never the two-person gate."""
+    from controller.checks import missing_approvals
+
+    plan = gated_plan()
+    roles = ["release_manager", "sre_oncall"]
+    by_erin = [
+        {"gate": "preflight", "role": "sre_oncall", "name": "erin"},
+        {"gate": "preflight", "role": "release_manager", "name": "erin"},
+    ]
+    assert missing_approvals(plan, roles, by_erin, "preflight") == ["release_manager"]
+    with_alice = [*by_erin, {"gate": "preflight", "role": "release_manager", "name": "alice"}]
+    assert missing_approvals(plan, roles, with_alice, "preflight") == []

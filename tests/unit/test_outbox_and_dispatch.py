@@ -132,7 +132,7 @@ def test_each_runbook_step_rechecks_and_the_rest_are_skipped_once_it_is_stale(
         row_id, expires_at = row.id, row.expires_at
     newer: list[str] = []
 
-    def checks_while_the_world_moves_on(checks, values):  # type: ignore[no-untyped-def]
+    def checks_while_the_world_moves_on(checks, values, seconds=None):  # type: ignore[no-untyped-def]
         if meanwhile == "a newer rollout starts" and not newer:  # at the same clock time
             newer.append(start(runtime, make_plan()))
         if meanwhile == "the row expires":
