@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from datetime import timedelta
 from functools import wraps
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -66,6 +67,7 @@ from controller.plan_checks import (
 )
 from controller.plan_loader import PlanError, load_plan, parse_plan, read_plan_text
 from controller.plan_registry import find_plan, list_plans, plan_view, register_plan
+from controller.reconcile.stalled import rollout_note
 from controller.render import detail_view, history_table, incident_view, rollout_table
 from controller.retention import prune_measurements
 from controller.runbook import find_incident
@@ -430,9 +432,11 @@ def start(
 
     It starts only when the router gives the stable slot all traffic and the other
     slot none, and the stable version is the one the store records."""
-    rollout_id = _start(plan, service, version, stable, var, force)
+    rollout_id, stalled = _start(plan, service, version, stable, var, force)
+    if stalled and not as_json:
+        err.print(f"warning: {rollout_id} {stalled}", markup=False, highlight=False)
     if not wait:
-        print(json.dumps({"id": rollout_id}) if as_json else rollout_id)
+        print(json.dumps({"id": rollout_id, "stalled": stalled}) if as_json else rollout_id)
         return
     read = _reader(rollout_id)
     final = _watch(read, read(), as_json, max(interval, 0.2))
@@ -451,7 +455,7 @@ def _reader(rollout_id: str, events: int = 15) -> Callable[[], dict[str, Any]]:
     if client is not None:
         return lambda: client.call("GET", f"/api/v1/rollouts/{rollout_id}")
     sessions = _sessions()
-    follower = DetailFollower(rollout_id, event_limit=events)
+    follower = DetailFollower(rollout_id, events, _reconcile_interval())
 
     def read() -> dict[str, Any]:
         with sessions() as session:
@@ -463,6 +467,12 @@ def _reader(rollout_id: str, events: int = 15) -> Callable[[], dict[str, Any]]:
     return read
 
 
+def _reconcile_interval() -> timedelta:
+    """How often beat fires reconcile here: the views say when it has been silent
+    for several of these."""
+    return timedelta(seconds=get_settings().reconcile_interval_seconds)
+
+
 def _start(
     plan: str,
     service: str,
@@ -470,8 +480,9 @@ def _start(
     stable: str | None,
     var: list[str] | None,
     force: str | None,
-) -> str:
-    """Create the rollout (through the API when configured); its id."""
+) -> tuple[str, str | None]:
+    """Create the rollout (through the API when configured); its id, and why it will
+    not move (no reconcile has run for a while), if so."""
     variables = _variables(var)
     client = _api_client()
     if client is not None:
@@ -488,7 +499,7 @@ def _start(
                 "force": force,
             },
         )
-        return str(answer["id"])
+        return str(answer["id"]), answer.get("stalled")
     created_by = _os_user()
     with _sessions()() as session:
         if Path(plan).exists():
@@ -510,7 +521,7 @@ def _start(
             url_policy=HostPolicy.from_setting(get_settings().allowed_url_hosts),
             plan_origin=origin,
         )
-        return rollout.id
+        return rollout.id, rollout_note(session, rollout, utcnow(), _reconcile_interval())
 
 
 def _variables(var: list[str] | None) -> dict[str, str]:

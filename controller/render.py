@@ -46,6 +46,9 @@ def detail_view(d: dict[str, Any]) -> RenderableType:
             f" at {d['stage']} (step {d['step']}), canary weight {weight}",
         )
     ]
+    if d.get("stalled"):
+        # Why nothing moves (no reconcile for a while), above everything it explains.
+        parts.append(Text(f"warning: {d['stalled']}", style="bold"))
     if d.get("hold_left_seconds") is not None:
         left = format_duration(timedelta(seconds=round(d["hold_left_seconds"])))
         parts.append(Text(f"hold left: {left}"))

@@ -7,12 +7,13 @@ on-call read is exactly what the controller recorded.
 from __future__ import annotations
 
 from collections import deque
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from controller.durations import format_duration
+from controller.reconcile.stalled import rollout_note
 from controller.runtime import utcnow
 from controller.store import repository
 from controller.store.models import Rollout, RolloutState
@@ -60,11 +61,17 @@ def rollout_summary(rollout: Rollout) -> dict[str, Any]:
 
 
 def rollout_detail(
-    session: Session, rollout: Rollout, event_limit: int = 20, now: datetime | None = None
+    session: Session,
+    rollout: Rollout,
+    event_limit: int = 20,
+    now: datetime | None = None,
+    reconcile_interval: timedelta | None = None,
 ) -> dict[str, Any]:
     """Summary, each step and where the rollout stands, the time left in the hold, the
-    weights traffic went through, the latest verdict per criterion, recent events."""
-    return DetailFollower(rollout.id, event_limit).read(session, rollout, now)
+    weights traffic went through, the latest verdict per criterion, recent events;
+    ``stalled``, why it does not move when no reconcile has run for a while (given
+    the installation's ``reconcile_interval``)."""
+    return DetailFollower(rollout.id, event_limit, reconcile_interval).read(session, rollout, now)
 
 
 class DetailFollower:
@@ -78,8 +85,13 @@ class DetailFollower:
 
     OVERLAP = 200
 
-    def __init__(self, rollout_id: str, event_limit: int = 20) -> None:
+    def __init__(
+        self, rollout_id: str, event_limit: int = 20, reconcile_interval: timedelta | None = None
+    ) -> None:
         self.rollout_id = rollout_id
+        # None: the reader does not know the installation's interval, and says nothing
+        # about reconcile.
+        self.reconcile_interval = reconcile_interval
         self.latest: dict[str, dict[str, Any]] = {}
         self.completed: set[int | None] = set()
         self.gates: list[Any] = []
@@ -96,7 +108,11 @@ class DetailFollower:
             if event.id not in self.taken:
                 self._take(event)
         self.taken = {i for i in self.taken if i > self.last_id - self.OVERLAP}
-        return self._render(rollout, now or utcnow())
+        now = now or utcnow()
+        stalled = None
+        if self.reconcile_interval is not None:
+            stalled = rollout_note(session, rollout, now, self.reconcile_interval)
+        return {**self._render(rollout, now), "stalled": stalled}
 
     def _take(self, e: Any) -> None:
         self.taken.add(e.id)

@@ -68,6 +68,7 @@ from controller.plan_registry import (
     register_plan,
     registered_version,
 )
+from controller.reconcile.stalled import rollout_note
 from controller.rollback import rollback as run_rollback
 from controller.runbook import incident_document
 from controller.runtime import Runtime, router_factory, utcnow
@@ -122,6 +123,7 @@ def create_app(
         return f"the API itself (broker unavailable): {result.sentence()}"
 
     url_policy = HostPolicy.from_setting(settings.allowed_url_hosts)
+    reconcile_interval = timedelta(seconds=settings.reconcile_interval_seconds)
     tokens = TokenBook.from_setting(
         settings.api_tokens.get_secret_value() if settings.api_tokens else None
     )
@@ -366,7 +368,9 @@ def create_app(
             plan_origin=origin,
         )
         _best_effort(enqueue_start, rollout.id)
-        return rollout_summary(rollout)
+        # Said at once, not after the rollout has sat pending for an hour.
+        stalled = rollout_note(session, rollout, utcnow(), reconcile_interval)
+        return {**rollout_summary(rollout), "stalled": stalled}
 
     @app.post("/api/v1/plans", status_code=201, tags=["plans"], responses=ACT)
     def register(body: RegisterPlan, session: Db, who: Admin) -> JSONResponse:
@@ -408,7 +412,9 @@ def create_app(
 
     @app.get("/api/v1/rollouts/{rollout_id}", tags=["rollouts"], responses=READ_ONE)
     def get_one(rollout_id: RolloutId, session: Db, _who: Viewer) -> dict[str, Any]:
-        return rollout_detail(session, get_rollout(session, rollout_id))
+        return rollout_detail(
+            session, get_rollout(session, rollout_id), reconcile_interval=reconcile_interval
+        )
 
     @app.get("/api/v1/rollouts/{rollout_id}/events", tags=["rollouts"], responses=READ_ONE)
     def events(rollout_id: RolloutId, session: Db, _who: Viewer) -> list[dict[str, Any]]:
