@@ -61,6 +61,7 @@ from controller.plan_checks import (
     SAMPLE_SERVICE,
     SAMPLE_STABLE_VERSION,
     PlanQuery,
+    absent_series_meanings,
     check_queries,
     plan_queries,
     sample_values,
@@ -198,7 +199,8 @@ def plan_register(
 ) -> None:
     """Register a plan by name, as its next version (who and when are kept). Operators
     start rollouts from registered plans; the API accepts no inline plan from them.
-    Here the registrant is your OS login name (direct database access)."""
+    The registrant is who you are: the API token's name with CANARY_API_URL and
+    CANARY_TOKEN set (an admin's), else your OS login name (direct database access)."""
     source = read_plan_text(plan)
     name = name or parse_plan(source, source=str(plan)).name
     client = _api_client()
@@ -277,9 +279,11 @@ def plan_validate(
     """Check a plan file; report every problem with its field path and line.
 
     Every PromQL query is parsed (rendered with sample values) and every alert
-    matcher is parsed with Alertmanager's grammar, as when a rollout starts."""
+    matcher is parsed with Alertmanager's grammar, as when a rollout starts. Then
+    what each stop criterion will decide when a query returns no series."""
     loaded = load_plan(plan)
     steps = loaded.steps()
+    absent = absent_series_meanings(loaded)
     report: dict[str, Any] = {
         "file": str(plan),
         "name": loaded.name,
@@ -289,6 +293,9 @@ def plan_validate(
             for step in steps
         ],
         "stop_criteria": [c.name for c in loaded.stop_criteria],
+        "absent_series": [
+            {"criterion": a.criterion, "meaning": a.meaning, "warning": a.warning} for a in absent
+        ],
     }
     if not as_json:
         out.print(
@@ -301,6 +308,11 @@ def plan_validate(
                 f"  {step.index + 1}. {step.label:<24} hold {format_duration(step.hold)}",
                 markup=False,
             )
+        if absent:
+            out.print("when a query returns no series:", markup=False)
+        for a in absent:
+            note = " (warning)" if a.warning else ""
+            out.print(f"  {a.criterion}: {a.meaning}{note}", markup=False, highlight=False)
     failing = False
     if check_against is not None:
         overrides = _variables(var)
@@ -998,7 +1010,7 @@ def worker(
     ] = 0,
 ) -> None:
     """Run a Celery worker (task events on). In production run one worker per queue:
-    rollback (its own, always), rollouts, runbook and notify."""
+    rollback (its own, always), reconcile, rollouts, runbook and notify."""
     metrics_dir = None
     if metrics_port:
         # Before any task module creates a metric: the prefork children share counters.

@@ -197,8 +197,9 @@ class _CountsErrors(_Criterion):
     absent_errors_are_zero: bool = Field(
         default=True,
         description="An error query with no series while its total shows traffic counts "
-        "as 0 errors (services that create error series on the first error); off: no "
-        "data, inconclusive.",
+        "as 0 errors (services that create error series on the first error); for a "
+        "zero_tolerance criterion without a total, while another criterion of the same "
+        "check counts at least min_requests canary requests. Off: no data, inconclusive.",
     )
 
 

@@ -3,6 +3,7 @@ incidents. They only format what ``controller.views`` derived from the store."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -95,6 +96,40 @@ def history_table(events: list[dict[str, Any]]) -> Table:
     return table
 
 
+# What started the rollback, as a sentence's head per trigger kind; the rest of the
+# trigger's fields follow it as "name: value".
+_TRIGGER_HEADS = {
+    "criterion": ("criterion", "criterion {} tripped"),
+    "alert": ("alertname", "alert {} fired"),
+    "policy": ("policy", "plan policy {}"),
+    "manual": (None, "by hand"),
+    "smoke": (None, "smoke checks failed"),
+    "soak": (None, "staging soak failed"),
+}
+
+
+def trigger_text(trigger: Mapping[str, Any]) -> str:
+    """An incident's trigger in words, not a Python dict: what started the rollback
+    first (``alert CanaryHigh5xxRate fired``), then each field that has a value
+    (``labels: service=checkout, version=1.4.0``), in the order the store keeps."""
+    rest = {k: v for k, v in trigger.items() if k != "kind" and v not in (None, "", {}, [])}
+    kind = str(trigger.get("kind") or "unknown")
+    field, head = _TRIGGER_HEADS.get(kind, (None, f"{kind}"))
+    parts = [head.format(rest.pop(field, "?")) if field else head]
+    parts += [f"{name.replace('_', ' ')}: {_field_text(value)}" for name, value in rest.items()]
+    return "; ".join(parts)
+
+
+def _field_text(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_field_text(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(_field_text(v) for v in value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return number(value)
+
+
 def incident_view(document: dict[str, Any]) -> RenderableType:
     snapshot = Table("criterion", "verdict", "value", "limit", "reason")
     for m in document["metrics_snapshot"]:
@@ -107,7 +142,7 @@ def incident_view(document: dict[str, Any]) -> RenderableType:
             f"rollout {document['rollout_id']} started by {document['started_by']}, "
             f"opened {document['opened_at']}; webhook: {document['webhook_status']}"
         ),
-        Text(f"trigger: {document['trigger']}"),
+        Text(f"trigger: {trigger_text(document['trigger'])}"),
         snapshot,
         history_table(document["timeline"]),
     )

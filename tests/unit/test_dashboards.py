@@ -195,3 +195,46 @@ def test_no_reconcile_run_alerts_from_the_age_of_the_last_run(tmp_path: Path) ->
         [promtool, "test", "rules", str(spec)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def panel_expr(title: str) -> str:
+    dashboard = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in dashboard["panels"] if p["title"] == title]
+    (target,) = panel["targets"]
+    return target["expr"]
+
+
+def test_the_rollbacks_stat_counts_rollbacks_not_aborts(tmp_path: Path) -> None:
+    """canary_rollbacks carries every rollout taken back to stable by its final state,
+    aborts included; an abort is a person's choice, not a rollback. Evaluated by
+    promtool on the series the collector exposes."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is needed: apt-get install -y prometheus"
+    series = {
+        'canary_rollbacks{trigger="criterion",criterion="http_5xx",state="rolled_back"}': 2,
+        'canary_rollbacks{trigger="alert",criterion="",state="rollback_failed"}': 1,
+        'canary_rollbacks{trigger="manual",criterion="",state="rolling_back"}': 1,
+        'canary_rollbacks{trigger="manual",criterion="",state="aborted"}': 5,
+    }
+    test = {
+        "rule_files": [],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": f"{v}x3"} for s, v in series.items()],
+                "promql_expr_test": [
+                    {
+                        "expr": panel_expr("Rollbacks"),
+                        "eval_time": "2m",
+                        "exp_samples": [{"labels": "{}", "value": 4}],
+                    }
+                ],
+            }
+        ],
+    }
+    spec = tmp_path / "test.yml"
+    spec.write_text(yaml.safe_dump(test))
+    result = subprocess.run(
+        [promtool, "test", "rules", str(spec)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
