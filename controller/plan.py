@@ -361,12 +361,30 @@ class HttpCheck(_Strict):
 
 
 class HttpHook(_Strict):
-    """An HTTP call the runbook makes, e.g. to scale the canary to zero."""
+    """An HTTP call the runbook makes, e.g. to scale the canary to zero.
 
-    url: QueryTemplate
+    A deploy API's URL often carries its credential (a token in the path or the
+    query), and plans are stored and shown: ``url_env`` names an environment variable
+    of the workers that holds the URL instead, as notifications do. That URL is used
+    as it is (no templates: put the rollout's values in ``json_body``)."""
+
+    url: QueryTemplate | None = None
+    url_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        max_length=128,
+        description="An environment variable of the workers holding the URL (a secret "
+        "URL stays out of the plan).",
+    )
     method: Literal["GET", "POST", "PUT", "DELETE", "PATCH"] = "POST"
     json_body: dict[str, Any] | None = None
     timeout: StepTimeout = Field(default=timedelta(seconds=10))
+
+    @model_validator(mode="after")
+    def _one_url(self) -> HttpHook:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of url or url_env")
+        return self
 
 
 class CanaryDisable(_Strict):

@@ -1,7 +1,9 @@
 """Read-only views of the store for people: ``canary status`` and the demo summary.
 
 Everything shown here is derived from the rollout row and its event log, so what
-on-call read is exactly what the controller recorded.
+on-call read is exactly what the controller recorded, masked again on the way out
+(``controller.redaction``): a reason is stored as given, and rows written before a
+masking rule existed keep what it would have masked.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from controller.durations import format_duration
 from controller.reconcile.stalled import rollout_note
+from controller.redaction import redact
 from controller.runtime import utcnow
 from controller.store import repository
 from controller.store.models import Rollout, RolloutState
@@ -52,7 +55,7 @@ def rollout_summary(rollout: Rollout) -> dict[str, Any]:
         "step": f"{rollout.step_index + 1}/{len(steps)}",
         "weight": rollout.weight,
         "tripped": rollout.tripped_criterion,
-        "reason": rollout.reason,
+        "reason": redact(rollout.reason),
         "created_by": rollout.created_by,
         "created_at": _iso(rollout.created_at),
         "finished_at": _iso(rollout.finished_at),
@@ -122,7 +125,7 @@ class DetailFollower:
         elif e.kind == "step_completed":
             self.completed.add(e.step_index)
         elif e.kind in ("blocked", "gates_passed"):
-            self.gates = e.data.get("checks", [])
+            self.gates = redact(e.data.get("checks", []))
         elif e.kind == "approval":
             self.approvals.append(
                 {
@@ -182,8 +185,8 @@ def event_view(event: Any) -> dict[str, Any]:
         "kind": event.kind,
         "actor": event.actor,
         "step": event.step_index,
-        "message": event.message,
-        "data": event.data,
+        "message": redact(event.message),
+        "data": redact(event.data),
     }
 
 

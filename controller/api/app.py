@@ -64,6 +64,7 @@ from controller.plan_loader import PlanError, parse_plan
 from controller.plan_registry import (
     find_plan,
     list_plans,
+    plan_source_view,
     plan_view,
     register_plan,
     registered_version,
@@ -390,12 +391,13 @@ def create_app(
     def plan_source(
         name: PlanName, session: Db, _who: Viewer, version: PlanVersion = None
     ) -> dict[str, Any]:
-        """One registered plan (its latest version, or ``version``) with its YAML."""
+        """One registered plan (its latest version, or ``version``) with its YAML,
+        secrets masked (``masked`` says whether any was)."""
         try:
             row = registered_version(session, name, version)
         except operations.OperationError as exc:
             raise HTTPException(404, str(exc).removeprefix("plan: ")) from None
-        return {**plan_view(row), "plan_yaml": row.source}
+        return plan_source_view(row)
 
     @app.get("/api/v1/rollouts", tags=["rollouts"], responses=READ)
     def list_rollouts(
