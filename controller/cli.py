@@ -50,6 +50,7 @@ from controller.operations import (
     promote_rollout,
     recheck_rollout,
     record_reconciliation,
+    resolve_rollout,
     resume_rollout,
     rollback_rollout,
     start_rollout,
@@ -716,6 +717,41 @@ def rollback(
         lambda session, actor: rollback_rollout(
             session, rollout_id, reason=reason, actor=actor, now=utcnow()
         ),
+        as_json=as_json,
+    )
+
+
+@app.command()
+@friendly_errors
+def resolve(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id (in rollback_failed)")],
+    reason: Annotated[str, typer.Option(help="What was done to traffic, and why (the audit)")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="End it although the controller cannot confirm traffic on stable (admin "
+            "through the API); recorded as aborted, traffic NOT confirmed",
+        ),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """End a rollout stuck in rollback_failed once you fixed traffic by hand: the
+    controller reads the router (and the stable slot's version) back first, and
+    refuses with what it read unless that is traffic on stable."""
+    _act(
+        f"/api/v1/rollouts/{rollout_id}/resolve",
+        {"reason": reason, "force": force},
+        lambda session, actor: resolve_rollout(
+            session,
+            rollout_id,
+            reason=reason,
+            actor=actor,
+            now=utcnow(),
+            router_for=router_factory(get_settings()),
+            force=force,
+        ),
+        enqueue=False,
         as_json=as_json,
     )
 

@@ -57,7 +57,7 @@ _VERBS = {
     "blocked": "blocked",
     "progress_deadline": "held with canary traffic past its progress deadline: decide",
     "rolled_back": "rolled back",
-    "rollback_failed": "ROLLBACK FAILED: traffic is NOT confirmed on stable; retrying",
+    "rollback_failed": "ROLLBACK FAILED: traffic is NOT confirmed on stable",
     "succeeded": "succeeded",
 }
 

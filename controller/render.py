@@ -55,6 +55,8 @@ def detail_view(d: dict[str, Any]) -> RenderableType:
         parts.append(Text(f"hold left: {left}"))
     if d["reason"]:
         parts.append(Text(f"reason: {d['reason']}"))
+    if d.get("action_needed"):
+        parts.append(Text(f"action needed: {d['action_needed']}", style="bold red"))
     steps = Table("", "step", "weight", "hold", box=None)
     for s in d["steps"]:
         steps.add_row(_STEP_MARK[s["status"]], s["label"], f"{s['weight']}%", s["hold"])

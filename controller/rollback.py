@@ -5,7 +5,9 @@ because every second on a bad canary hurts users. Then it takes the lease, so th
 an advance still in flight cannot have moved traffic back behind its back, reads
 the router again and only then records the rollout as rolled back. If the router
 will not confirm, the rollout is ``rollback_failed``, loudly, and retried; it is
-never reported as rolled back.
+never reported as rolled back. A retry that cannot succeed (a missing backend) is
+ended by a person with ``canary resolve`` (``controller.operations.resolve_rollout``),
+after which a retry still in flight finds nothing to do.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from controller.store import repository
 from controller.store.models import ROLLBACK_STATES, Rollout, RolloutState
 from controller.stored_plans import plan_of
 from controller.traffic.base import RouterError, TrafficRouter
+from controller.views import resolve_hint
 
 log = structlog.get_logger(__name__)
 
@@ -138,6 +141,9 @@ def _under_lease(
     that holds the lease past the wait sends the rollback round again (``busy``)."""
     claimed = _take_lease(runtime, session, rollout_id)
     if claimed is None:
+        ended = _ended_meanwhile(session, rollout_id)
+        if ended is not None:
+            return ended
         _come_back_soon(runtime, session, rollout_id)
         return RollbackResult(rollout_id, False, RolloutState.ROLLING_BACK, busy)
     # Whether this is the first attempt is read under the lease: two deliveries of
@@ -235,8 +241,8 @@ class _Aftercare:
             self.promised.append((notify, "notify", rollout.id))
 
 
-def _require_reconciliation_after_failed_writes(
-    session: Session, rollout: Rollout, now: datetime
+def require_reconciliation_after_failed_writes(
+    session: Session, rollout: Rollout, now: datetime, actor: str = ACTOR
 ) -> None:
     """A rollback tripped by a failed-writes criterion (judge ``zero_tolerance``) leaves
     data to reconcile (release checklist §3.3): the next rollout of the service blocks
@@ -253,7 +259,7 @@ def _require_reconciliation_after_failed_writes(
         session,
         rollout.id,
         "reconciliation_required",
-        actor=ACTOR,
+        actor=actor,
         at=now,
         message=f"{criterion.name} tripped: reconcile {rollout.service}'s data, then record "
         f"it with `canary reconcile-done {rollout.service} --note ...`; the next rollout "
@@ -280,6 +286,17 @@ def _take_lease(runtime: Runtime, session: Session, rollout_id: str) -> Rollout 
             return None  # another rollback finished it
         session.rollback()
         time.sleep(0.05)
+
+
+def _ended_meanwhile(session: Session, rollout_id: str) -> RollbackResult | None:
+    """A rollout no longer rolling back (a person resolved it while this attempt
+    shifted traffic): its record is theirs, and this attempt writes nothing."""
+    session.rollback()
+    current = repository.get_rollout(session, rollout_id)
+    if current is not None and current.state in ROLLBACK_STATES:
+        return None
+    state = current.state if current is not None else None
+    return RollbackResult(rollout_id, False, state, f"ended meanwhile ({state}); nothing recorded")
 
 
 def _come_back_soon(runtime: Runtime, session: Session, rollout_id: str) -> None:
@@ -341,14 +358,20 @@ def _settle(
             message=("ROLLBACK FAILED" if first else "rollback retry failed")
             + f": traffic is NOT confirmed on stable {rollout.stable_version} after "
             f"{shift.attempts} attempts: {shift.error}; retrying in "
-            f"{RETRY_FAILED_ROLLBACK_SECONDS}s",
+            f"{RETRY_FAILED_ROLLBACK_SECONDS}s. If the router cannot be fixed for the "
+            f"controller: {resolve_hint(rollout.id)}",
             data={"attempts": shift.attempts, "error": shift.error},
             step_index=rollout.step_index,
         )
         aftercare.promise(session, rollout, shift)
         session.commit()
         bound.error("rollback_failed", attempts=shift.attempts, error=shift.error)
-        failed = RollbackResult(rollout.id, True, rollout.state, f"rollback failed: {shift.error}")
+        failed = RollbackResult(
+            rollout.id,
+            True,
+            rollout.state,
+            f"rollback failed: {shift.error}; retrying, or {resolve_hint(rollout.id)}",
+        )
         return failed, shift
 
     final = (rollout.analysis or {}).get("final_state", RolloutState.ROLLED_BACK)
@@ -357,7 +380,7 @@ def _settle(
     rollout.finished_at = now
     rollout.updated_at = now
     _record_time_to_stable(rollout, shifted_at)
-    _require_reconciliation_after_failed_writes(session, rollout, now)
+    require_reconciliation_after_failed_writes(session, rollout, now)
     repository.append_event(
         session,
         rollout.id,

@@ -19,12 +19,26 @@ from controller.reconcile.stalled import rollout_note
 from controller.redaction import redact
 from controller.runtime import utcnow
 from controller.store import repository
-from controller.store.models import Rollout
+from controller.store.models import Rollout, RolloutState
 from controller.stored_plans import plan_of
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def resolve_hint(rollout_id: str) -> str:
+    """How a person ends a rollback that cannot confirm traffic on stable by itself
+    (a missing backend, a router the controller may not write): said wherever such a
+    rollout shows, so nobody waits for a retry that will never succeed."""
+    return f"fix traffic by hand, then `canary resolve {rollout_id} --reason ...`"
+
+
+def way_out(rollout_id: str, state: str) -> str | None:
+    """What a person must do about a rollout that will not end by itself, or None."""
+    if state == RolloutState.ROLLBACK_FAILED:
+        return f"{rollout_id} is rollback_failed: {resolve_hint(rollout_id)}"
+    return None
 
 
 def rollout_summary(rollout: Rollout) -> dict[str, Any]:
@@ -135,6 +149,7 @@ class DetailFollower:
             hold_left = max(0.0, remaining.total_seconds())
         return {
             **rollout_summary(rollout),
+            "action_needed": way_out(rollout.id, rollout.state),
             "weights": list(self.weights),
             "hold_left_seconds": hold_left,
             "steps": [

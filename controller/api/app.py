@@ -53,6 +53,7 @@ from controller.api.schemas import (
     Readiness,
     Reason,
     RegisterPlan,
+    Resolve,
     RolloutId,
     ServiceFilter,
     ServiceName,
@@ -462,6 +463,28 @@ def create_app(
         if result.accepted:
             hand_over_rollback(rollout_id)
         return outcome(result)
+
+    @app.post("/api/v1/rollouts/{rollout_id}/resolve", tags=["rollouts"], responses=ACTED)
+    def resolve(rollout_id: RolloutId, body: Resolve, session: Db, who: Operator) -> JSONResponse:
+        """End a rollout stuck in rollback_failed once traffic was fixed by hand: the
+        controller reads the router (and the stable slot's version) back first; 409
+        with what it read if that is not traffic on stable. ``force`` (admin) ends it
+        anyway as aborted, recorded as NOT confirmed."""
+        if body.force and who.role < Role.ADMIN:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                "force: ending a rollback without traffic confirmed on stable needs admin",
+            )
+        resolved = operations.resolve_rollout(
+            session,
+            rollout_id,
+            reason=body.reason,
+            actor=who.name,
+            now=utcnow(),
+            router_for=router_for,
+            force=body.force,
+        )
+        return outcome(resolved, 200)
 
     @app.post("/api/v1/rollouts/{rollout_id}/approve", tags=["rollouts"], responses=ACTED)
     def approve(rollout_id: RolloutId, body: Approval, session: Db, who: Operator) -> JSONResponse:
