@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic.json_schema import GenerateJsonSchema
 
 from controller.durations import DURATION_PATTERN, format_duration, parse_duration
-from controller.notifications import NotificationTarget
+from controller.notification_target import NotificationTarget
 from controller.numbers import Count, Number
 from controller.regex_input import PatternError, compile_pattern, matches_whole
 
