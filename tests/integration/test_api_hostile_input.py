@@ -19,6 +19,7 @@ test_api_fuzz; no worker runs, so nothing but these calls changes the store.
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 from collections.abc import Iterator
@@ -51,6 +52,7 @@ def demo_yaml_with(old: str, new: str) -> str:
 
 
 RELEASE_MANAGER_LINE = DEMO_YAML.splitlines().index("  release_manager: [alice]") + 1
+FIRST_QUERY = 'canary_errors: sum(increase(demo_http_requests_total{service="{{ service }}", '
 
 # The demo plan where erin owns two of the roles preflight needs; alice starts the
 # rollout and is a release manager too.
@@ -389,3 +391,46 @@ def test_a_trailing_newline_is_not_part_of_a_name(
         field in [str(part) for part in p["loc"]] or p["msg"].startswith(f"{field}:")
         for p in problems
     ), problems
+
+
+def with_first_query(query: str) -> str:
+    """The demo plan with its first query replaced by ``query`` (as a JSON string,
+    which YAML reads as written, escapes included)."""
+    line = next(line for line in DEMO_YAML.splitlines() if FIRST_QUERY in line)
+    return demo_yaml_with(line, f"    canary_errors: {json.dumps(query)}")
+
+
+# (plan_yaml, where the refusal points, how its message starts)
+NEVER_RUNS = [
+    # 1.1 GB in the parser, and 2.5 GB for an API that started such a plan.
+    pytest.param(
+        with_first_query("-" * 3990 + "x"),
+        ["plan", "stop_criteria[0]", "canary_errors"],
+        "not valid PromQL: 3990 signs (+ or -) in a row; at most 2 are accepted",
+        id="sign-run",
+    ),
+    # The quote in the comment hid the brackets from the nesting guard: 443 MB, and a
+    # SIGSEGV on a small thread stack.
+    pytest.param(
+        with_first_query('# "\n' + "(" * 1990 + "1" + ")" * 1990),
+        ["plan", "stop_criteria[0]", "canary_errors"],
+        "not valid PromQL: nested 1990 deep; at most 100 levels are accepted",
+        id="comment-quote",
+    ),
+]
+
+
+@pytest.mark.parametrize(("plan_yaml", "loc", "message"), NEVER_RUNS)
+def test_a_plan_that_could_never_run_as_written_is_refused(
+    api: Api, plan_yaml: str, loc: list[str], message: str
+) -> None:
+    """Each of these registered before: a stage whose approvals went to the
+    preflight gate, a query with a template typo that could never match, an approval
+    nobody can give, ten minutes written in other digits, and queries that took the
+    parser gigabytes or its stack. Each is a 422 naming the field, nothing registered."""
+    name = "never-runs"
+    problems = refused(api, ADMIN, "/api/v1/plans", json={"name": name, "plan_yaml": plan_yaml})
+    assert [p["loc"] for p in problems] == [loc], problems
+    assert problems[0]["msg"].startswith(message), problems
+    missing = call("GET", f"{api.url}/api/v1/plans/{name}", ADMIN)
+    assert missing.status_code == 404, missing.text

@@ -4,11 +4,16 @@ gigabytes of memory."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 from config import PLANS_DIR
 from controller.plan_loader import MAX_PLAN_BYTES, PlanError, load_plan, parse_plan
@@ -133,3 +138,108 @@ def test_a_missing_file_and_binary_content_are_clear(tmp_path: Path) -> None:
 def test_the_shipped_plans_still_load() -> None:
     for path in sorted(PLANS_DIR.glob("*.yaml")):
         assert load_plan(path).name, path
+
+
+def demo_with(old: str, new: str) -> str:
+    """The demo plan with its first ``old`` replaced by ``new`` (which must be there)."""
+    assert old in DEMO, old
+    return DEMO.replace(old, new, 1)
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+# --- PromQL the parser must never see (issue 29, items 2 and 7) -----------------------
+
+# Each in the demo plan's first query: the refusal, and the word the message starts with.
+HOSTILE_QUERIES = {
+    # 3,990 signs and an operand: 1.1 GB in the parser, growing with the square.
+    "signs": ("-" * 3990 + "x", "3990 signs (+ or -) in a row; at most 2 are accepted"),
+    # As many binary operators: 600 MB.
+    "chained": ("x" + "-x" * 1990, "1990 operators; at most 100 are accepted"),
+    # The quote in the comment once opened a "string" that hid the brackets from the
+    # count: 443 MB and SIGSEGV on a 1 MB thread stack.
+    "quote-in-a-comment": (
+        '# "\n' + "(" * 1990 + "1" + ")" * 1990,
+        "nested 1990 deep; at most 100 levels are accepted",
+    ),
+    # And the other way round: a # in a string is no comment hiding the rest of the line.
+    "hash-in-a-string": (
+        'x{a="#"} + ' + "(" * 1990 + "1" + ")" * 1990,
+        "nested 1990 deep; at most 100 levels are accepted",
+    ),
+    "hash-after-an-escaped-quote": (
+        'x{a="\\"#"} + ' + "(" * 1990 + "1" + ")" * 1990,
+        "nested 1990 deep; at most 100 levels are accepted",
+    ),
+}
+
+# Runs ``canary plan validate --json`` on each file in one process, on a thread with
+# a 1 MB stack (a crash there is a SIGSEGV of the whole process), and reports how far
+# each pushed the process's peak resident memory above that of validating the
+# shipped plan.
+_VALIDATE_EACH = textwrap.dedent(
+    """
+    import json, resource, sys, threading
+    from typer.testing import CliRunner
+    from controller.cli import app
+
+    def peak():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def validate(path):
+        result = CliRunner().invoke(app, ["plan", "validate", "--json", path])
+        return result.exit_code, result.stderr
+
+    def run(found):
+        validate(sys.argv[1])
+        base = peak()
+        for name, path in json.loads(sys.argv[2]).items():
+            code, stderr = validate(path)
+            found[name] = {"exit": code, "stderr": stderr, "grown": peak() - base}
+
+    found = {}
+    threading.stack_size(1 << 20)
+    worker = threading.Thread(target=run, args=(found,))
+    worker.start()
+    worker.join()
+    print(json.dumps(found))
+    """
+)
+QUERY_LINE = "    canary_errors: sum(increase(demo_http_requests_total"
+
+
+def with_first_query(query: str) -> str:
+    """The demo plan with its first stop criterion's canary_errors set to ``query``."""
+    data = yaml.safe_load(DEMO)
+    data["stop_criteria"][0]["canary_errors"] = query
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def test_hostile_promql_is_refused_by_plan_validate_in_bounded_memory(tmp_path: Path) -> None:
+    """``canary plan validate`` refuses each query shape that once took the parser
+    hundreds of megabytes or crashed it, naming the field and the shape, while the
+    process's peak memory stays within 64 MB of validating the shipped plan, on a 1 MB
+    thread stack. (Before the shape guard: 1.1 GB for the signs, 600 MB for the
+    chain, and a SIGSEGV for the quote in a comment.)"""
+    files = {}
+    for name, (query, _) in HOSTILE_QUERIES.items():
+        files[name] = str(tmp_path / f"{name}.yaml")
+        Path(files[name]).write_text(with_first_query(query))
+    done = subprocess.run(
+        [sys.executable, "-c", _VALIDATE_EACH, str(PLANS_DIR / "demo.yaml"), json.dumps(files)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-1000:])
+    found = json.loads(done.stdout)
+    for name, (_, message) in HOSTILE_QUERIES.items():
+        result = found[name]
+        assert result["exit"] == 2, (name, result)
+        problems = json.loads(result["stderr"])["error"]["problems"]
+        assert [p["path"] for p in problems] == ["stop_criteria[0].canary_errors"], (name, problems)
+        assert problems[0]["message"].startswith(f"not valid PromQL: {message}"), (name, problems)
+        assert result["grown"] < 64 * 2**20, (name, result["grown"])
