@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from controller.budget import budget_problems
 from controller.durations import format_duration
 from controller.plan import (
+    PREFLIGHT_GATE,
     TEMPLATE_VARIABLES,
     CanaryStage,
     Criterion,
@@ -31,6 +32,8 @@ from controller.plan import (
     RisingTrend,
     SoakStage,
     VerifyStage,
+    malformed_templates,
+    template_typo_message,
     template_variables,
 )
 from controller.plan_checks import format_path as _format_path
@@ -155,6 +158,15 @@ def semantic_problems(plan: Plan) -> list[tuple[tuple[str | int, ...], str]]:
     for i, name in enumerate(names):
         if name in names[:i]:
             problems.append((("stages", i, "name"), f"duplicate stage name {name!r}"))
+        if name == PREFLIGHT_GATE:
+            problems.append(
+                (
+                    ("stages", i, "name"),
+                    f"{name!r} is reserved: it names the go/no-go approval gate "
+                    "(gates.approvals), whose approvals would count for this stage; "
+                    "name the stage something else",
+                )
+            )
     criteria = [c.name for c in plan.stop_criteria]
     for i, name in enumerate(criteria):
         if name in criteria[:i]:
@@ -190,6 +202,11 @@ def semantic_problems(plan: Plan) -> list[tuple[tuple[str | int, ...], str]]:
             )
         if name in TEMPLATE_VARIABLES:
             problems.append((("variables", name), f"{name!r} is a built-in variable"))
+        malformed = malformed_templates(default)
+        if malformed:
+            problems.append(
+                (("variables", name), template_typo_message(malformed, TEMPLATE_VARIABLES))
+            )
 
     for i, gate in enumerate(plan.gates.approvals):
         if not plan.owners.get(gate.role):

@@ -402,6 +402,40 @@ def with_first_query(query: str) -> str:
 
 # (plan_yaml, where the refusal points, how its message starts)
 NEVER_RUNS = [
+    pytest.param(
+        demo_yaml_with("  - name: staging-soak\n", "  - name: preflight\n"),
+        ["plan", "stages[0]", "name"],
+        "'preflight' is reserved: it names the go/no-go approval gate",
+        id="stage-named-preflight",
+    ),
+    pytest.param(
+        demo_yaml_with(
+            FIRST_QUERY + 'version="{{ canary_version }}"',
+            FIRST_QUERY + 'version="{{ canary-version }}"',
+        ),
+        ["plan", "stop_criteria[0]", "canary_errors"],
+        "'{{ canary-version }}' is not a template: write {{ name }} with a known variable "
+        "(did you mean {{ canary_version }}?)",
+        id="template-typo",
+    ),
+    pytest.param(
+        demo_yaml_with('service="{{ service }}"', 'service="{{ service.__class__ }}"'),
+        ["plan", "gates", "no_firing_alerts"],
+        "'{{ service.__class__ }}' is not a template",
+        id="template-attribute",
+    ),
+    pytest.param(
+        demo_yaml_with("  release_manager: [alice]\n", '  release_manager: ["   "]\n'),
+        ["plan", "owners", "release_manager[0]"],
+        "'   ' cannot be an approver's name: it is empty or only whitespace",
+        id="owner-blank",
+    ),
+    pytest.param(
+        demo_yaml_with("  release_manager: [alice]\n", '  release_manager: ["alice\\n"]\n'),
+        ["plan", "owners", "release_manager[0]"],
+        "'alice\\n' cannot be an approver's name: it starts or ends with whitespace",
+        id="owner-newline",
+    ),
     # 1.1 GB in the parser, and 2.5 GB for an API that started such a plan.
     pytest.param(
         with_first_query("-" * 3990 + "x"),

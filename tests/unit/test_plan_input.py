@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from config import PLANS_DIR
+from controller.plan import Plan
 from controller.plan_loader import MAX_PLAN_BYTES, PlanError, load_plan, parse_plan
 from controller.safe_yaml import MAX_DEPTH, MAX_NODES
 
@@ -243,3 +244,72 @@ def test_hostile_promql_is_refused_by_plan_validate_in_bounded_memory(tmp_path: 
         assert [p["path"] for p in problems] == ["stop_criteria[0].canary_errors"], (name, problems)
         assert problems[0]["message"].startswith(f"not valid PromQL: {message}"), (name, problems)
         assert result["grown"] < 64 * 2**20, (name, result["grown"])
+
+
+# --- plans that could never run as written (items 4, 8, 9) ---------------------------
+
+
+def test_a_stage_named_preflight_is_refused() -> None:
+    """``preflight`` names the go/no-go approval gate; a stage of that name made the
+    gate's approvals count for the stage, and the gate could never be approved."""
+    text = demo_with("  - name: staging-soak\n", "  - name: preflight\n")
+    [(line, path, message)] = refused(text)
+    assert (line, path) == (line_of(text, "- name: preflight"), "stages[0].name")
+    assert message.startswith("'preflight' is reserved: it names the go/no-go approval gate")
+
+
+TEMPLATE_TYPOS = [
+    ("{{ canary-version }}", "(did you mean {{ canary_version }}?)"),
+    ("{{ service.__class__ }}", "(did you mean {{ service }}?)"),
+    ("{{canary_version}", ""),
+    ("{{ }}", ""),
+]
+
+
+@pytest.mark.parametrize(("typo", "hint"), TEMPLATE_TYPOS)
+def test_a_template_typo_is_refused_naming_it(typo: str, hint: str) -> None:
+    """A ``{{`` that is not a known variable's template stayed in the query as text:
+    the plan validated, started, and its query could never match."""
+    text = demo_with(
+        'version="{{ canary_version }}", environment="{{ environment }}", code=~',
+        f'version="{typo}", environment="{{{{ environment }}}}", code=~',
+    )
+    [(line, path, message)] = refused(text)
+    assert (line, path) == (line_of(text, QUERY_LINE), "stop_criteria[0].canary_errors")
+    assert message.startswith(f"{typo!r} is not a template: write {{{{ name }}}} with a known")
+    assert hint in message
+
+
+def test_a_template_typo_in_a_variable_default_is_refused() -> None:
+    text = demo_with("  scrape_job: lab\n", "  scrape_job: '{{ service-name }}'\n")
+    [(line, path, message)] = refused(text)
+    assert (line, path) == (line_of(text, "scrape_job: '{{"), "variables.scrape_job")
+    assert message.startswith("'{{ service-name }}' is not a template")
+
+
+def test_a_stored_plan_with_a_template_typo_still_loads() -> None:
+    """A rollout that stored such a plan before the rule must still load it, or it
+    could not even be rolled back."""
+    data = load_plan(PLANS_DIR / "demo.yaml").model_dump(mode="json")
+    data["stop_criteria"][0]["canary_errors"] = "sum(x{v='{{ canary-version }}'})"
+    assert Plan.from_stored(data).stop_criteria[0].canary_errors.endswith("}}'})")
+    with pytest.raises(ValueError, match="is not a template"):
+        Plan.from_data(data)
+
+
+@pytest.mark.parametrize(
+    ("owner", "why"),
+    [
+        ('"   "', "it is empty or only whitespace"),
+        ('"alice\\n"', "it starts or ends with whitespace"),
+        ('"al\\u200bice"', "it holds the control or invisible character '\\u200b'"),
+        ('"alice:admin"', "it holds ':', which CANARY_API_TOKENS uses to separate entries"),
+    ],
+)
+def test_an_owner_no_token_can_name_is_refused(owner: str, why: str) -> None:
+    """An approval is recorded as the approver's token name: an owner no token can be
+    named is an approval nobody can give."""
+    text = demo_with("  release_manager: [alice]\n", f"  release_manager: [{owner}]\n")
+    [(line, path, message)] = refused(text)
+    assert (line, path) == (line_of(text, "release_manager: ["), "owners.release_manager[0]")
+    assert message.endswith(f"cannot be an approver's name: {why}"), message

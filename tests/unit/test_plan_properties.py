@@ -175,9 +175,20 @@ def points_into(data: Any, path: str) -> bool:
 
 # --- 1. valid plans round-trip --------------------------------------------------------
 
-NAMES = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,30}", fullmatch=True)
+# "preflight" names the go/no-go gate, so no stage may take it.
+NAMES = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,30}", fullmatch=True).filter(
+    lambda name: name != "preflight"
+)
 ROLES = st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True)
-TEXT = st.text(max_size=60)
+# Any text but a NUL, which the store cannot hold (refused however it is written).
+TEXT = st.text(st.characters(exclude_characters="\x00"), max_size=60)
+# People as API tokens name them (controller.input_text.person_name_problem): no
+# control or invisible characters, no token-list separators, nothing blank at the ends.
+PEOPLE = (
+    st.text(st.characters(exclude_categories=("C",), exclude_characters=",:"), max_size=40)
+    .map(str.strip)
+    .filter(bool)
+)
 
 
 def spelled(seconds: int, style: str) -> str:
@@ -271,7 +282,7 @@ def valid_plans(draw: st.DrawFn) -> dict[str, Any]:
             criterion["stages"] = [renamed[s] for s in criterion["stages"]]
         vary_criterion(draw, criterion)
 
-    people = st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=3)
+    people = st.lists(PEOPLE, min_size=1, max_size=3)
     data["owners"] = {role: draw(people) for role in data["owners"]} | draw(
         st.dictionaries(ROLES, people, max_size=3)
     )
