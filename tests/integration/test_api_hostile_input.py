@@ -52,6 +52,7 @@ def demo_yaml_with(old: str, new: str) -> str:
 
 
 RELEASE_MANAGER_LINE = DEMO_YAML.splitlines().index("  release_manager: [alice]") + 1
+CANARY_WEIGHT_LINE = DEMO_YAML.splitlines().index("    weight: 10") + 1
 FIRST_QUERY = 'canary_errors: sum(increase(demo_http_requests_total{service="{{ service }}", '
 
 # The demo plan where erin owns two of the roles preflight needs; alice starts the
@@ -107,6 +108,44 @@ HOSTILE_PLANS = [
         f"duplicate key 'release_manager' (first on line {RELEASE_MANAGER_LINE})",
         RELEASE_MANAGER_LINE + 1,
         id="duplicate-key",
+    ),
+    # YAML 1.1 reads these otherwise than a reviewer does: the canary at 8 %, 90 % or
+    # 50 %, a stage named by the bytes of a !!binary.
+    pytest.param(
+        demo_yaml_with("    weight: 10\n", "    weight: 010\n"),
+        "010 is read by YAML 1.1 as 8 (octal, for the leading 0): write it in plain decimal "
+        "(10 or 8), or quote '010' if it is text",
+        CANARY_WEIGHT_LINE,
+        id="octal",
+    ),
+    pytest.param(
+        demo_yaml_with("    weight: 10\n", "    weight: 1:30\n"),
+        "1:30 is read by YAML 1.1 as 90 (base 60): write it in plain decimal (90), or quote "
+        "'1:30' if it is text",
+        CANARY_WEIGHT_LINE,
+        id="base-60",
+    ),
+    pytest.param(
+        demo_yaml_with("    weight: 10\n", "    weight: 5_0\n"),
+        "5_0 is read by YAML 1.1 as 50 (underscores are dropped): write it in plain decimal "
+        "(50), or quote '5_0' if it is text",
+        CANARY_WEIGHT_LINE,
+        id="underscores",
+    ),
+    pytest.param(
+        demo_yaml_with("  - name: canary\n", "  - name: !!binary Y2FuYXJ5\n"),
+        "!!binary is read by YAML as bytes, which no plan field takes: write the text, list "
+        "or mapping itself",
+        CANARY_WEIGHT_LINE - 2,
+        id="binary",
+    ),
+    # The store cannot hold a NUL: once it was refused as raw text only, and the escape
+    # registered a plan whose every start failed in PostgreSQL.
+    pytest.param(
+        demo_yaml_with("  scrape_job: lab\n", '  scrape_job: "lab\\0"\n'),
+        "contains a NUL character (\\0), which no text may hold",
+        DEMO_YAML.splitlines().index("  scrape_job: lab") + 1,
+        id="escaped-nul",
     ),
 ]
 
@@ -436,6 +475,12 @@ NEVER_RUNS = [
         "'alice\\n' cannot be an approver's name: it starts or ends with whitespace",
         id="owner-newline",
     ),
+    pytest.param(
+        demo_yaml_with("    hold: 8s\n", "    hold: \u0661\u0660s\n"),
+        ["plan", "stages[1]", "hold"],
+        "'\u0661\u0660s' has digits other than 0-9 ('\u0661\u0660' reads as 10)",
+        id="arabic-indic-digits",
+    ),
     # 1.1 GB in the parser, and 2.5 GB for an API that started such a plan.
     pytest.param(
         with_first_query("-" * 3990 + "x"),
@@ -468,3 +513,14 @@ def test_a_plan_that_could_never_run_as_written_is_refused(
     assert problems[0]["msg"].startswith(message), problems
     missing = call("GET", f"{api.url}/api/v1/plans/{name}", ADMIN)
     assert missing.status_code == 404, missing.text
+
+
+@pytest.mark.parametrize("action", ["resume", "recheck"])
+@pytest.mark.parametrize("body", [b"{not json", b'{"reason": "because"}'])
+def test_an_action_without_a_body_refuses_one(api: Api, action: str, body: bytes) -> None:
+    """resume and recheck take no body; one sent (invalid JSON, or a reason the
+    client believes is recorded) is a 422 and the action is not taken. Before, the
+    body was ignored and the action taken (here: a 409, the rollout is pending)."""
+    path = f"/api/v1/rollouts/{api.rollout_id}/{action}"
+    problems = refused(api, ERIN, path, content=body)
+    assert [p["loc"] for p in problems] == [["body"]], problems

@@ -18,7 +18,7 @@ import yaml
 from config import PLANS_DIR
 from controller.plan import Plan
 from controller.plan_loader import MAX_PLAN_BYTES, PlanError, load_plan, parse_plan
-from controller.safe_yaml import MAX_DEPTH, MAX_NODES
+from controller.safe_yaml import MAX_DEPTH, MAX_NODES, YamlInputError, load_yaml
 
 DEMO = (PLANS_DIR / "demo.yaml").read_text()
 
@@ -313,3 +313,90 @@ def test_an_owner_no_token_can_name_is_refused(owner: str, why: str) -> None:
     [(line, path, message)] = refused(text)
     assert (line, path) == (line_of(text, "release_manager: ["), "owners.release_manager[0]")
     assert message.endswith(f"cannot be an approver's name: {why}"), message
+
+
+# --- YAML 1.1 readings, escaped NULs (items 10 and 12) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path", "message"),
+    [
+        (
+            "    weight: 10\n",
+            "    weight: 010\n",
+            "",
+            "010 is read by YAML 1.1 as 8 (octal, for the leading 0): write it in plain "
+            "decimal (10 or 8), or quote '010' if it is text",
+        ),
+        (
+            "    weight: 10\n",
+            "    weight: 1:30\n",
+            "",
+            "1:30 is read by YAML 1.1 as 90 (base 60): write it in plain decimal (90), or "
+            "quote '1:30' if it is text",
+        ),
+        (
+            "    weight: 10\n",
+            "    weight: 5_0\n",
+            "",
+            "5_0 is read by YAML 1.1 as 50 (underscores are dropped): write it in plain "
+            "decimal (50), or quote '5_0' if it is text",
+        ),
+        (
+            "    weight: 10\n",
+            "    weight: 0b1010\n",
+            "",
+            "0b1010 is read by YAML 1.1 as 10 (binary): write it in plain decimal (10), or "
+            "quote '0b1010' if it is text",
+        ),
+        (
+            "  - name: staging-soak\n",
+            "  - name: !!binary c3RhZ2luZy1zb2Fr\n",
+            "",
+            "!!binary is read by YAML as bytes, which no plan field takes: write the text, "
+            "list or mapping itself",
+        ),
+        (
+            "description: The standard plan compressed to seconds, for the local lab.\n",
+            "description: no\n",
+            "",
+            "no is read by YAML 1.1 as false: write false, or quote 'no' if it is text",
+        ),
+        (
+            "description: The standard plan compressed to seconds, for the local lab.\n",
+            "description: 2026-12-07\n",
+            "",
+            "2026-12-07 is read by YAML as a date: quote it ('2026-12-07') if it is text",
+        ),
+        (
+            "    hold: 8s\n",
+            "    hold: \u0661\u0660s\n",
+            "stages[1].hold",
+            "'\u0661\u0660s' has digits other than 0-9 ('\u0661\u0660' reads as 10): write "
+            "'10s' with the digits 0-9",
+        ),
+        (
+            "description: The standard plan compressed to seconds, for the local lab.\n",
+            'description: "lab\\0"\n',
+            "",
+            "contains a NUL character (\\0), which no text may hold",
+        ),
+    ],
+    ids=["octal", "base-60", "underscores", "binary", "!!binary", "no", "date", "digits", "nul"],
+)
+def test_a_value_yaml_reads_otherwise_is_refused_saying_how(
+    old: str, new: str, path: str, message: str
+) -> None:
+    """YAML 1.1 reads these as something else than a person does (``weight: 010`` was
+    8 %, ``1:30`` 90, ``\u0661\u0660s`` ten seconds), and the store cannot hold a NUL
+    however it is written: each is refused on its line, saying how it was read."""
+    text = demo_with(old, new)
+    assert refused(text) == [(line_of(text, new.strip()[:12]), path, message)]
+
+
+def test_yaml_11_spellings_in_quotes_are_text() -> None:
+    """Quoted, each of those is the text it says: the rule refuses readings, not text."""
+    data, _ = load_yaml("a: '010'\nb: '1:30'\nc: 'yes'\nd: '2026-12-07'\ne: !!str 5_0\n")
+    assert data == {"a": "010", "b": "1:30", "c": "yes", "d": "2026-12-07", "e": "5_0"}
+    with pytest.raises(YamlInputError, match="-010 is read by YAML 1.1 as -8"):
+        load_yaml("a: -010\n")
