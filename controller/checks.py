@@ -32,6 +32,7 @@ from controller.plan import (
     TargetsUp,
     render_template,
 )
+from controller.redaction import masked_tail
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ def run_command(check: CommandCheck, values: dict[str, str]) -> CheckResult:
             )
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         return CheckResult(check.name, "command", False, f"{argv[0]}: {type(exc).__name__}")
-    tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
+    # Masked before the last line is taken and cut (controller.redaction.masked_tail).
+    tail = masked_tail((done.stdout + done.stderr).strip()).splitlines()[-1:] or [""]
     return CheckResult(
         check.name,
         "command",

@@ -58,7 +58,7 @@ from controller.store.models import (
     RolloutState,
 )
 from controller.stored_plans import plan_of
-from controller.traffic.base import RouterError, Serving, TrafficRouter
+from controller.traffic.base import RouterError, TrafficRouter, serving_or_problem
 
 log = structlog.get_logger(__name__)
 
@@ -1101,12 +1101,8 @@ class _Advance:
         the router must also hold it up, and have for ``redeploy_settle`` without a
         change (``controller.stable_restore.settle_wait``). Empty once settled, else
         what is awaited; ``state`` keeps since when the slot has looked ready."""
-        try:
-            serving = self.router().serving("stable")
-        except RouterError as exc:
-            serving = Serving(str(exc))
         return settle_wait(
-            serving,
+            serving_or_problem(self.router(), "stable"),
             state,
             self.now,
             self.plan.traffic.redeploy_settle,

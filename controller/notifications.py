@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from controller.commands import command_environment
 from controller.guarded_network import plan_client
 from controller.numbers import Number
-from controller.redaction import redact
+from controller.redaction import masked_tail, redact
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +57,7 @@ _VERBS = {
     "blocked": "blocked",
     "progress_deadline": "held with canary traffic past its progress deadline: decide",
     "rolled_back": "rolled back",
-    "rollback_failed": "ROLLBACK FAILED: traffic is NOT confirmed on stable; retrying",
+    "rollback_failed": "ROLLBACK FAILED: traffic is NOT confirmed on stable",
     "succeeded": "succeeded",
 }
 
@@ -297,6 +297,7 @@ def _run_command(
         return False, f"failed: no exit within {target.timeout_seconds:g}s"
     except (OSError, ValueError) as exc:
         return False, f"failed: {type(exc).__name__}"
-    stderr = " ".join(done.stderr.split())[-STDERR_CHARS:]
+    # Masked before it is cut (controller.redaction.masked_tail).
+    stderr = " ".join(masked_tail(done.stderr).split())[-STDERR_CHARS:]
     detail = f"exit {done.returncode}" + (f": {stderr}" if stderr else "")
     return done.returncode == 0, detail

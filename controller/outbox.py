@@ -20,7 +20,7 @@ first step not recorded (``controller.runbook``).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,6 +30,7 @@ import structlog
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from controller import timeouts
 from controller.runtime import Runtime
 from controller.store import repository
 from controller.store.models import ACTIVE_STATES, ROLLBACK_STATES, Rollout, RolloutState
@@ -265,13 +266,45 @@ def _record_skip(runtime: Runtime, rollout_id: str, kind: str, outcome: str) -> 
         session.commit()
 
 
-def dispatch_due(runtime: Runtime) -> list[int]:
-    """Send again every outbox row that is not done (reconcile calls this)."""
+def dispatch_due(
+    runtime: Runtime, send: Callable[[int, str, str], object] | None = None
+) -> list[int]:
+    """Send again every outbox row that is not done (reconcile calls this); the ids
+    sent. ``send`` (default ``runtime.send_outbox``) puts one row on its queue.
+
+    Each row on its own: a row whose send fails is logged and its dispatch mark
+    undone, so the next tick sends it again (after the first-dispatch grace, not
+    the redispatch delay), and the rows after it still go out."""
+    send = send or runtime.send_outbox
+    marked_at = runtime.clock()
     with runtime.sessions() as session:
-        due = repository.take_due_outbox(session, runtime.clock(), redispatch_after(runtime))
-    for row_id, kind, rollout_id in due:
-        runtime.send_outbox(row_id, kind, rollout_id)
-    return [row_id for row_id, _, _ in due]
+        due = repository.take_due_outbox(session, marked_at, redispatch_after(runtime))
+    sent: list[int] = []
+    try:
+        for row_id, kind, rollout_id in due:
+            try:
+                send(row_id, kind, rollout_id)
+            except timeouts.out_of_time():
+                raise
+            except Exception as exc:
+                log.error(
+                    "outbox_send_failed",
+                    outbox_id=row_id,
+                    kind=kind,
+                    rollout_id=rollout_id,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                continue
+            sent.append(row_id)
+    finally:
+        # Rows not sent (failed, or not reached when the task ran out of time): due
+        # again at the next tick.
+        done = set(sent)
+        unsent = [row_id for row_id, _, _ in due if row_id not in done]
+        if unsent:
+            with runtime.sessions() as session:
+                repository.unmark_outbox_rows(session, unsent, marked_at)
+    return sent
 
 
 def dispatch_now(runtime: Runtime, rows: list[tuple[int, str, str]]) -> None:

@@ -86,6 +86,7 @@ PREFLIGHT_GATE = "preflight"
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _NAME = r"^[a-z0-9][a-z0-9_.-]*$"
 _HAPROXY_NAME = r"^[A-Za-z0-9_.:-]+$"  # no spaces or ';': names go into runtime-API commands
+HAPROXY_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # matched whole
 
 
 def template_variables(text: str) -> list[str]:
@@ -252,8 +253,9 @@ class _CountsErrors(_Criterion):
     absent_errors_are_zero: bool = Field(
         default=True,
         description="An error query with no series while its total shows traffic counts "
-        "as 0 errors (services that create error series on the first error); off: no "
-        "data, inconclusive.",
+        "as 0 errors (services that create error series on the first error); for a "
+        "zero_tolerance criterion without a total, while another criterion of the same "
+        "check counts at least min_requests canary requests. Off: no data, inconclusive.",
     )
 
 
@@ -415,12 +417,30 @@ class HttpCheck(_Strict):
 
 
 class HttpHook(_Strict):
-    """An HTTP call the runbook makes, e.g. to scale the canary to zero."""
+    """An HTTP call the runbook makes, e.g. to scale the canary to zero.
 
-    url: QueryTemplate
+    A deploy API's URL often carries its credential (a token in the path or the
+    query), and plans are stored and shown: ``url_env`` names an environment variable
+    of the workers that holds the URL instead, as notifications do. That URL is used
+    as it is (no templates: put the rollout's values in ``json_body``)."""
+
+    url: QueryTemplate | None = None
+    url_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        max_length=128,
+        description="An environment variable of the workers holding the URL (a secret "
+        "URL stays out of the plan).",
+    )
     method: Literal["GET", "POST", "PUT", "DELETE", "PATCH"] = "POST"
     json_body: dict[str, Any] | None = None
     timeout: StepTimeout = Field(default=timedelta(seconds=10))
+
+    @model_validator(mode="after")
+    def _one_url(self) -> HttpHook:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of url or url_env")
+        return self
 
 
 class CanaryDisable(_Strict):
@@ -811,6 +831,20 @@ class Plan(_Strict):
         if not matches_whole(compile_pattern(pattern), value):
             return f"{value!r} does not match the plan's pattern {pattern!r}"
         return None
+
+    @model_validator(mode="after")
+    def _backend_variables_are_names(self) -> Plan:
+        """A plan variable used in ``traffic.backend`` must default to something a
+        HAProxy backend name can hold: ``x;disable server x/blue`` is bad input here,
+        not a router that cannot be reached at start."""
+        for name in template_variables(self.traffic.backend):
+            default = self.variables.get(name)
+            if default is not None and not HAPROXY_NAME.fullmatch(_TEMPLATE.sub("x", default)):
+                raise ValueError(
+                    f"variables.{name}: {default!r} is used in traffic.backend and is not a "
+                    "HAProxy backend name (letters, digits, _ . : - only)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _slot_urls_are_builtins(self) -> Plan:

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from controller.operations import OperationError
 from controller.plan import Plan
 from controller.plan_loader import parse_plan, read_plan_text
+from controller.redaction import redact
 from controller.store.models import RegisteredPlan
 
 PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -177,6 +178,19 @@ def plan_view(row: RegisteredPlan) -> dict[str, Any]:
         "registered_at": row.registered_at.isoformat(),
         "note": row.note,
     }
+
+
+def plan_source_view(row: RegisteredPlan) -> dict[str, Any]:
+    """A registered plan with its text as the API shows it, to every role: masked
+    (``controller.redaction``), with ``masked`` saying whether that changed it.
+
+    A viewer may read plans, and a plan may still hold a secret (a token in a hook's
+    URL, a key in a command). Nobody needs it through the API: workers read the stored
+    plan, the admin who registered it holds its source, and an answer is copied into
+    terminals, proxies and logs. The digest stays the stored text's, so a reader can
+    tell whether the text they hold is the one registered."""
+    shown = redact(row.source)
+    return {**plan_view(row), "plan_yaml": shown, "masked": shown != row.source}
 
 
 def _latest(session: Session, name: str) -> RegisteredPlan | None:

@@ -5,12 +5,15 @@ because every second on a bad canary hurts users. Then it takes the lease, so th
 an advance still in flight cannot have moved traffic back behind its back, reads
 the router again and only then records the rollout as rolled back. If the router
 will not confirm, the rollout is ``rollback_failed``, loudly, and retried; it is
-never reported as rolled back.
+never reported as rolled back. A retry that cannot succeed (a missing backend) is
+ended by a person with ``canary resolve`` (``controller.operations.resolve_rollout``),
+after which a retry still in flight finds nothing to do.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -29,6 +32,7 @@ from controller.store import repository
 from controller.store.models import ROLLBACK_STATES, Rollout, RolloutState
 from controller.stored_plans import plan_of
 from controller.traffic.base import RouterError, TrafficRouter
+from controller.views import resolve_hint
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +86,6 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
         bound = log.bind(rollout_id=rollout.id, service=rollout.service)
         shift_started = runtime.clock()
         router: TrafficRouter | None = None
-        plan: Plan | None = None
         try:
             plan = plan_of(rollout)
             router = runtime.router_for(plan, rollout_variables(plan, rollout))
@@ -91,7 +94,18 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
         else:
             if needs_stable_restored(plan, rollout):
                 session.rollback()
-                return _restore_then_roll_back(runtime, session, rollout_id, plan, router, bound)
+                restoring = router
+                return _under_lease(
+                    runtime,
+                    session,
+                    rollout_id,
+                    (shift_started, shift_started),
+                    lambda claimed, aftercare: _restore_step(
+                        runtime, session, claimed, plan, restoring, aftercare, bound
+                    ),
+                    "an advance in flight still holds the rollout: the stable version is put "
+                    "back at the next dispatch, in about a second",
+                )
             shift = shift_to_stable(
                 router, runtime.rollback_attempts, runtime.rollback_backoff_seconds
             )
@@ -100,58 +114,43 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
             "traffic_shift", confirmed=shift.confirmed, attempts=shift.attempts, error=shift.error
         )
         session.rollback()
-
-        claimed = _take_lease(runtime, session, rollout_id)
-        if claimed is None:
-            _come_back_soon(runtime, session, rollout_id)
-            return RollbackResult(
-                rollout_id,
-                False,
-                RolloutState.ROLLING_BACK,
-                ("traffic on stable" if shift.confirmed else f"traffic NOT shifted: {shift.error}")
-                + "; an advance in flight still holds the rollout: settled at the next "
-                "dispatch, in about a second",
-            )
-        # Whether this is the first attempt is read under the lease: two deliveries of
-        # one rollback must not both take it for the first (two runbooks promised).
-        aftercare = _Aftercare(
-            claimed.state == RolloutState.ROLLING_BACK, shift_started, shifted_at
+        return _under_lease(
+            runtime,
+            session,
+            rollout_id,
+            (shift_started, shifted_at),
+            lambda claimed, aftercare: _settle(
+                runtime, session, claimed, router, shift, aftercare, bound
+            )[0],
+            ("traffic on stable" if shift.confirmed else f"traffic NOT shifted: {shift.error}")
+            + "; an advance in flight still holds the rollout: settled at the next "
+            "dispatch, in about a second",
         )
-        try:
-            result, shift = _settle(runtime, session, claimed, router, shift, aftercare, bound)
-        finally:
-            session.rollback()
-            repository.release(session, rollout_id, runtime.owner)
-    outbox.dispatch_now(runtime, aftercare.promised)
-    return result
 
 
-def _restore_then_roll_back(
+def _under_lease(
     runtime: Runtime,
     session: Session,
     rollout_id: str,
-    plan: Plan,
-    router: TrafficRouter,
-    bound: structlog.typing.FilteringBoundLogger,
+    shift_times: tuple[datetime, datetime],
+    settle: Callable[[Rollout, _Aftercare], RollbackResult],
+    busy: str,
 ) -> RollbackResult:
-    """Redeploy mode after the redeploy hook began: under the lease, put the stable
-    version back into the stable slot (``controller.stable_restore``); traffic moves
-    only once that slot answers the stable version and the router holds it up."""
+    """Take the lease, so that an advance still in flight cannot have moved traffic
+    behind the rollback's back, then ``settle`` and send what it promised. An advance
+    that holds the lease past the wait sends the rollback round again (``busy``)."""
     claimed = _take_lease(runtime, session, rollout_id)
     if claimed is None:
+        ended = _ended_meanwhile(session, rollout_id)
+        if ended is not None:
+            return ended
         _come_back_soon(runtime, session, rollout_id)
-        return RollbackResult(
-            rollout_id,
-            False,
-            RolloutState.ROLLING_BACK,
-            "an advance in flight still holds the rollout: the stable version is put back "
-            "at the next dispatch, in about a second",
-        )
-    aftercare = _Aftercare(
-        claimed.state == RolloutState.ROLLING_BACK, runtime.clock(), runtime.clock()
-    )
+        return RollbackResult(rollout_id, False, RolloutState.ROLLING_BACK, busy)
+    # Whether this is the first attempt is read under the lease: two deliveries of
+    # one rollback must not both take it for the first (two runbooks promised).
+    aftercare = _Aftercare(claimed.state == RolloutState.ROLLING_BACK, *shift_times)
     try:
-        result = _restore_step(runtime, session, claimed, plan, router, aftercare, bound)
+        result = settle(claimed, aftercare)
     finally:
         session.rollback()
         repository.release(session, rollout_id, runtime.owner)
@@ -242,8 +241,8 @@ class _Aftercare:
             self.promised.append((notify, "notify", rollout.id))
 
 
-def _require_reconciliation_after_failed_writes(
-    session: Session, rollout: Rollout, now: datetime
+def require_reconciliation_after_failed_writes(
+    session: Session, rollout: Rollout, now: datetime, actor: str = ACTOR
 ) -> None:
     """A rollback tripped by a failed-writes criterion (judge ``zero_tolerance``) leaves
     data to reconcile (release checklist §3.3): the next rollout of the service blocks
@@ -260,7 +259,7 @@ def _require_reconciliation_after_failed_writes(
         session,
         rollout.id,
         "reconciliation_required",
-        actor=ACTOR,
+        actor=actor,
         at=now,
         message=f"{criterion.name} tripped: reconcile {rollout.service}'s data, then record "
         f"it with `canary reconcile-done {rollout.service} --note ...`; the next rollout "
@@ -287,6 +286,17 @@ def _take_lease(runtime: Runtime, session: Session, rollout_id: str) -> Rollout 
             return None  # another rollback finished it
         session.rollback()
         time.sleep(0.05)
+
+
+def _ended_meanwhile(session: Session, rollout_id: str) -> RollbackResult | None:
+    """A rollout no longer rolling back (a person resolved it while this attempt
+    shifted traffic): its record is theirs, and this attempt writes nothing."""
+    session.rollback()
+    current = repository.get_rollout(session, rollout_id)
+    if current is not None and current.state in ROLLBACK_STATES:
+        return None
+    state = current.state if current is not None else None
+    return RollbackResult(rollout_id, False, state, f"ended meanwhile ({state}); nothing recorded")
 
 
 def _come_back_soon(runtime: Runtime, session: Session, rollout_id: str) -> None:
@@ -348,14 +358,20 @@ def _settle(
             message=("ROLLBACK FAILED" if first else "rollback retry failed")
             + f": traffic is NOT confirmed on stable {rollout.stable_version} after "
             f"{shift.attempts} attempts: {shift.error}; retrying in "
-            f"{RETRY_FAILED_ROLLBACK_SECONDS}s",
+            f"{RETRY_FAILED_ROLLBACK_SECONDS}s. If the router cannot be fixed for the "
+            f"controller: {resolve_hint(rollout.id)}",
             data={"attempts": shift.attempts, "error": shift.error},
             step_index=rollout.step_index,
         )
         aftercare.promise(session, rollout, shift)
         session.commit()
         bound.error("rollback_failed", attempts=shift.attempts, error=shift.error)
-        failed = RollbackResult(rollout.id, True, rollout.state, f"rollback failed: {shift.error}")
+        failed = RollbackResult(
+            rollout.id,
+            True,
+            rollout.state,
+            f"rollback failed: {shift.error}; retrying, or {resolve_hint(rollout.id)}",
+        )
         return failed, shift
 
     final = (rollout.analysis or {}).get("final_state", RolloutState.ROLLED_BACK)
@@ -364,7 +380,7 @@ def _settle(
     rollout.finished_at = now
     rollout.updated_at = now
     _record_time_to_stable(rollout, shifted_at)
-    _require_reconciliation_after_failed_writes(session, rollout, now)
+    require_reconciliation_after_failed_writes(session, rollout, now)
     repository.append_event(
         session,
         rollout.id,

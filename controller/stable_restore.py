@@ -23,7 +23,7 @@ from controller.durations import format_duration
 from controller.hooks import run_hook
 from controller.plan import Plan, SlotMode, hook_variables
 from controller.slots import rollout_values, version_mismatches
-from controller.traffic.base import RouterError, Serving, TrafficRouter
+from controller.traffic.base import Serving, TrafficRouter, serving_or_problem
 
 RESTORE_KEY = "stable_restore"  # in the rollout's analysis: the restore's progress
 RECHECK = timedelta(seconds=2)  # how soon a waiting restore looks again
@@ -118,12 +118,12 @@ def restore_stable(
         if wrong:
             state.pop("ready_since", None)
         else:
-            try:
-                serving = router.serving("stable")
-            except RouterError as exc:
-                serving = Serving(str(exc))
             wrong = settle_wait(
-                serving, state, now, traffic.redeploy_settle, rollout.stable_version
+                serving_or_problem(router, "stable"),
+                state,
+                now,
+                traffic.redeploy_settle,
+                rollout.stable_version,
             )
     else:
         wrong = ["the redeploy hook has not deployed the stable version yet"]

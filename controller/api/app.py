@@ -54,6 +54,7 @@ from controller.api.schemas import (
     Readiness,
     Reason,
     RegisterPlan,
+    Resolve,
     RolloutId,
     ServiceFilter,
     ServiceName,
@@ -64,10 +65,12 @@ from controller.plan_loader import PlanError, parse_plan
 from controller.plan_registry import (
     find_plan,
     list_plans,
+    plan_source_view,
     plan_view,
     register_plan,
     registered_version,
 )
+from controller.reconcile.stalled import rollout_note
 from controller.rollback import rollback as run_rollback
 from controller.runbook import incident_document
 from controller.runtime import Runtime, router_factory, utcnow
@@ -122,6 +125,7 @@ def create_app(
         return f"the API itself (broker unavailable): {result.sentence()}"
 
     url_policy = HostPolicy.from_setting(settings.allowed_url_hosts)
+    reconcile_interval = timedelta(seconds=settings.reconcile_interval_seconds)
     tokens = TokenBook.from_setting(
         settings.api_tokens.get_secret_value() if settings.api_tokens else None
     )
@@ -369,7 +373,9 @@ def create_app(
             plan_origin=origin,
         )
         _best_effort(enqueue_start, rollout.id)
-        return rollout_summary(rollout)
+        # Said at once, not after the rollout has sat pending for an hour.
+        stalled = rollout_note(session, rollout, utcnow(), reconcile_interval)
+        return {**rollout_summary(rollout), "stalled": stalled}
 
     @app.post("/api/v1/plans", status_code=201, tags=["plans"], responses=ACT)
     def register(body: RegisterPlan, session: Db, who: Admin) -> JSONResponse:
@@ -389,12 +395,13 @@ def create_app(
     def plan_source(
         name: PlanName, session: Db, _who: Viewer, version: PlanVersion = None
     ) -> dict[str, Any]:
-        """One registered plan (its latest version, or ``version``) with its YAML."""
+        """One registered plan (its latest version, or ``version``) with its YAML,
+        secrets masked (``masked`` says whether any was)."""
         try:
             row = registered_version(session, name, version)
         except operations.OperationError as exc:
             raise HTTPException(404, str(exc).removeprefix("plan: ")) from None
-        return {**plan_view(row), "plan_yaml": row.source}
+        return plan_source_view(row)
 
     @app.get("/api/v1/rollouts", tags=["rollouts"], responses=READ)
     def list_rollouts(
@@ -411,7 +418,9 @@ def create_app(
 
     @app.get("/api/v1/rollouts/{rollout_id}", tags=["rollouts"], responses=READ_ONE)
     def get_one(rollout_id: RolloutId, session: Db, _who: Viewer) -> dict[str, Any]:
-        return rollout_detail(session, get_rollout(session, rollout_id))
+        return rollout_detail(
+            session, get_rollout(session, rollout_id), reconcile_interval=reconcile_interval
+        )
 
     @app.get("/api/v1/rollouts/{rollout_id}/events", tags=["rollouts"], responses=READ_ONE)
     def events(rollout_id: RolloutId, session: Db, _who: Viewer) -> list[dict[str, Any]]:
@@ -458,6 +467,28 @@ def create_app(
         if result.accepted:
             hand_over_rollback(rollout_id)
         return outcome(result)
+
+    @app.post("/api/v1/rollouts/{rollout_id}/resolve", tags=["rollouts"], responses=ACTED)
+    def resolve(rollout_id: RolloutId, body: Resolve, session: Db, who: Operator) -> JSONResponse:
+        """End a rollout stuck in rollback_failed once traffic was fixed by hand: the
+        controller reads the router (and the stable slot's version) back first; 409
+        with what it read if that is not traffic on stable. ``force`` (admin) ends it
+        anyway as aborted, recorded as NOT confirmed."""
+        if body.force and who.role < Role.ADMIN:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                "force: ending a rollback without traffic confirmed on stable needs admin",
+            )
+        resolved = operations.resolve_rollout(
+            session,
+            rollout_id,
+            reason=body.reason,
+            actor=who.name,
+            now=utcnow(),
+            router_for=router_for,
+            force=body.force,
+        )
+        return outcome(resolved, 200)
 
     @app.post("/api/v1/rollouts/{rollout_id}/approve", tags=["rollouts"], responses=ACTED)
     def approve(rollout_id: RolloutId, body: Approval, session: Db, who: Operator) -> JSONResponse:

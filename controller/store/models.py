@@ -236,3 +236,17 @@ class RegisteredPlan(Base):
     registered_by: Mapped[str] = mapped_column(String(128))
     registered_at: Mapped[datetime]
     note: Mapped[str] = mapped_column(Text, default="")
+
+
+class Heartbeat(Base):
+    """When a periodic job last ran, one row per job (``reconcile``), written by the
+    job itself at every run. A job that nobody runs writes nothing; the readers
+    (``canary status``, ``canary start``, ``/metrics``) tell that silence apart from
+    a quiet system, so a rollout never waits for ever without anyone told why."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime]
+    # Who ran it last (``host:pid:token``), to find the worker on-call must look at.
+    by: Mapped[str] = mapped_column(String(128))

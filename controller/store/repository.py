@@ -487,6 +487,48 @@ def take_due_rollbacks(session: Session, now: datetime, hold: timedelta) -> list
     return taken
 
 
+def release_rollback_holds(
+    session: Session, rollout_ids: Iterable[str], held_until: datetime, due_at: datetime
+) -> None:
+    """Make rollbacks taken by ``take_due_rollbacks`` (held until ``held_until``) due
+    at ``due_at`` again: their message never reached the broker, and a rollback must
+    not sit out the hold meant for one that did. A rollback whose row moved on since
+    (its worker set its own next try) is left alone."""
+    ids = list(rollout_ids)
+    if not ids:
+        return
+    session.execute(
+        update(Rollout)
+        .where(
+            Rollout.id.in_(ids),
+            Rollout.next_check_at == held_until,
+            _ROLLING_BACK,
+        )
+        .values(next_check_at=due_at, version=Rollout.version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def unmark_advances_dispatched(
+    session: Session, rollout_ids: Iterable[str], marked_at: datetime
+) -> None:
+    """Undo the dispatch mark ``take_due_advances`` set at ``marked_at`` on rollouts
+    whose advance could not be queued, so the next tick takes them instead of the
+    one after the redispatch delay. A mark set since (a newer tick) or cleared by an
+    advance that claimed the rollout is left alone."""
+    ids = list(rollout_ids)
+    if not ids:
+        return
+    session.execute(
+        update(Rollout)
+        .where(Rollout.id.in_(ids), Rollout.dispatched_at == marked_at)
+        .values(dispatched_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
 def get_rollout(session: Session, rollout_id: str) -> Rollout | None:
     return session.get(Rollout, rollout_id)
 
@@ -571,23 +613,33 @@ def take_due_outbox(
             data={"outbox_id": row.id, "kind": row.kind, "attempts": row.attempts},
         )
     stale, orphaned = now - redispatch_after, now - first_dispatch_grace
+    due = and_(
+        Outbox.done_at.is_(None),
+        Outbox.expires_at >= now,
+        or_(Outbox.claimed_until.is_(None), Outbox.claimed_until < now),
+        or_(
+            and_(Outbox.dispatched_at.is_(None), Outbox.created_at < orphaned),
+            Outbox.dispatched_at < stale,
+        ),
+    )
+    # The oldest ``limit`` first, and only those marked: a row marked here is a row
+    # the caller sends, and the rest are taken at the next tick, not marked as sent
+    # and left for the redispatch delay.
+    chosen = session.scalars(select(Outbox.id).where(due).order_by(Outbox.id).limit(limit)).all()
+    if not chosen:
+        session.commit()
+        return []
+    # The conditions again: a concurrent reconcile that chose the same rows marks each
+    # one only once (the second UPDATE finds it dispatched just now).
     taken = session.execute(
         update(Outbox)
-        .where(
-            Outbox.done_at.is_(None),
-            Outbox.expires_at >= now,
-            or_(Outbox.claimed_until.is_(None), Outbox.claimed_until < now),
-            or_(
-                and_(Outbox.dispatched_at.is_(None), Outbox.created_at < orphaned),
-                Outbox.dispatched_at < stale,
-            ),
-        )
+        .where(Outbox.id.in_(chosen), due)
         .values(dispatched_at=now, attempts=Outbox.attempts + 1)
         .returning(Outbox.id, Outbox.kind, Outbox.rollout_id)
         .execution_options(synchronize_session=False)
     ).all()
     session.commit()
-    return [(row_id, kind, rollout_id) for row_id, kind, rollout_id in taken[:limit]]
+    return sorted((row_id, kind, rollout_id) for row_id, kind, rollout_id in taken)
 
 
 def mark_outbox_dispatched(session: Session, row_id: int, now: datetime) -> bool:
@@ -607,9 +659,18 @@ def unmark_outbox_dispatched(session: Session, row_id: int, marked_at: datetime)
     """Undo our own dispatch mark when the send failed (broker down), so reconcile
     sends the row after the first-dispatch grace instead of the redispatch delay. A
     mark reconcile has set since (another ``dispatched_at``) is left alone."""
+    unmark_outbox_rows(session, [row_id], marked_at)
+
+
+def unmark_outbox_rows(session: Session, row_ids: Iterable[int], marked_at: datetime) -> None:
+    """``unmark_outbox_dispatched`` for several rows marked at the same moment (the
+    rows of a reconcile tick it could not send)."""
+    ids = list(row_ids)
+    if not ids:
+        return
     session.execute(
         update(Outbox)
-        .where(Outbox.id == row_id, Outbox.done_at.is_(None), Outbox.dispatched_at == marked_at)
+        .where(Outbox.id.in_(ids), Outbox.done_at.is_(None), Outbox.dispatched_at == marked_at)
         .values(dispatched_at=None)
         .execution_options(synchronize_session=False)
     )
