@@ -326,15 +326,7 @@ class _Advance:
                         return overdue
                 return self.block(
                     f"{step.stage} awaits approval by {', '.join(missing)}",
-                    [
-                        CheckResult(
-                            f"approval-{role}",
-                            "approval",
-                            False,
-                            f"awaiting approval by {role} ({', '.join(self.plan.owners[role])})",
-                        )
-                        for role in missing
-                    ],
+                    self.awaiting(missing),
                     step.stage,
                 )
         if rollout.state == RolloutState.BLOCKED:
@@ -409,15 +401,7 @@ class _Advance:
         results = checks.preflight(self.plan.gates, self.runtime.metrics, values)
         roles = [g.role for g in self.plan.gates.approvals]
         missing = checks.missing_approvals(self.plan, roles, self.approvals(), "preflight")
-        results += [
-            CheckResult(
-                f"approval-{role}",
-                "approval",
-                False,
-                f"awaiting approval by {role} ({', '.join(self.plan.owners[role])})",
-            )
-            for role in missing
-        ]
+        results += self.awaiting(missing)
         unreconciled = self.writes_reconciled()
         if unreconciled is not None:
             results.append(unreconciled)
@@ -454,6 +438,18 @@ class _Advance:
             f"({release.reconcile_required_reason}) not recorded: run `canary reconcile-done "
             f"{self.rollout.service} --note ...` once it is done",
         )
+
+    def awaiting(self, roles: list[str]) -> list[CheckResult]:
+        """A failed gate check per role still to approve, naming its owners."""
+        return [
+            CheckResult(
+                f"approval-{role}",
+                "approval",
+                False,
+                f"awaiting approval by {role} ({', '.join(self.plan.owners[role])})",
+            )
+            for role in roles
+        ]
 
     def missing_stage_approvals(self, step: Step) -> list[str]:
         """Roles that must still approve before this step's stage begins."""

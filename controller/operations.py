@@ -264,47 +264,71 @@ def abort_rollout(
     session: Session, rollout_id: str, *, reason: str, actor: str, now: datetime
 ) -> OperationOutcome:
     """Stop a rollout and put traffic back on stable; final state ``aborted``."""
-    rollout = repository.get_rollout(session, rollout_id)
-    if rollout is None:
-        raise OperationError(f"id: no rollout {rollout_id!r}")
-    accepted = repository.request_rollback(
+    return _request_rollback(
         session,
         rollout_id,
-        reason=f"aborted by {actor}: {reason}",
         actor=actor,
         now=now,
+        why=f"aborted by {actor}: {reason}",
+        what="abort",
         final_state=RolloutState.ABORTED,
     )
-    message = (
-        "abort accepted; traffic is going back to stable"
-        if accepted
-        else f"rollout {rollout_id} is {rollout.state}; nothing to abort"
-    )
-    return OperationOutcome(rollout_id, accepted, message)
 
 
 def rollback_rollout(
     session: Session, rollout_id: str, *, reason: str, actor: str, now: datetime
 ) -> OperationOutcome:
     """A manual rollback: traffic back to stable, runbook, incident; state ``rolled_back``."""
+    if not reason.strip():
+        _rollout_or_refuse(session, rollout_id)
+        raise OperationError("reason: say why (it goes into the incident)")
+    return _request_rollback(
+        session,
+        rollout_id,
+        actor=actor,
+        now=now,
+        why=f"rollback by {actor}: {reason}",
+        what="rollback",
+        trigger={"kind": "manual", "reason": reason},
+    )
+
+
+def _rollout_or_refuse(session: Session, rollout_id: str) -> Rollout:
     rollout = repository.get_rollout(session, rollout_id)
     if rollout is None:
         raise OperationError(f"id: no rollout {rollout_id!r}")
-    if not reason.strip():
-        raise OperationError("reason: say why (it goes into the incident)")
+    return rollout
+
+
+def _request_rollback(
+    session: Session,
+    rollout_id: str,
+    *,
+    actor: str,
+    now: datetime,
+    why: str,
+    what: str,
+    final_state: RolloutState = RolloutState.ROLLED_BACK,
+    trigger: dict[str, Any] | None = None,
+) -> OperationOutcome:
+    """The one flow of abort and rollback: record the request (whoever holds the
+    lease), or say why there is nothing to stop. The caller hands it over."""
+    rollout = _rollout_or_refuse(session, rollout_id)
     accepted = repository.request_rollback(
         session,
         rollout_id,
-        reason=f"rollback by {actor}: {reason}",
+        reason=why,
         actor=actor,
         now=now,
-        trigger={"kind": "manual", "reason": reason},
+        final_state=final_state,
+        trigger=trigger,
     )
     if not accepted:
+        nothing = "nothing to abort" if what == "abort" else "nothing to roll back"
         return OperationOutcome(
-            rollout_id, False, f"rollout {rollout_id} is {rollout.state}; nothing to roll back"
+            rollout_id, False, f"rollout {rollout_id} is {rollout.state}; {nothing}"
         )
-    return OperationOutcome(rollout_id, True, "rollback accepted; traffic is going back to stable")
+    return OperationOutcome(rollout_id, True, f"{what} accepted; traffic is going back to stable")
 
 
 def pause_rollout(
