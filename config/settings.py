@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config import PLANS_DIR
+from config.host_lists import parse_allowed_hosts
 from controller.timeouts import STEP_BUDGET_SECONDS
 
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")
@@ -184,8 +185,6 @@ class Settings(BaseSettings):
     @field_validator("allowed_url_hosts")
     @classmethod
     def _allowed_hosts(cls, value: str) -> str:
-        from controller.url_policy import parse_allowed_hosts
-
         parse_allowed_hosts(value)
         return value
 

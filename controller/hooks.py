@@ -11,8 +11,10 @@ environment (``url_env``) is never quoted: it is named by its variable.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Mapping
+from typing import Any
 
 from config.settings import get_settings
 from controller import timeouts
@@ -62,13 +64,30 @@ def _run_command(hook: CanaryDisable, values: dict[str, str]) -> tuple[bool, str
     return done.returncode == 0, f"command {argv[0]!r} exited {done.returncode}: {tail}"
 
 
+def filled(body: Any, values: dict[str, str]) -> Any:
+    """``body`` with the rollout's values put into its strings' ``{{ name }}``
+    templates, at any depth: where an HTTP hook names the version it deploys
+    (``{{ deploy_version }}``), since its URL may come from the environment as it is.
+    A name that is not a value is left as written."""
+    if isinstance(body, str):
+        return _TEMPLATE.sub(lambda m: values.get(m.group(1), m.group(0)), body)
+    if isinstance(body, dict):
+        return {key: filled(value, values) for key, value in body.items()}
+    if isinstance(body, list):
+        return [filled(value, values) for value in body]
+    return body
+
+
+_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
 def _call(http: HttpHook, values: dict[str, str], environ: Mapping[str, str]) -> tuple[bool, str]:
     url, shown = _target(http, values, environ)
     if url is None:
         return False, f"{http.method} {shown}"
     try:
         with plan_client(timeout=http.timeout.total_seconds()) as client:
-            response = client.request(http.method, url, json=http.json_body)
+            response = client.request(http.method, url, json=filled(http.json_body, values))
     except timeouts.out_of_time():
         raise  # the task's time is up: not a failed hook (controller.timeouts)
     except Exception as exc:  # an unusable URL (InvalidURL) fails the hook too

@@ -31,6 +31,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from controller import timeouts
+from controller.lifecycle import send_notifications
+from controller.runbook import run_runbook_now
 from controller.runtime import Runtime
 from controller.store import repository
 from controller.store.models import ACTIVE_STATES, ROLLBACK_STATES, Rollout, RolloutState
@@ -98,8 +100,6 @@ def run_outbox_row(runtime: Runtime, row_id: int) -> str:
         except ClaimLost as lost:
             return f"outbox {row_id}: {lost}"
     else:
-        from controller.lifecycle import send_notifications
-
         outcome = send_notifications(runtime, rollout_id, payload["kind"])
     with runtime.sessions() as session:
         repository.finish_outbox(session, row_id, outcome, runtime.clock())
@@ -108,7 +108,6 @@ def run_outbox_row(runtime: Runtime, row_id: int) -> str:
 
 def _run_runbook(runtime: Runtime, claim: Claim, rollout_id: str, payload: dict[str, Any]) -> str:
     """The runbook of a claimed row, its claim renewed all the while it runs."""
-    from controller.runtime import run_runbook_now
 
     def why_stop() -> str | None:
         with runtime.sessions() as session:
@@ -266,6 +265,14 @@ def _record_skip(runtime: Runtime, rollout_id: str, kind: str, outcome: str) -> 
         session.commit()
 
 
+def send_row(runtime: Runtime, row_id: int, kind: str, rollout_id: str) -> object:
+    """Put one row on its way: the runtime's sender (a task on the runbook or notify
+    queue, in workers), or, with none, run it in this process."""
+    if runtime.send_outbox is not None:
+        return runtime.send_outbox(row_id, kind, rollout_id)
+    return run_outbox_row(runtime, row_id)
+
+
 def dispatch_due(
     runtime: Runtime, send: Callable[[int, str, str], object] | None = None
 ) -> list[int]:
@@ -275,7 +282,7 @@ def dispatch_due(
     Each row on its own: a row whose send fails is logged and its dispatch mark
     undone, so the next tick sends it again (after the first-dispatch grace, not
     the redispatch delay), and the rows after it still go out."""
-    send = send or runtime.send_outbox
+    send = send or (lambda row_id, kind, rollout_id: send_row(runtime, row_id, kind, rollout_id))
     marked_at = runtime.clock()
     with runtime.sessions() as session:
         due = repository.take_due_outbox(session, marked_at, redispatch_after(runtime))
@@ -316,7 +323,7 @@ def dispatch_now(runtime: Runtime, rows: list[tuple[int, str, str]]) -> None:
             if not repository.mark_outbox_dispatched(session, row_id, marked_at):
                 continue  # reconcile dispatched it first
         try:
-            runtime.send_outbox(row_id, kind, rollout_id)
+            send_row(runtime, row_id, kind, rollout_id)
         except Exception:  # the row stays; reconcile sends it within the grace
             with runtime.sessions() as session:
                 repository.unmark_outbox_dispatched(session, row_id, marked_at)

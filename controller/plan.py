@@ -8,6 +8,7 @@ missing or Prometheus cannot answer.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,7 +30,8 @@ from pydantic import (
 from pydantic.json_schema import GenerateJsonSchema
 
 from controller.durations import DURATION_PATTERN, format_duration, parse_duration
-from controller.notifications import NotificationTarget
+from controller.input_text import person_name_problem
+from controller.notification_target import NotificationTarget
 from controller.numbers import Count, Number
 from controller.regex_input import PatternError, compile_pattern, matches_whole
 
@@ -79,6 +81,8 @@ TEMPLATE_VARIABLES = (
     "deploy_version",
 )
 SLOT_URL_VARIABLES = ("stable_url", "canary_url")  # from traffic.slot_urls, when given
+# The go/no-go gate's name where approvals name their gate: no stage may take it.
+PREFLIGHT_GATE = "preflight"
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _NAME = r"^[a-z0-9][a-z0-9_.-]*$"
 _HAPROXY_NAME = r"^[A-Za-z0-9_.:-]+$"  # no spaces or ';': names go into runtime-API commands
@@ -88,6 +92,38 @@ HAPROXY_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # matched whole
 def template_variables(text: str) -> list[str]:
     """Names used as ``{{ name }}`` in a query or setting."""
     return _TEMPLATE.findall(text)
+
+
+def malformed_templates(text: str) -> list[str]:
+    """Each ``{{`` (or a ``}}`` alone) that is not part of a ``{{ name }}`` template,
+    as written (``{{ canary-version }}``, ``{{ service.__class__ }}``): rendering
+    would leave it in the text, so a query with a typo would start and never match.
+    A selector's own brace next to a template (``x{{{ labels }}}``) is no typo."""
+    templated = [False] * len(text)
+    for match in _TEMPLATE.finditer(text):
+        templated[match.start() : match.end()] = [True] * (match.end() - match.start())
+    found: list[str] = []
+    for pair in ("{{", "}}"):
+        for at in (m.start() for m in re.finditer(re.escape(pair), text)):
+            if templated[at] or templated[at + 1]:
+                continue
+            if pair == "}}" and found:
+                break  # the end of a typo already shown
+            written = _written_at(text, at) if pair == "{{" else text[max(0, at - 20) : at + 2]
+            found.append(_shortened(written))
+    return found
+
+
+def _written_at(text: str, at: int) -> str:
+    """What was written from the ``{{`` at ``at`` to its first closing brace."""
+    closing = text.find("}", at + 2)
+    if closing < 0:
+        return text[at:]
+    return text[at : closing + (2 if text.startswith("}}", closing) else 1)]
+
+
+def _shortened(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def render_template(text: str, values: dict[str, str]) -> str:
@@ -113,9 +149,29 @@ def _check_template(value: str, info: ValidationInfo) -> str:
             f"unknown template variable(s) {', '.join(sorted(set(unknown)))}; "
             f"known: {', '.join(known)}"
         )
+    # A plan a rollout stored before this rule still loads: its text renders as it did.
+    malformed = [] if (info.context or {}).get("stored") else malformed_templates(value)
+    if malformed:
+        raise ValueError(template_typo_message(malformed, known))
     if value.count("{{") != value.count("}}"):
         raise ValueError("unbalanced '{{' / '}}' in query template")
     return value
+
+
+def template_typo_message(malformed: list[str], known: tuple[str, ...]) -> str:
+    """Why each of ``malformed`` is no template, with the variable it may have meant."""
+    shown = ", ".join(repr(text) for text in malformed)
+    words = re.findall(r"[A-Za-z0-9_-]+", malformed[0].replace("__", " "))
+    guesses = [
+        close
+        for word in words
+        for close in difflib.get_close_matches(word.replace("-", "_"), known, n=1, cutoff=0.8)
+    ]
+    hint = f" (did you mean {{{{ {guesses[0]} }}}}?)" if guesses else ""
+    return (
+        f"{shown} is not a template: write {{{{ name }}}} with a known variable{hint}; "
+        f"known: {', '.join(known)}"
+    )
 
 
 QueryTemplate = Annotated[str, AfterValidator(_check_template)]
@@ -697,6 +753,16 @@ class HAProxyTraffic(_Strict):
         return self.canary_server if slot == self.stable_server else self.stable_server
 
 
+def _person(value: str, info: ValidationInfo) -> str:
+    """An owner is who approves, and an approval is recorded as the approver's token
+    name: a name no token can have ("   ", "alice\\n") is an approval nobody can give.
+    (A plan a rollout stored before this rule still loads.)"""
+    problem = None if (info.context or {}).get("stored") else person_name_problem(value)
+    if problem is not None:
+        raise ValueError(f"{value!r} cannot be an approver's name: {problem}")
+    return value
+
+
 class Plan(_Strict):
     """A whole rollout plan as loaded from YAML."""
 
@@ -722,8 +788,12 @@ class Plan(_Strict):
     stop_criteria: list[StopCriterion] = Field(min_length=1)
     owners: dict[
         Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")],
-        list[Annotated[str, Field(min_length=1, max_length=128)]],
-    ] = Field(default_factory=dict, description="Named people by role (release_manager, ...).")
+        list[Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_person)]],
+    ] = Field(
+        default_factory=dict,
+        description="Named people by role (release_manager, ...): each an API token's "
+        "name (or the OS login name of someone using the CLI on the database).",
+    )
     gates: Gates = Gates()
     alerts: AlertRule = AlertRule()
     runbook: Runbook = Runbook()

@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 
 import promql_parser
 
+from controller import promql_shape
 from controller.durations import format_duration
 from controller.metrics.prometheus import MetricsError, Sample
 from controller.plan import (
@@ -144,44 +145,17 @@ def plan_queries(plan: Plan, values: Mapping[str, str] | None = None) -> list[Pl
     return found
 
 
-# Deeper and longer than any real query. The parser recurses natively: a few thousand
-# levels of brackets, or ten thousand chained operators, overflow its stack, and that
-# ends the whole process (API server or CLI) with SIGSEGV, not an exception.
-MAX_PROMQL_NESTING = 100
-MAX_PROMQL_CHARS = 4000
-_OPENERS, _CLOSERS, _QUOTES = "([{", ")]}", "\"'`"
-
-
-def promql_nesting(text: str) -> int:
-    """The deepest nesting of brackets in ``text``, outside string literals."""
-    depth = deepest = 0
-    quote: str | None = None
-    escaped = False
-    for char in text:
-        if quote is not None:
-            if escaped:
-                escaped = False
-            elif char == "\\" and quote != "`":
-                escaped = True
-            elif char == quote:
-                quote = None
-        elif char in _QUOTES:
-            quote = char
-        elif char in _OPENERS:
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in _CLOSERS:
-            depth = max(0, depth - 1)
-    return deepest
+MAX_PROMQL_NESTING = promql_shape.MAX_NESTING
+MAX_PROMQL_CHARS = promql_shape.MAX_CHARS
 
 
 def promql_error(text: str) -> str | None:
     """The Prometheus parser's complaint about ``text``, or None when it parses."""
-    if len(text) > MAX_PROMQL_CHARS:
-        return f"{len(text)} characters long; at most {MAX_PROMQL_CHARS} are accepted"
-    nesting = promql_nesting(text)
-    if nesting > MAX_PROMQL_NESTING:
-        return f"nested {nesting} deep; at most {MAX_PROMQL_NESTING} levels are accepted"
+    # Measured first: the parser's time, memory and stack grow with the shape of the
+    # query, and a stack overflow ends the process (controller.promql_shape).
+    refused = promql_shape.shape_problem(text)
+    if refused is not None:
+        return refused
     try:
         promql_parser.parse(text)
     except Exception as exc:  # ValueError from the parser; any other is its bug, not a crash

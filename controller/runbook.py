@@ -491,3 +491,45 @@ def _post_within(post: Callable[[dict[str, Any]], str], document: dict[str, Any]
         return within(seconds + OVERRUN_GRACE.total_seconds(), lambda: post(document), "post")
     except Overrun:
         return f"failed: no answer within {seconds:g}s"
+
+
+def run_runbook_now(
+    runtime: Runtime,
+    rollout_id: str,
+    shift: dict[str, Any],
+    why_stop: Callable[[], str | None] = lambda: None,
+    outbox_id: int | None = None,
+    hold: Callable[[Session], AbstractContextManager[object]] | None = None,
+) -> str:
+    """Run the runbook after a rollback in this process (see ``controller.runbook``);
+    returns one line saying how each step this run did went."""
+    results = run_runbook(
+        runtime,
+        rollout_id,
+        shift_started=datetime.fromisoformat(shift["shift_started"]),
+        shifted_at=datetime.fromisoformat(shift["shifted_at"]),
+        shift_detail=shift["shift_detail"],
+        post=runtime.post_incident,
+        traffic_on_stable=shift["traffic_on_stable"],
+        why_stop=why_stop,
+        outbox_id=outbox_id,
+        hold=hold,
+    )
+    if not results:
+        return "runbook: every step recorded already"
+    ran = [r for r in results if "not_run" not in r.data]
+    failed = [f"{r.number} {r.name}" for r in ran if not r.ok]
+    # A delivery that died is resumed at the first step it did not record.
+    runbook = (
+        "runbook" if results[0].number == 1 else f"runbook (resumed at step {results[0].number})"
+    )
+    line = (
+        f"{runbook}: {len(ran)} step(s), failed: {', '.join(failed)}"
+        if failed
+        else f"{runbook}: {len(ran)} step(s) ok"
+    )
+    stopped = [r for r in results if "not_run" in r.data]
+    if stopped:
+        numbers = ", ".join(str(r.number) for r in stopped)
+        line += f"; step(s) {numbers} not run: {stopped[0].data['not_run']}"
+    return line

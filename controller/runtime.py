@@ -11,9 +11,8 @@ import os
 import secrets
 import socket
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,16 +24,13 @@ from config.settings import Settings
 from controller.analysis.answer_cache import RedisAnswerCache
 from controller.analysis.batching import SharedAnswers
 from controller.analysis.runner import MetricsProvider
+from controller.clock import utcnow
 from controller.incidents import post_incident
 from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
 from controller.plan import Plan, render_template
 from controller.store.db import session_factory
 from controller.traffic.base import TrafficRouter
 from controller.traffic.haproxy import HAProxyRouter
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def worker_identity() -> str:
@@ -62,7 +58,8 @@ class Runtime:
     # Outbox rows (runbooks, lifecycle notifications) go out of band: in workers a
     # task on the runbook or notify queue, so that a slow runbook or a dead endpoint
     # never delays a step, let alone a rollback. In-process by default.
-    send_outbox: Callable[[int, str, str], object] = field(default=None)  # type: ignore[assignment]
+    # None: run the row in this process (``controller.outbox.send_row``).
+    send_outbox: Callable[[int, str, str], object] | None = None
     # Answers of stop-criterion queries shared by every rollout this process checks
     # (controller.analysis.batching); None asks each rollout's queries on their own.
     shared_answers: SharedAnswers | None = None
@@ -75,10 +72,6 @@ class Runtime:
     # row not done is sent again (``controller.outbox``); None: that module's defaults.
     runbook_claim: timedelta | None = None
     outbox_redispatch: timedelta | None = None
-
-    def __post_init__(self) -> None:
-        if self.send_outbox is None:
-            self.send_outbox = lambda row_id, kind, rollout_id: _run_outbox_row(self, row_id)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -155,53 +148,3 @@ def haproxy_router_factory(socket_path: str, timeout: float = 2.0) -> RouterFact
 
 def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
-
-
-def _run_outbox_row(runtime: Runtime, row_id: int) -> str:
-    from controller.outbox import run_outbox_row
-
-    return run_outbox_row(runtime, row_id)
-
-
-def run_runbook_now(
-    runtime: Runtime,
-    rollout_id: str,
-    shift: dict[str, Any],
-    why_stop: Callable[[], str | None] = lambda: None,
-    outbox_id: int | None = None,
-    hold: Callable[[Session], AbstractContextManager[object]] | None = None,
-) -> str:
-    """Run the runbook after a rollback in this process (see ``controller.runbook``);
-    returns one line saying how each step this run did went."""
-    from controller.runbook import run_runbook
-
-    results = run_runbook(
-        runtime,
-        rollout_id,
-        shift_started=datetime.fromisoformat(shift["shift_started"]),
-        shifted_at=datetime.fromisoformat(shift["shifted_at"]),
-        shift_detail=shift["shift_detail"],
-        post=runtime.post_incident,
-        traffic_on_stable=shift["traffic_on_stable"],
-        why_stop=why_stop,
-        outbox_id=outbox_id,
-        hold=hold,
-    )
-    if not results:
-        return "runbook: every step recorded already"
-    ran = [r for r in results if "not_run" not in r.data]
-    failed = [f"{r.number} {r.name}" for r in ran if not r.ok]
-    # A delivery that died is resumed at the first step it did not record.
-    runbook = (
-        "runbook" if results[0].number == 1 else f"runbook (resumed at step {results[0].number})"
-    )
-    line = (
-        f"{runbook}: {len(ran)} step(s), failed: {', '.join(failed)}"
-        if failed
-        else f"{runbook}: {len(ran)} step(s) ok"
-    )
-    stopped = [r for r in results if "not_run" in r.data]
-    if stopped:
-        numbers = ", ".join(str(r.number) for r in stopped)
-        line += f"; step(s) {numbers} not run: {stopped[0].data['not_run']}"
-    return line

@@ -14,10 +14,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from controller.clock import utcnow
 from controller.durations import format_duration
 from controller.reconcile.stalled import rollout_note
 from controller.redaction import redact
-from controller.runtime import utcnow
 from controller.store import repository
 from controller.store.models import Rollout, RolloutState
 from controller.stored_plans import plan_of

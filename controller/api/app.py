@@ -6,6 +6,7 @@ rollback, so the domain never imports Celery; ``canary api`` passes the Celery o
 """
 
 import hmac
+import json
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -204,6 +205,9 @@ def create_app(
     Viewer = Annotated[Principal, Depends(role(Role.VIEWER))]
     Operator = Annotated[Principal, Depends(role(Role.OPERATOR))]
     Admin = Annotated[Principal, Depends(role(Role.ADMIN))]
+    # After the caller's role (declared after it): a caller without a token gets 401
+    # and never makes the API read its body.
+    NoBody = Annotated[None, Depends(no_body)]
 
     @app.exception_handler(DataError)
     async def _unstorable(_request: Request, exc: DataError) -> JSONResponse:
@@ -431,7 +435,7 @@ def create_app(
         return outcome(paused, 200)
 
     @app.post("/api/v1/rollouts/{rollout_id}/resume", tags=["rollouts"], responses=ACTED)
-    def resume(rollout_id: RolloutId, session: Db, who: Operator) -> JSONResponse:
+    def resume(rollout_id: RolloutId, session: Db, who: Operator, _: NoBody) -> JSONResponse:
         return outcome(
             operations.resume_rollout(session, rollout_id, actor=who.name, now=utcnow()), 200
         )
@@ -497,7 +501,7 @@ def create_app(
         )
 
     @app.post("/api/v1/rollouts/{rollout_id}/recheck", tags=["rollouts"], responses=ACTED)
-    def recheck(rollout_id: RolloutId, session: Db, who: Operator) -> JSONResponse:
+    def recheck(rollout_id: RolloutId, session: Db, who: Operator, _: NoBody) -> JSONResponse:
         return outcome(
             operations.recheck_rollout(session, rollout_id, actor=who.name, now=utcnow()), 200
         )
@@ -631,6 +635,26 @@ def known_query_parameters_only(request: Request) -> None:
                 for name in unknown
             ]
         )
+
+
+async def no_body(request: Request) -> None:
+    """For an action that takes no body (resume, recheck): nothing, ``{}`` or
+    ``null`` is accepted, as clients send by default; any other body is refused with
+    a 422 and the action is not taken. Such a body is a client sending what it
+    believes is read (a reason, a role) or not JSON at all, and acting while
+    ignoring it would record an action nobody meant as sent."""
+    body = await request.body()
+    if not body.strip():
+        return
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        problem = "this endpoint takes no body, and this one is not even JSON: send none"
+    else:
+        if value is None or value == {}:
+            return
+        problem = "this endpoint takes no body: send none (or {})"
+    raise RequestValidationError([{"loc": ("body",), "msg": problem}])
 
 
 def _query_parameters(dependant: Dependant) -> set[str]:

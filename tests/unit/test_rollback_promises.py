@@ -371,3 +371,14 @@ def test_the_decision_to_roll_back_and_the_rollout_row_agree(world) -> None:
         assert session.scalar(select(Rollout.state).where(Rollout.id == rollout_id)) == (
             "rolling_back"
         )
+
+
+def test_an_http_redeploy_hook_names_the_version_in_its_body() -> None:
+    """The hook's URL may come from the environment as it is; the version it deploys
+    goes in its JSON body, filled from the rollout's values."""
+    from controller.hooks import filled
+
+    body = {"deploy": {"version": "{{ deploy_version }}", "slot": "{{ stable_slot }}"}, "n": 1}
+    values = {"deploy_version": "1.0", "stable_slot": "blue"}
+    assert filled(body, values) == {"deploy": {"version": "1.0", "slot": "blue"}, "n": 1}
+    assert filled(["{{ unknown }}"], values) == ["{{ unknown }}"]
