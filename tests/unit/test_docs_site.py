@@ -73,6 +73,17 @@ def test_every_link_of_the_readme_leads_somewhere() -> None:
     assert "docs/getting-started.md" in README.split("## Where to go next")[-1]
 
 
+def test_the_settings_pages_name_every_setting_and_only_settings() -> None:
+    from config.settings import Settings
+
+    settings = {f"CANARY_{name.upper()}" for name in Settings.model_fields}
+    operations = ROOT / "docs" / "operations"
+    table = set(re.findall(r"CANARY_[A-Z_]+", (operations / "configuration.md").read_text()))
+    per_process = set(re.findall(r"CANARY_[A-Z_]+", (operations / "index.md").read_text()))
+    assert table == settings, (sorted(settings - table), sorted(table - settings))
+    assert settings <= per_process, sorted(settings - per_process)
+
+
 def test_the_plan_field_reference_is_current() -> None:
     spec = importlib.util.spec_from_file_location(
         "plan_reference", ROOT / "scripts" / "plan_reference.py"
