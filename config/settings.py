@@ -25,7 +25,7 @@ SOFT_LIMIT_MARGIN_SECONDS = 5.0
 
 
 class Settings(BaseSettings):
-    """The controller's configuration; see the README's "Configuration" table."""
+    """The controller's configuration; see docs/operations/configuration.md."""
 
     model_config = SettingsConfigDict(env_prefix="CANARY_", extra="ignore")
 
