@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config import PLANS_DIR
+from config.host_lists import parse_allowed_hosts
 from controller.timeouts import STEP_BUDGET_SECONDS
 
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")
@@ -24,7 +25,7 @@ SOFT_LIMIT_MARGIN_SECONDS = 5.0
 
 
 class Settings(BaseSettings):
-    """The controller's configuration; see the README's "Configuration" table."""
+    """The controller's configuration; see docs/operations/configuration.md."""
 
     model_config = SettingsConfigDict(env_prefix="CANARY_", extra="ignore")
 
@@ -85,6 +86,20 @@ class Settings(BaseSettings):
         le=600,
         description="Hard time limit of every task; below lease_seconds, and its soft limit "
         "(5 s earlier) above the time one advance of a plan may take (30 s).",
+    )
+    runbook_claim_seconds: float = Field(
+        120.0,
+        ge=3,
+        le=600,
+        description="How long a runbook's delivery holds its outbox row before another "
+        "delivery may take it.",
+    )
+    outbox_redispatch_seconds: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="An outbox row (runbook, notification) sent this long ago, not done "
+        "and not held by a running delivery, is sent again.",
     )
     rollback_attempts: int = Field(5, ge=1, le=20)
     rollback_backoff_seconds: float = Field(0.2, ge=0, le=10)
@@ -170,8 +185,6 @@ class Settings(BaseSettings):
     @field_validator("allowed_url_hosts")
     @classmethod
     def _allowed_hosts(cls, value: str) -> str:
-        from controller.url_policy import parse_allowed_hosts
-
         parse_allowed_hosts(value)
         return value
 

@@ -1,5 +1,6 @@
 """Threads a check waits on (its stop criteria's queries and the slots' versions),
-and threads that run the checks of one batch side by side.
+threads that run the checks of one batch side by side, and work waited for no
+longer than its budget (``within``: each step of the rollback runbook).
 
 A check is mostly waiting (Prometheus, the slots' version endpoints); asked one
 after another it would cost the sum of those waits, and with Prometheus slow the
@@ -11,6 +12,7 @@ Celery worker starts its own.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from collections.abc import Callable
@@ -61,3 +63,37 @@ def _pool(kind: str, size: int) -> ThreadPoolExecutor:
             pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=kind)
             _pools[key] = pool
         return pool
+
+
+class Overrun(Exception):
+    """Work that gave no result within the time it was given; it was left running."""
+
+
+def within(seconds: float, work: Callable[[], T], name: str = "bounded") -> T:
+    """``work()``'s result, or ``Overrun`` once ``seconds`` passed without one.
+
+    A thread cannot be stopped: work that overruns is left to end on its own, on a
+    daemon thread, by the timeouts of its own (an HTTP call's, a command's); this
+    only stops the caller waiting for it. What ``work`` raises, the caller gets. The
+    caller waits in its own thread, so a task's time limit still strikes there, and
+    the work runs with the caller's context variables (its log fields)."""
+    outcome: list[tuple[bool, object]] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as exc:  # handed to the caller, whatever it is
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(run,), name=name, daemon=True).start()
+    if not done.wait(seconds):
+        raise Overrun(f"no result within {seconds:g}s")
+    finished, value = outcome[0]
+    if not finished:
+        assert isinstance(value, BaseException)
+        raise value
+    return value  # type: ignore[return-value]

@@ -33,7 +33,12 @@ from controller.analysis.decisions import (
     missing_data_streaks,
     update_breaches,
 )
-from controller.analysis.runner import Measurement, MetricsProvider, measure
+from controller.analysis.runner import (
+    Measurement,
+    MetricsProvider,
+    absent_failures_with_traffic,
+    measure,
+)
 from controller.analysis.verdict import Verdict
 from controller.durations import format_duration, parse_duration
 from controller.metrics.prometheus import MetricsError
@@ -309,6 +314,9 @@ def replay(
             if measured is not None:
                 baselines[criterion.name] = measured
             measurements.append(m)
+        # As the controller judges one check: an absent failure series next to a
+        # criterion counting the canary's requests.
+        measurements = absent_failures_with_traffic(criteria, measurements)
 
         breaches, trips = update_breaches(breaches, measurements, by_name, at)
         if trips:

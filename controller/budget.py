@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 from controller import soak
 from controller.checks import check_seconds, smoke_checks, wait_seconds
+from controller.hooks import hook_seconds
 from controller.plan import (
-    CanaryDisable,
     CommandCheck,
     HttpCheck,
     Plan,
@@ -189,17 +189,11 @@ def _slot_work(plan: Plan, last: bool) -> list[Work]:
             Work(
                 "redeploy hook",
                 ("traffic", "redeploy"),
-                _hook_seconds(traffic.redeploy),
+                hook_seconds(traffic.redeploy),
                 "shorten its timeout: the hook only has to start the deploy",
             )
         )
     return work
-
-
-def _hook_seconds(hook: CanaryDisable) -> float:
-    if hook.http is not None:
-        return hook.http.timeout.total_seconds()
-    return hook.timeout.total_seconds()
 
 
 def _http(what: str, loc: Loc, checks: list[HttpCheck]) -> Work:

@@ -32,6 +32,7 @@ from controller.plan import (
     TargetsUp,
     render_template,
 )
+from controller.redaction import masked_tail
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,19 @@ def wait_seconds(check: HttpCheck) -> float:
 
 
 def run_http_check(
-    check: HttpCheck, values: dict[str, str], client: httpx.Client
+    check: HttpCheck,
+    values: dict[str, str],
+    client: httpx.Client,
+    at_most: float | None = None,
 ) -> tuple[bool, str]:
-    """One HTTP check: status, optional body text, optional latency bound."""
+    """One HTTP check: status, optional body text, optional latency bound. It waits
+    ``at_most`` seconds when that is less than its own timeout: what is left of the
+    time budget of the checks it runs with."""
     url = render_template(check.url, values)
     wait = wait_seconds(check)
+    cut = at_most is not None and at_most < wait
+    if at_most is not None:
+        wait = min(wait, at_most)
     started = time.monotonic()
     try:
         with timeouts.running(f"HTTP check {check.name}"):
@@ -68,7 +77,8 @@ def run_http_check(
     except timeouts.out_of_time():
         raise  # the task's time is up: no verdict on the check (controller.timeouts)
     except httpx.TimeoutException as exc:
-        return False, f"{check.name}: no answer within {wait:g}s ({type(exc).__name__})"
+        within = f"{wait:.1f}s, what was left of the budget" if cut else f"{wait:g}s"
+        return False, f"{check.name}: no answer within {within} ({type(exc).__name__})"
     except Exception as exc:  # an unusable URL (InvalidURL) fails too
         return False, f"{check.name}: {type(exc).__name__}: {exc}"
     elapsed = time.monotonic() - started
@@ -81,11 +91,23 @@ def run_http_check(
     return True, f"{check.name}: {response.status_code} in {elapsed * 1000:.0f} ms"
 
 
-def run_checks(checks: list[HttpCheck], values: dict[str, str]) -> tuple[bool, str]:
+def run_checks(
+    checks: list[HttpCheck], values: dict[str, str], seconds: float | None = None
+) -> tuple[bool, str]:
+    """Every check, one after the other; all must pass. With ``seconds``, the checks
+    share that budget, however many there are: each waits at most what is left of
+    it, and a check it leaves no time for is not run and fails, saying so."""
     if not checks:
         return True, "no checks in the plan"
+    deadline = None if seconds is None else time.monotonic() + seconds
+    results = []
     with plan_client() as client:
-        results = [run_http_check(check, values, client) for check in checks]
+        for check in checks:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                results.append((False, f"{check.name}: not run, the {seconds:g}s budget is spent"))
+                continue
+            results.append(run_http_check(check, values, client, at_most=left))
     return all(ok for ok, _ in results), "; ".join(detail for _, detail in results)
 
 
@@ -104,7 +126,8 @@ def run_command(check: CommandCheck, values: dict[str, str]) -> CheckResult:
             )
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         return CheckResult(check.name, "command", False, f"{argv[0]}: {type(exc).__name__}")
-    tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
+    # Masked before the last line is taken and cut (controller.redaction.masked_tail).
+    tail = masked_tail((done.stdout + done.stderr).strip()).splitlines()[-1:] or [""]
     return CheckResult(
         check.name,
         "command",
@@ -191,8 +214,19 @@ def backlog(check: Backlog, metrics: MetricsProvider, values: dict[str, str]) ->
 def missing_approvals(
     plan: Plan, roles: list[str], approvals: list[dict[str, Any]], gate: str
 ) -> list[str]:
-    """Roles still without an approval by one of their named owners for ``gate``."""
-    given = {(a["role"], a["name"]) for a in approvals if a.get("gate") == gate}
+    """Roles still without an approval by one of their named owners for ``gate``.
+
+    A person counts in one role per rollout, the first they approved in (``approvals``
+    in the order given): two roles always mean two people, even if the store holds
+    two approvals by one name (written before that rule was enforced under a lock)."""
+    first_role: dict[str, str] = {}
+    for approval in approvals:
+        first_role.setdefault(approval["name"], approval["role"])
+    given = {
+        (a["role"], a["name"])
+        for a in approvals
+        if a.get("gate") == gate and first_role.get(a["name"]) == a["role"]
+    }
     return [
         role
         for role in roles

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from datetime import timedelta
 from functools import wraps
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -49,6 +50,7 @@ from controller.operations import (
     promote_rollout,
     recheck_rollout,
     record_reconciliation,
+    resolve_rollout,
     resume_rollout,
     rollback_rollout,
     start_rollout,
@@ -59,12 +61,14 @@ from controller.plan_checks import (
     SAMPLE_SERVICE,
     SAMPLE_STABLE_VERSION,
     PlanQuery,
+    absent_series_meanings,
     check_queries,
     plan_queries,
     sample_values,
 )
 from controller.plan_loader import PlanError, load_plan, parse_plan, read_plan_text
 from controller.plan_registry import find_plan, list_plans, plan_view, register_plan
+from controller.reconcile.stalled import rollout_note
 from controller.render import detail_view, history_table, incident_view, rollout_table
 from controller.retention import prune_measurements
 from controller.runbook import find_incident
@@ -195,7 +199,8 @@ def plan_register(
 ) -> None:
     """Register a plan by name, as its next version (who and when are kept). Operators
     start rollouts from registered plans; the API accepts no inline plan from them.
-    Here the registrant is your OS login name (direct database access)."""
+    The registrant is who you are: the API token's name with CANARY_API_URL and
+    CANARY_TOKEN set (an admin's), else your OS login name (direct database access)."""
     source = read_plan_text(plan)
     name = name or parse_plan(source, source=str(plan)).name
     client = _api_client()
@@ -274,9 +279,11 @@ def plan_validate(
     """Check a plan file; report every problem with its field path and line.
 
     Every PromQL query is parsed (rendered with sample values) and every alert
-    matcher is parsed with Alertmanager's grammar, as when a rollout starts."""
+    matcher is parsed with Alertmanager's grammar, as when a rollout starts. Then
+    what each stop criterion will decide when a query returns no series."""
     loaded = load_plan(plan)
     steps = loaded.steps()
+    absent = absent_series_meanings(loaded)
     report: dict[str, Any] = {
         "file": str(plan),
         "name": loaded.name,
@@ -286,6 +293,9 @@ def plan_validate(
             for step in steps
         ],
         "stop_criteria": [c.name for c in loaded.stop_criteria],
+        "absent_series": [
+            {"criterion": a.criterion, "meaning": a.meaning, "warning": a.warning} for a in absent
+        ],
     }
     if not as_json:
         out.print(
@@ -298,6 +308,11 @@ def plan_validate(
                 f"  {step.index + 1}. {step.label:<24} hold {format_duration(step.hold)}",
                 markup=False,
             )
+        if absent:
+            out.print("when a query returns no series:", markup=False)
+        for a in absent:
+            note = " (warning)" if a.warning else ""
+            out.print(f"  {a.criterion}: {a.meaning}{note}", markup=False, highlight=False)
     failing = False
     if check_against is not None:
         overrides = _variables(var)
@@ -429,9 +444,11 @@ def start(
 
     It starts only when the router gives the stable slot all traffic and the other
     slot none, and the stable version is the one the store records."""
-    rollout_id = _start(plan, service, version, stable, var, force)
+    rollout_id, stalled = _start(plan, service, version, stable, var, force)
+    if stalled and not as_json:
+        err.print(f"warning: {rollout_id} {stalled}", markup=False, highlight=False)
     if not wait:
-        print(json.dumps({"id": rollout_id}) if as_json else rollout_id)
+        print(json.dumps({"id": rollout_id, "stalled": stalled}) if as_json else rollout_id)
         return
     read = _reader(rollout_id)
     final = _watch(read, read(), as_json, max(interval, 0.2))
@@ -450,7 +467,7 @@ def _reader(rollout_id: str, events: int = 15) -> Callable[[], dict[str, Any]]:
     if client is not None:
         return lambda: client.call("GET", f"/api/v1/rollouts/{rollout_id}")
     sessions = _sessions()
-    follower = DetailFollower(rollout_id, event_limit=events)
+    follower = DetailFollower(rollout_id, events, _reconcile_interval())
 
     def read() -> dict[str, Any]:
         with sessions() as session:
@@ -462,6 +479,12 @@ def _reader(rollout_id: str, events: int = 15) -> Callable[[], dict[str, Any]]:
     return read
 
 
+def _reconcile_interval() -> timedelta:
+    """How often beat fires reconcile here: the views say when it has been silent
+    for several of these."""
+    return timedelta(seconds=get_settings().reconcile_interval_seconds)
+
+
 def _start(
     plan: str,
     service: str,
@@ -469,8 +492,9 @@ def _start(
     stable: str | None,
     var: list[str] | None,
     force: str | None,
-) -> str:
-    """Create the rollout (through the API when configured); its id."""
+) -> tuple[str, str | None]:
+    """Create the rollout (through the API when configured); its id, and why it will
+    not move (no reconcile has run for a while), if so."""
     variables = _variables(var)
     client = _api_client()
     if client is not None:
@@ -487,7 +511,7 @@ def _start(
                 "force": force,
             },
         )
-        return str(answer["id"])
+        return str(answer["id"]), answer.get("stalled")
     created_by = _os_user()
     with _sessions()() as session:
         if Path(plan).exists():
@@ -509,7 +533,7 @@ def _start(
             url_policy=HostPolicy.from_setting(get_settings().allowed_url_hosts),
             plan_origin=origin,
         )
-        return rollout.id
+        return rollout.id, rollout_note(session, rollout, utcnow(), _reconcile_interval())
 
 
 def _variables(var: list[str] | None) -> dict[str, str]:
@@ -693,6 +717,41 @@ def rollback(
         lambda session, actor: rollback_rollout(
             session, rollout_id, reason=reason, actor=actor, now=utcnow()
         ),
+        as_json=as_json,
+    )
+
+
+@app.command()
+@friendly_errors
+def resolve(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id (in rollback_failed)")],
+    reason: Annotated[str, typer.Option(help="What was done to traffic, and why (the audit)")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="End it although the controller cannot confirm traffic on stable (admin "
+            "through the API); recorded as aborted, traffic NOT confirmed",
+        ),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """End a rollout stuck in rollback_failed once you fixed traffic by hand: the
+    controller reads the router (and the stable slot's version) back first, and
+    refuses with what it read unless that is traffic on stable."""
+    _act(
+        f"/api/v1/rollouts/{rollout_id}/resolve",
+        {"reason": reason, "force": force},
+        lambda session, actor: resolve_rollout(
+            session,
+            rollout_id,
+            reason=reason,
+            actor=actor,
+            now=utcnow(),
+            router_for=router_factory(get_settings()),
+            force=force,
+        ),
+        enqueue=False,
         as_json=as_json,
     )
 
@@ -951,7 +1010,7 @@ def worker(
     ] = 0,
 ) -> None:
     """Run a Celery worker (task events on). In production run one worker per queue:
-    rollback (its own, always), rollouts, runbook and notify."""
+    rollback (its own, always), reconcile, rollouts, runbook and notify."""
     metrics_dir = None
     if metrics_port:
         # Before any task module creates a metric: the prefork children share counters.

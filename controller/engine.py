@@ -49,10 +49,16 @@ from controller.slots import (
     version_mismatches,
 )
 from controller.soak import MAX_BURST_SECONDS, send_burst
+from controller.stable_restore import needs_stable_restored, settle_wait
 from controller.store import repository
-from controller.store.models import WATCHED_STATES, Rollout, RolloutState
+from controller.store.models import (
+    ROLLBACK_INTENT_STATES,
+    WATCHED_STATES,
+    Rollout,
+    RolloutState,
+)
 from controller.stored_plans import plan_of
-from controller.traffic.base import RouterError, Serving, TrafficRouter
+from controller.traffic.base import RouterError, TrafficRouter, serving_or_problem
 
 log = structlog.get_logger(__name__)
 
@@ -112,13 +118,13 @@ def advance(runtime: Runtime, rollout_id: str) -> AdvanceResult:
             return result
         except StaleDataError:
             # Someone changed the rollout while we worked (a pause, an approval, a
-            # rollback request). A rollback this advance decided must not be lost.
+            # rollback request). A rollback this advance decided must not be lost, and
+            # traffic it moved must not stay where a rollback does not want it.
             session.rollback()
-            if step.pending_rollback is not None:
-                return step.request_rollback_again()
+            requested = step.request_rollback_again() if step.pending_rollback else None
             if step.router_moved_to is not None:
                 step.record_router_truth()
-            return AdvanceResult(
+            return requested or AdvanceResult(
                 rollout_id, acted=False, summary="rollout changed underneath; nothing written"
             )
         except timeouts.out_of_time() as exc:
@@ -126,7 +132,10 @@ def advance(runtime: Runtime, rollout_id: str) -> AdvanceResult:
             # decided before it, on a real measurement, still stands.
             session.rollback()
             if step.pending_rollback is not None:
-                return step.request_rollback_again()
+                requested = step.request_rollback_again()
+                if step.router_moved_to is not None:
+                    step.record_router_truth()
+                return requested
             return _out_of_time(step, exc, time.monotonic() - started)
         finally:
             session.rollback()
@@ -142,7 +151,9 @@ def _gates_alone(step: _Advance) -> AdvanceResult | None:
     with the first step's smoke suite and soak they would not fit in one task
     (``controller.budget``). None when this advance is not about the gates."""
     rollout = step.rollout
-    if rollout.state not in (RolloutState.PENDING, RolloutState.BLOCKED):
+    # Any state but paused: a rollout paused while pending or blocked and then resumed
+    # is running, and its gates have still not passed.
+    if rollout.state == RolloutState.PAUSED:
         return None
     if (rollout.analysis or {}).get("preflight") == "passed" or not gates_work(step.plan):
         return None
@@ -315,15 +326,7 @@ class _Advance:
                         return overdue
                 return self.block(
                     f"{step.stage} awaits approval by {', '.join(missing)}",
-                    [
-                        CheckResult(
-                            f"approval-{role}",
-                            "approval",
-                            False,
-                            f"awaiting approval by {role} ({', '.join(self.plan.owners[role])})",
-                        )
-                        for role in missing
-                    ],
+                    self.awaiting(missing),
                     step.stage,
                 )
         if rollout.state == RolloutState.BLOCKED:
@@ -378,6 +381,12 @@ class _Advance:
         rollout.state = RolloutState.BLOCKED
         rollout.reason = reason
         rollout.next_check_at = self.now + self.plan.gates.recheck_interval
+        if rollout.weight:
+            # The canary carries traffic while it waits (a stage's approval): its stop
+            # criteria are measured every analysis interval, not every gate recheck.
+            rollout.next_check_at = min(
+                rollout.next_check_at, self.next_tick(self.plan.analysis.interval)
+            )
         if first:
             # One event per change of reason: a gate rechecked every few seconds
             # for an hour would otherwise fill the log with the same sentence.
@@ -392,15 +401,7 @@ class _Advance:
         results = checks.preflight(self.plan.gates, self.runtime.metrics, values)
         roles = [g.role for g in self.plan.gates.approvals]
         missing = checks.missing_approvals(self.plan, roles, self.approvals(), "preflight")
-        results += [
-            CheckResult(
-                f"approval-{role}",
-                "approval",
-                False,
-                f"awaiting approval by {role} ({', '.join(self.plan.owners[role])})",
-            )
-            for role in missing
-        ]
+        results += self.awaiting(missing)
         unreconciled = self.writes_reconciled()
         if unreconciled is not None:
             results.append(unreconciled)
@@ -437,6 +438,18 @@ class _Advance:
             f"({release.reconcile_required_reason}) not recorded: run `canary reconcile-done "
             f"{self.rollout.service} --note ...` once it is done",
         )
+
+    def awaiting(self, roles: list[str]) -> list[CheckResult]:
+        """A failed gate check per role still to approve, naming its owners."""
+        return [
+            CheckResult(
+                f"approval-{role}",
+                "approval",
+                False,
+                f"awaiting approval by {role} ({', '.join(self.plan.owners[role])})",
+            )
+            for role in roles
+        ]
 
     def missing_stage_approvals(self, step: Step) -> list[str]:
         """Roles that must still approve before this step's stage begins."""
@@ -782,14 +795,32 @@ class _Advance:
         tripped: str | None = None,
         decided: bool = False,
     ) -> AdvanceResult:
-        """Hand the rollout to the rollback queue (the rollback does the rest)."""
+        """Decide the rollback and request it in one commit (a worker killed between
+        two commits would leave a decision in the log and nothing requested), then
+        hand the rollout to the rollback queue (the rollback does the rest)."""
         self.pending_rollback = (reason, trigger, tripped)
         if not decided:
             self.event("decision", reason, {"decision": "rollback", **trigger})
+        request = repository.rollback_request(
+            self.rollout, reason=reason, actor=ACTOR, now=self.now, tripped=tripped, trigger=trigger
+        )
+        for column, value in request.items():
+            setattr(self.rollout, column, value)
+        repository.append_rollback_requested(
+            self.session, self.rollout.id, reason=reason, actor=ACTOR, now=self.now, tripped=tripped
+        )
         self.commit()
-        self.request_rollback(reason, trigger, tripped)
+        self.enqueue_rollback()
         self.session.refresh(self.rollout)
         return self.result(f"rolling back: {reason}")
+
+    def enqueue_rollback(self) -> None:
+        """Put the requested rollback on its queue; the request is in the store already,
+        so a broker that does not answer only delays it (reconcile sends it in seconds)."""
+        try:
+            self.runtime.enqueue_rollback(self.rollout.id)
+        except Exception as exc:
+            self.log.error("rollback_enqueue_failed", error=str(exc))
 
     def request_rollback(self, reason: str, trigger: dict[str, Any], tripped: str | None) -> None:
         """Mark the rollout for rollback (whoever holds it) and enqueue the rollback."""
@@ -802,10 +833,7 @@ class _Advance:
             tripped=tripped,
             trigger=trigger,
         ):
-            try:
-                self.runtime.enqueue_rollback(self.rollout.id)
-            except Exception as exc:  # recorded already: reconcile dispatches it in seconds
-                self.log.error("rollback_enqueue_failed", error=str(exc))
+            self.enqueue_rollback()
         else:
             self.session.commit()
 
@@ -996,6 +1024,20 @@ class _Advance:
         analysis = dict(rollout.analysis or {})
         state = dict(analysis.get("redeploy") or {"started_at": self.now.isoformat()})
         started = datetime.fromisoformat(state["started_at"])
+        if "redeploy" not in analysis:
+            # Intent before effect: from the moment the hook may run, a rollback must
+            # deploy the stable version back before it moves traffic to the stable
+            # slot (``controller.stable_restore``), also if this worker dies mid-hook.
+            analysis["redeploy"] = dict(state)  # a copy: ``state`` changes below
+            rollout.analysis = analysis
+            self.event(
+                "redeploy_intent",
+                f"deploying {rollout.canary_version} into the stable slot {slots.stable}: "
+                "a rollback from now on deploys the stable version back first",
+                {"slot": slots.stable},
+            )
+            self.commit()
+            analysis = dict(rollout.analysis or {})
         if not state.get("hook_ok"):
             assert traffic.redeploy is not None
             ok, detail = run_hook(traffic.redeploy, values)
@@ -1053,31 +1095,15 @@ class _Advance:
     def stable_settled(self, state: dict[str, Any]) -> list[str]:
         """Redeploy mode, the stable slot serving the new version on its own address:
         the router must also hold it up, and have for ``redeploy_settle`` without a
-        change. Serving the version is not enough: HAProxy notices a restart only after
-        its failed checks (fall x inter), so right after a fast restart it may still
-        hold the slot up from before, and moving all traffic there sends users 503s
-        once it notices. Empty once settled, else what is awaited; ``state`` keeps
-        since when the slot has looked ready."""
-        try:
-            serving = self.router().serving("stable")
-        except RouterError as exc:
-            serving = Serving(str(exc))
-        if serving.problem:
-            state.pop("ready_since", None)
-            return [serving.problem]
-        ready_since = datetime.fromisoformat(state.get("ready_since") or self.now.isoformat())
-        if serving.unchanged_for is not None:
-            # A change the router saw between two checks (down, then up) starts it over.
-            ready_since = max(ready_since, self.now - timedelta(seconds=serving.unchanged_for))
-        state["ready_since"] = ready_since.isoformat()
-        settle, held = self.plan.traffic.redeploy_settle, self.now - ready_since
-        if held < settle:
-            return [
-                f"the stable slot serves {self.rollout.canary_version} and the router holds "
-                f"it up; settling, {format_duration(held)} of "
-                f"{format_duration(settle)}"
-            ]
-        return []
+        change (``controller.stable_restore.settle_wait``). Empty once settled, else
+        what is awaited; ``state`` keeps since when the slot has looked ready."""
+        return settle_wait(
+            serving_or_problem(self.router(), "stable"),
+            state,
+            self.now,
+            self.plan.traffic.redeploy_settle,
+            self.rollout.canary_version,
+        )
 
     # -- the router is the truth ------------------------------------------------
 
@@ -1177,8 +1203,20 @@ class _Advance:
         return None
 
     def record_router_truth(self) -> None:
-        """After this advance moved traffic but lost its commit (a pause or approval
-        landed mid-step), record what the router really carries."""
+        """After this advance moved traffic but lost its commit (a pause, an approval or
+        a rollback request landed mid-step), make the record and the router agree.
+
+        A rollback requested meanwhile (an alert, a person) may already have shifted
+        traffic to stable and read back 0 before this advance raised the weight: the
+        move must not stand for even a second, so the canary goes back to 0 here, at
+        once, rather than when the rollback next looks (with the broker down it would
+        never look). Otherwise the record takes what the router really carries."""
+        self.session.rollback()
+        self.session.expire_all()
+        current = repository.get_rollout(self.session, self.rollout.id)
+        if current is not None and current.state in ROLLBACK_INTENT_STATES:
+            self.undo_move_for_rollback(current)
+            return
         try:
             actual = self.router().get_canary_weight()
         except RouterError as exc:
@@ -1192,6 +1230,46 @@ class _Advance:
             self.runtime.clock(),
             "the step that set it lost its commit to a concurrent change",
         )
+
+    def undo_move_for_rollback(self, current: Rollout) -> None:
+        """Put the canary weight this advance set back to 0, read back, because a
+        rollback was requested while it worked. Not in redeploy mode once the stable
+        slot is being redeployed: there 0 % sends users to a slot that may not serve
+        the stable version, and the rollback puts the stable version back first."""
+        if needs_stable_restored(self.plan, current):
+            self.log.warning("lost_commit_during_rollback_in_redeploy", weight=self.router_moved_to)
+            return
+        moved = self.router_moved_to
+        problem = self.set_and_read(0)
+        now = self.runtime.clock()
+        if problem:
+            message = (
+                f"this advance set the canary to {moved}% while a rollback was requested, "
+                f"and could not put it back to 0%: {problem}; the rollback shifts it"
+            )
+            self.log.error("rollback_race_undo_failed", weight=moved, error=problem)
+        else:
+            message = (
+                f"this advance set the canary to {moved}% while a rollback was requested: "
+                "put back to 0% at once (read back from the router)"
+            )
+            self.log.warning("rollback_race_undone", weight=moved)
+        repository.append_event(
+            self.session,
+            current.id,
+            "weight_set" if not problem else "router_error",
+            actor=ACTOR,
+            at=now,
+            message=message,
+            data={
+                "weight": 0 if not problem else None,
+                "previous": moved,
+                "rollback": True,
+                "error": problem,
+            },
+            step_index=current.step_index,
+        )
+        self.session.commit()
 
     def ask_slot_versions(self, values: dict[str, str]) -> VersionAnswers | None:
         """With a version check in the plan: start asking whether the stable slot

@@ -22,30 +22,21 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, get_args
-from urllib.parse import urlsplit
+from typing import Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controller.commands import command_environment
 from controller.guarded_network import plan_client
-from controller.numbers import Number
-from controller.redaction import redact
+from controller.notification_target import (  # re-exported: the names users import from here
+    LIFECYCLE_KINDS,
+    LifecycleKind,
+    NotificationTarget,
+    is_http_url,
+)
+from controller.redaction import masked_tail, redact
 
 log = structlog.get_logger(__name__)
-
-LifecycleKind = Literal[
-    "started",
-    "stage_changed",
-    "paused",
-    "blocked",
-    "progress_deadline",
-    "rolled_back",
-    "rollback_failed",
-    "succeeded",
-]
-LIFECYCLE_KINDS: tuple[str, ...] = get_args(LifecycleKind)
 
 STDERR_CHARS = 200
 
@@ -57,62 +48,9 @@ _VERBS = {
     "blocked": "blocked",
     "progress_deadline": "held with canary traffic past its progress deadline: decide",
     "rolled_back": "rolled back",
-    "rollback_failed": "ROLLBACK FAILED: traffic is NOT confirmed on stable; retrying",
+    "rollback_failed": "ROLLBACK FAILED: traffic is NOT confirmed on stable",
     "succeeded": "succeeded",
 }
-
-
-def _is_http_url(value: str) -> bool:
-    """Only http(s) with a host: a ``file:`` or bare-path URL is a mistake, not a receiver."""
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-class NotificationTarget(BaseModel):
-    """One receiver of lifecycle events, as written in a plan."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)
-    kind: Literal["webhook", "slack", "command"]
-    url: str | None = None
-    url_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)
-    command: list[str] | None = Field(default=None, min_length=1)
-    events: list[LifecycleKind] = Field(default_factory=lambda: list(LIFECYCLE_KINDS), min_length=1)
-    timeout_seconds: Number = Field(default=3.0, gt=0, le=30)
-
-    @field_validator("url")
-    @classmethod
-    def _http_only(cls, value: str | None) -> str | None:
-        if value is not None and not _is_http_url(value):
-            raise ValueError("url must be an http:// or https:// URL with a host")
-        return value
-
-    @field_validator("command")
-    @classmethod
-    def _program_named(cls, value: list[str] | None) -> list[str] | None:
-        if value and not value[0].strip():
-            raise ValueError("command[0] must name a program")
-        return value
-
-    @model_validator(mode="after")
-    def _fields_match_kind(self) -> NotificationTarget:
-        if self.kind == "command":
-            if self.command is None:
-                raise ValueError("kind 'command' needs command (an argv list)")
-            if self.url is not None or self.url_env is not None:
-                raise ValueError("url and url_env are not used by kind 'command'; remove them")
-            return self
-        if self.command is not None:
-            raise ValueError(f"command is only for kind 'command', not {self.kind!r}")
-        if self.url is not None and self.url_env is not None:
-            raise ValueError("give url or url_env, not both")
-        if self.url is None and self.url_env is None:
-            raise ValueError(f"kind {self.kind!r} needs url or url_env")
-        return self
 
 
 @dataclass(frozen=True)
@@ -219,7 +157,7 @@ def _deliver(
         url = environ.get(target.url_env, "").strip()
         if not url:
             return False, f"environment variable {target.url_env} is not set or empty"
-        if not _is_http_url(url):
+        if not is_http_url(url):
             return False, f"environment variable {target.url_env} does not hold an http(s) URL"
     assert url is not None  # the model validator guarantees url or url_env
     if target.kind == "slack":
@@ -297,6 +235,16 @@ def _run_command(
         return False, f"failed: no exit within {target.timeout_seconds:g}s"
     except (OSError, ValueError) as exc:
         return False, f"failed: {type(exc).__name__}"
-    stderr = " ".join(done.stderr.split())[-STDERR_CHARS:]
+    # Masked before it is cut (controller.redaction.masked_tail).
+    stderr = " ".join(masked_tail(done.stderr).split())[-STDERR_CHARS:]
     detail = f"exit {done.returncode}" + (f": {stderr}" if stderr else "")
     return done.returncode == 0, detail
+
+
+__all__ = [
+    "LIFECYCLE_KINDS",
+    "LifecycleEvent",
+    "LifecycleKind",
+    "NotificationTarget",
+    "notify",
+]

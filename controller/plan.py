@@ -8,6 +8,7 @@ missing or Prometheus cannot answer.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,7 +30,8 @@ from pydantic import (
 from pydantic.json_schema import GenerateJsonSchema
 
 from controller.durations import DURATION_PATTERN, format_duration, parse_duration
-from controller.notifications import NotificationTarget
+from controller.input_text import person_name_problem
+from controller.notification_target import NotificationTarget
 from controller.numbers import Count, Number
 from controller.regex_input import PatternError, compile_pattern, matches_whole
 
@@ -74,16 +76,54 @@ TEMPLATE_VARIABLES = (
     "window",
     "stable_slot",
     "canary_slot",
+    # The version the redeploy hook puts into the stable slot: the canary version when
+    # a release is promoted, the stable version when a rollback puts it back.
+    "deploy_version",
 )
 SLOT_URL_VARIABLES = ("stable_url", "canary_url")  # from traffic.slot_urls, when given
+# The go/no-go gate's name where approvals name their gate: no stage may take it.
+PREFLIGHT_GATE = "preflight"
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _NAME = r"^[a-z0-9][a-z0-9_.-]*$"
 _HAPROXY_NAME = r"^[A-Za-z0-9_.:-]+$"  # no spaces or ';': names go into runtime-API commands
+HAPROXY_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # matched whole
 
 
 def template_variables(text: str) -> list[str]:
     """Names used as ``{{ name }}`` in a query or setting."""
     return _TEMPLATE.findall(text)
+
+
+def malformed_templates(text: str) -> list[str]:
+    """Each ``{{`` (or a ``}}`` alone) that is not part of a ``{{ name }}`` template,
+    as written (``{{ canary-version }}``, ``{{ service.__class__ }}``): rendering
+    would leave it in the text, so a query with a typo would start and never match.
+    A selector's own brace next to a template (``x{{{ labels }}}``) is no typo."""
+    templated = [False] * len(text)
+    for match in _TEMPLATE.finditer(text):
+        templated[match.start() : match.end()] = [True] * (match.end() - match.start())
+    found: list[str] = []
+    for pair in ("{{", "}}"):
+        for at in (m.start() for m in re.finditer(re.escape(pair), text)):
+            if templated[at] or templated[at + 1]:
+                continue
+            if pair == "}}" and found:
+                break  # the end of a typo already shown
+            written = _written_at(text, at) if pair == "{{" else text[max(0, at - 20) : at + 2]
+            found.append(_shortened(written))
+    return found
+
+
+def _written_at(text: str, at: int) -> str:
+    """What was written from the ``{{`` at ``at`` to its first closing brace."""
+    closing = text.find("}", at + 2)
+    if closing < 0:
+        return text[at:]
+    return text[at : closing + (2 if text.startswith("}}", closing) else 1)]
+
+
+def _shortened(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def render_template(text: str, values: dict[str, str]) -> str:
@@ -109,9 +149,29 @@ def _check_template(value: str, info: ValidationInfo) -> str:
             f"unknown template variable(s) {', '.join(sorted(set(unknown)))}; "
             f"known: {', '.join(known)}"
         )
+    # A plan a rollout stored before this rule still loads: its text renders as it did.
+    malformed = [] if (info.context or {}).get("stored") else malformed_templates(value)
+    if malformed:
+        raise ValueError(template_typo_message(malformed, known))
     if value.count("{{") != value.count("}}"):
         raise ValueError("unbalanced '{{' / '}}' in query template")
     return value
+
+
+def template_typo_message(malformed: list[str], known: tuple[str, ...]) -> str:
+    """Why each of ``malformed`` is no template, with the variable it may have meant."""
+    shown = ", ".join(repr(text) for text in malformed)
+    words = re.findall(r"[A-Za-z0-9_-]+", malformed[0].replace("__", " "))
+    guesses = [
+        close
+        for word in words
+        for close in difflib.get_close_matches(word.replace("-", "_"), known, n=1, cutoff=0.8)
+    ]
+    hint = f" (did you mean {{{{ {guesses[0]} }}}}?)" if guesses else ""
+    return (
+        f"{shown} is not a template: write {{{{ name }}}} with a known variable{hint}; "
+        f"known: {', '.join(known)}"
+    )
 
 
 QueryTemplate = Annotated[str, AfterValidator(_check_template)]
@@ -193,8 +253,9 @@ class _CountsErrors(_Criterion):
     absent_errors_are_zero: bool = Field(
         default=True,
         description="An error query with no series while its total shows traffic counts "
-        "as 0 errors (services that create error series on the first error); off: no "
-        "data, inconclusive.",
+        "as 0 errors (services that create error series on the first error); for a "
+        "zero_tolerance criterion without a total, while another criterion of the same "
+        "check counts at least min_requests canary requests. Off: no data, inconclusive.",
     )
 
 
@@ -356,12 +417,30 @@ class HttpCheck(_Strict):
 
 
 class HttpHook(_Strict):
-    """An HTTP call the runbook makes, e.g. to scale the canary to zero."""
+    """An HTTP call the runbook makes, e.g. to scale the canary to zero.
 
-    url: QueryTemplate
+    A deploy API's URL often carries its credential (a token in the path or the
+    query), and plans are stored and shown: ``url_env`` names an environment variable
+    of the workers that holds the URL instead, as notifications do. That URL is used
+    as it is (no templates: put the rollout's values in ``json_body``)."""
+
+    url: QueryTemplate | None = None
+    url_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        max_length=128,
+        description="An environment variable of the workers holding the URL (a secret "
+        "URL stays out of the plan).",
+    )
     method: Literal["GET", "POST", "PUT", "DELETE", "PATCH"] = "POST"
     json_body: dict[str, Any] | None = None
     timeout: StepTimeout = Field(default=timedelta(seconds=10))
+
+    @model_validator(mode="after")
+    def _one_url(self) -> HttpHook:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of url or url_env")
+        return self
 
 
 class CanaryDisable(_Strict):
@@ -376,6 +455,24 @@ class CanaryDisable(_Strict):
         if (self.command is None) == (self.http is None):
             raise ValueError("give exactly one of command or http")
         return self
+
+
+def hook_variables(hook: CanaryDisable) -> set[str]:
+    """Template variables a hook uses anywhere (argv, URL, JSON body)."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, str):
+            found.update(template_variables(node))
+        elif isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(hook.model_dump(mode="json"))
+    return found
 
 
 class Runbook(_Strict):
@@ -490,17 +587,33 @@ class SoakStage(_Stage):
     )
 
 
+def _measured_at_its_weight(value: timedelta, info: ValidationInfo) -> timedelta:
+    """A step that moves canary traffic is promoted only once it was measured at its
+    own weight: the check that moves the traffic judges data from before the move, so
+    ``hold: 0s`` would promote a step nothing ever measured. (A plan a rollout stored
+    before this rule still loads.)"""
+    if value < timedelta(seconds=1) and not (info.context or {}).get("stored"):
+        raise ValueError(
+            f"{format_duration(value)} would promote the step on data from before its "
+            "traffic moved; hold it at least 1s, so that a check measures it at its own weight"
+        )
+    return value
+
+
+StepHold = Annotated[Duration, AfterValidator(_measured_at_its_weight)]
+
+
 class CanaryStage(_Stage):
     """The first slice of production traffic to the new version, held and compared."""
 
     kind: Literal["canary"]
     weight: Count = Field(ge=1, le=100)
-    hold: Duration
+    hold: StepHold
 
 
 class RampStep(_Strict):
     weight: Count = Field(ge=1, le=100)
-    hold: Duration
+    hold: StepHold
 
 
 class RampStage(_Stage):
@@ -605,7 +718,7 @@ class HAProxyTraffic(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _slots(self) -> HAProxyTraffic:
+    def _slots(self, info: ValidationInfo) -> HAProxyTraffic:
         servers = {self.stable_server, self.canary_server}
         if len(servers) != 2:
             raise ValueError("stable_server and canary_server must be two different servers")
@@ -619,6 +732,13 @@ class HAProxyTraffic(_Strict):
         if self.mode == SlotMode.REDEPLOY:
             if self.redeploy is None:
                 raise ValueError("mode redeploy needs a redeploy hook (command or http)")
+            stored = bool((info.context or {}).get("stored"))
+            if not stored and "deploy_version" not in hook_variables(self.redeploy):
+                raise ValueError(
+                    "redeploy: name the version to deploy as {{ deploy_version }}, not "
+                    "{{ canary_version }}: the hook deploys the new version when the release "
+                    "is promoted, and the stable version back when a rollback comes after it"
+                )
             if self.version_check is None:
                 raise ValueError(
                     "mode redeploy needs version_check: the controller must see the stable "
@@ -631,6 +751,16 @@ class HAProxyTraffic(_Strict):
     def other_slot(self, slot: str) -> str:
         """The other of the two servers."""
         return self.canary_server if slot == self.stable_server else self.stable_server
+
+
+def _person(value: str, info: ValidationInfo) -> str:
+    """An owner is who approves, and an approval is recorded as the approver's token
+    name: a name no token can have ("   ", "alice\\n") is an approval nobody can give.
+    (A plan a rollout stored before this rule still loads.)"""
+    problem = None if (info.context or {}).get("stored") else person_name_problem(value)
+    if problem is not None:
+        raise ValueError(f"{value!r} cannot be an approver's name: {problem}")
+    return value
 
 
 class Plan(_Strict):
@@ -658,8 +788,12 @@ class Plan(_Strict):
     stop_criteria: list[StopCriterion] = Field(min_length=1)
     owners: dict[
         Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")],
-        list[Annotated[str, Field(min_length=1, max_length=128)]],
-    ] = Field(default_factory=dict, description="Named people by role (release_manager, ...).")
+        list[Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_person)]],
+    ] = Field(
+        default_factory=dict,
+        description="Named people by role (release_manager, ...): each an API token's "
+        "name (or the OS login name of someone using the CLI on the database).",
+    )
     gates: Gates = Gates()
     alerts: AlertRule = AlertRule()
     runbook: Runbook = Runbook()
@@ -697,6 +831,20 @@ class Plan(_Strict):
         if not matches_whole(compile_pattern(pattern), value):
             return f"{value!r} does not match the plan's pattern {pattern!r}"
         return None
+
+    @model_validator(mode="after")
+    def _backend_variables_are_names(self) -> Plan:
+        """A plan variable used in ``traffic.backend`` must default to something a
+        HAProxy backend name can hold: ``x;disable server x/blue`` is bad input here,
+        not a router that cannot be reached at start."""
+        for name in template_variables(self.traffic.backend):
+            default = self.variables.get(name)
+            if default is not None and not HAPROXY_NAME.fullmatch(_TEMPLATE.sub("x", default)):
+                raise ValueError(
+                    f"variables.{name}: {default!r} is used in traffic.backend and is not a "
+                    "HAProxy backend name (letters, digits, _ . : - only)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _slot_urls_are_builtins(self) -> Plan:

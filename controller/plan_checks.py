@@ -22,9 +22,21 @@ from typing import Literal, Protocol
 
 import promql_parser
 
+from controller import promql_shape
 from controller.durations import format_duration
 from controller.metrics.prometheus import MetricsError, Sample
-from controller.plan import Plan, SoakStage, VerifyStage, render_template
+from controller.plan import (
+    Criterion,
+    LatencyToBaseline,
+    Plan,
+    RatioThreshold,
+    RatioToBaseline,
+    RisingTrend,
+    SoakStage,
+    VerifyStage,
+    ZeroTolerance,
+    render_template,
+)
 from controller.regex_input import Pattern, PatternError, compile_pattern, matches_whole
 
 Loc = tuple[str | int, ...]
@@ -133,44 +145,17 @@ def plan_queries(plan: Plan, values: Mapping[str, str] | None = None) -> list[Pl
     return found
 
 
-# Deeper and longer than any real query. The parser recurses natively: a few thousand
-# levels of brackets, or ten thousand chained operators, overflow its stack, and that
-# ends the whole process (API server or CLI) with SIGSEGV, not an exception.
-MAX_PROMQL_NESTING = 100
-MAX_PROMQL_CHARS = 4000
-_OPENERS, _CLOSERS, _QUOTES = "([{", ")]}", "\"'`"
-
-
-def promql_nesting(text: str) -> int:
-    """The deepest nesting of brackets in ``text``, outside string literals."""
-    depth = deepest = 0
-    quote: str | None = None
-    escaped = False
-    for char in text:
-        if quote is not None:
-            if escaped:
-                escaped = False
-            elif char == "\\" and quote != "`":
-                escaped = True
-            elif char == quote:
-                quote = None
-        elif char in _QUOTES:
-            quote = char
-        elif char in _OPENERS:
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in _CLOSERS:
-            depth = max(0, depth - 1)
-    return deepest
+MAX_PROMQL_NESTING = promql_shape.MAX_NESTING
+MAX_PROMQL_CHARS = promql_shape.MAX_CHARS
 
 
 def promql_error(text: str) -> str | None:
     """The Prometheus parser's complaint about ``text``, or None when it parses."""
-    if len(text) > MAX_PROMQL_CHARS:
-        return f"{len(text)} characters long; at most {MAX_PROMQL_CHARS} are accepted"
-    nesting = promql_nesting(text)
-    if nesting > MAX_PROMQL_NESTING:
-        return f"nested {nesting} deep; at most {MAX_PROMQL_NESTING} levels are accepted"
+    # Measured first: the parser's time, memory and stack grow with the shape of the
+    # query, and a stack overflow ends the process (controller.promql_shape).
+    refused = promql_shape.shape_problem(text)
+    if refused is not None:
+        return refused
     try:
         promql_parser.parse(text)
     except Exception as exc:  # ValueError from the parser; any other is its bug, not a crash
@@ -331,6 +316,113 @@ def matcher_problems(plan: Plan) -> list[Problem]:
 def plan_problems(plan: Plan) -> list[Problem]:
     """Every PromQL and matcher problem of a plan that passed its field validation."""
     return promql_problems(plan_queries(plan)) + matcher_problems(plan)
+
+
+# --- What a query without a series will mean ---------------------------------------
+
+
+@dataclass(frozen=True)
+class AbsentMeaning:
+    """What a stop criterion decides when one of its queries returns no series.
+
+    ``warning``: a healthy service may never pass it (a failure series that exists
+    only after the first failure, with nothing in the check counting the canary's
+    requests): the rollout would pause on "inconclusive" at every check."""
+
+    criterion: str
+    meaning: str
+    warning: bool = False
+
+
+def absent_series_meanings(plan: Plan) -> list[AbsentMeaning]:
+    """For each stop criterion, in words, what an absent series will mean: services
+    create labelled error series with their first error, and a plan's author must
+    know, before a rollout pauses, whether that reads as 0 or as no data."""
+    return [_absent_meaning(plan, criterion) for criterion in plan.stop_criteria]
+
+
+_NO_DATA = "inconclusive (no data)"
+
+
+def _absent_meaning(plan: Plan, criterion: Criterion) -> AbsentMeaning:
+    name = criterion.name
+    if isinstance(criterion, RisingTrend | LatencyToBaseline):
+        return AbsentMeaning(name, f"no series: {_NO_DATA}")
+    if not criterion.absent_errors_are_zero:
+        never = isinstance(criterion, ZeroTolerance) and criterion.total is None
+        return AbsentMeaning(
+            name,
+            f"any query without a series: {_NO_DATA} (absent_errors_are_zero: false)"
+            + (
+                "; a service that creates its failure series with the first failure never passes it"
+                if never
+                else ""
+            ),
+            warning=never,
+        )
+    if isinstance(criterion, RatioToBaseline):
+        return AbsentMeaning(
+            name,
+            "no canary_errors (baseline_errors) series while canary_total (baseline_total) "
+            f"counts requests: 0 errors; no canary_total or baseline_total series: {_NO_DATA}",
+        )
+    if isinstance(criterion, RatioThreshold):
+        return AbsentMeaning(
+            name,
+            f"no errors series while total counts requests: 0 errors; no total series: {_NO_DATA}",
+        )
+    if criterion.total is not None:
+        return AbsentMeaning(
+            name,
+            f"no failures series while total counts requests: 0 failures; no total "
+            f"series: {_NO_DATA}",
+        )
+    return _failures_without_total(plan, criterion)
+
+
+def _counts_canary_requests(criterion: Criterion) -> bool:
+    """What ``controller.analysis.runner.canary_traffic`` reads a check's traffic from."""
+    if isinstance(criterion, ZeroTolerance):
+        return criterion.total is not None
+    return isinstance(criterion, RatioToBaseline | RatioThreshold)
+
+
+def _failures_without_total(plan: Plan, criterion: ZeroTolerance) -> AbsentMeaning:
+    """A failure count with no total borrows the check's evidence of canary traffic
+    from the other criteria measured with it, stage by stage."""
+    sources: list[str] = []
+    uncovered: list[str] = []
+    for stage in plan.stages:
+        if criterion.stages is not None and stage.name not in criterion.stages:
+            continue
+        counting = [
+            c.name
+            for c in plan.criteria_for(stage.name)
+            if c is not criterion and _counts_canary_requests(c)
+        ]
+        sources += [c for c in counting if c not in sources]
+        if not counting:
+            uncovered.append(stage.name)
+    counted = (
+        f"no failures series: 0 failures when {' or '.join(sources)} counts at least "
+        f"{criterion.min_requests} canary request{'s' if criterion.min_requests != 1 else ''} "
+        f"in the same check; otherwise {_NO_DATA}"
+    )
+    if not sources:
+        return AbsentMeaning(
+            criterion.name,
+            f"no failures series: {_NO_DATA} at every check until the first failure: no "
+            "other criterion counts the canary's requests (give it a total)",
+            warning=True,
+        )
+    if uncovered:
+        return AbsentMeaning(
+            criterion.name,
+            f"{counted}; in {', '.join(uncovered)} no other criterion counts them, so "
+            f"there it is {_NO_DATA} until the first failure (give it a total)",
+            warning=True,
+        )
+    return AbsentMeaning(criterion.name, counted)
 
 
 # --- Against a live Prometheus ------------------------------------------------------

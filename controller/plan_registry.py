@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,10 +25,18 @@ from sqlalchemy.orm import Session
 
 from controller.operations import OperationError
 from controller.plan import Plan
-from controller.plan_loader import load_plan, parse_plan
+from controller.plan_loader import parse_plan, read_plan_text
+from controller.redaction import redact
 from controller.store.models import RegisteredPlan
 
 PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+# Validated plans by the digest of their text. Validating parses every PromQL query
+# and matcher, which is most of the cost of a start: a registered version's text
+# never changes, so it is validated once per process, not at every start.
+_validated: OrderedDict[str, Plan] = OrderedDict()
+_VALIDATED_KEPT = 128
+_validated_guard = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,7 @@ class FoundPlan:
 
 
 def check_name(name: str) -> None:
-    if not PLAN_NAME.match(name):
+    if not PLAN_NAME.fullmatch(name):
         raise OperationError(
             f"plan: {name!r} is not a plan name (lowercase letters, digits, _ . -; at most 64)"
         )
@@ -51,8 +61,8 @@ def register_plan(
     version and whether it is new (the same text as the latest is not stored
     again). Raises PlanError for a plan that would not load."""
     check_name(name)
-    parse_plan(source, source=f"plan {name}")
-    digest = hashlib.sha256(source.encode()).hexdigest()
+    validated_plan(source, label=f"plan {name}")
+    digest = text_digest(source)
     latest = _latest(session, name)
     if latest is not None and latest.digest == digest:
         return latest, False
@@ -90,13 +100,40 @@ def find_plan(
     )
     if row is not None:
         return FoundPlan(
-            parse_plan(row.source, source=f"plan {name} v{row.version}"),
+            validated_plan(row.source, label=f"plan {name} v{row.version}"),
             f"registered plan {name} v{row.version}",
         )
     path = plans_dir / f"{name}.yaml"
     if version is None and path.is_file():
-        return FoundPlan(load_plan(path), f"plans directory: {path.name}")
+        return FoundPlan(
+            validated_plan(read_plan_text(path), label=str(path)), f"plans directory: {path.name}"
+        )
     raise OperationError(f"plan: no plan named {name!r}")
+
+
+def text_digest(source: str) -> str:
+    """The digest a registered plan's text is stored and found by."""
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def validated_plan(source: str, *, label: str) -> Plan:
+    """``parse_plan(source)``, done once per distinct text in this process (the
+    latest ``_VALIDATED_KEPT`` texts are kept). A text that does not validate raises
+    PlanError every time, naming ``label``; nothing is kept of it. The plan is shared
+    by every caller, like ``controller.stored_plans``: nothing changes a Plan."""
+    digest = text_digest(source)
+    with _validated_guard:
+        plan = _validated.get(digest)
+        if plan is not None:
+            _validated.move_to_end(digest)
+            return plan
+    plan = parse_plan(source, source=label)
+    with _validated_guard:
+        _validated[digest] = plan
+        _validated.move_to_end(digest)
+        while len(_validated) > _VALIDATED_KEPT:
+            _validated.popitem(last=False)
+    return plan
 
 
 def registered_version(session: Session, name: str, version: int | None = None) -> RegisteredPlan:
@@ -141,6 +178,19 @@ def plan_view(row: RegisteredPlan) -> dict[str, Any]:
         "registered_at": row.registered_at.isoformat(),
         "note": row.note,
     }
+
+
+def plan_source_view(row: RegisteredPlan) -> dict[str, Any]:
+    """A registered plan with its text as the API shows it, to every role: masked
+    (``controller.redaction``), with ``masked`` saying whether that changed it.
+
+    A viewer may read plans, and a plan may still hold a secret (a token in a hook's
+    URL, a key in a command). Nobody needs it through the API: workers read the stored
+    plan, the admin who registered it holds its source, and an answer is copied into
+    terminals, proxies and logs. The digest stays the stored text's, so a reader can
+    tell whether the text they hold is the one registered."""
+    shown = redact(row.source)
+    return {**plan_view(row), "plan_yaml": shown, "masked": shown != row.source}
 
 
 def _latest(session: Session, name: str) -> RegisteredPlan | None:

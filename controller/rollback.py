@@ -5,12 +5,15 @@ because every second on a bad canary hurts users. Then it takes the lease, so th
 an advance still in flight cannot have moved traffic back behind its back, reads
 the router again and only then records the rollout as rolled back. If the router
 will not confirm, the rollout is ``rollback_failed``, loudly, and retried; it is
-never reported as rolled back.
+never reported as rolled back. A retry that cannot succeed (a missing backend) is
+ended by a person with ``canary resolve`` (``controller.operations.resolve_rollout``),
+after which a retry still in flight finds nothing to do.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -20,11 +23,16 @@ from sqlalchemy.orm import Session
 
 from controller import outbox
 from controller.engine import rollout_variables
+from controller.plan import Plan
 from controller.runtime import Runtime
+from controller.slots import version_mismatches
+from controller.stable_restore import RECHECK as RESTORE_RECHECK
+from controller.stable_restore import needs_stable_restored, restore_stable
 from controller.store import repository
 from controller.store.models import ROLLBACK_STATES, Rollout, RolloutState
 from controller.stored_plans import plan_of
 from controller.traffic.base import RouterError, TrafficRouter
+from controller.views import resolve_hint
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +84,6 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
                 rollout_id, False, rollout.state if rollout else None, "nothing to roll back"
             )
         bound = log.bind(rollout_id=rollout.id, service=rollout.service)
-        first_attempt = rollout.state == RolloutState.ROLLING_BACK
         shift_started = runtime.clock()
         router: TrafficRouter | None = None
         try:
@@ -85,6 +92,20 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
         except Exception as exc:  # a broken plan must end in rollback_failed, loudly
             shift = ShiftOutcome(False, 0, f"cannot build the router: {exc}")
         else:
+            if needs_stable_restored(plan, rollout):
+                session.rollback()
+                restoring = router
+                return _under_lease(
+                    runtime,
+                    session,
+                    rollout_id,
+                    (shift_started, shift_started),
+                    lambda claimed, aftercare: _restore_step(
+                        runtime, session, claimed, plan, restoring, aftercare, bound
+                    ),
+                    "an advance in flight still holds the rollout: the stable version is put "
+                    "back at the next dispatch, in about a second",
+                )
             shift = shift_to_stable(
                 router, runtime.rollback_attempts, runtime.rollback_backoff_seconds
             )
@@ -93,26 +114,97 @@ def rollback(runtime: Runtime, rollout_id: str) -> RollbackResult:
             "traffic_shift", confirmed=shift.confirmed, attempts=shift.attempts, error=shift.error
         )
         session.rollback()
+        return _under_lease(
+            runtime,
+            session,
+            rollout_id,
+            (shift_started, shifted_at),
+            lambda claimed, aftercare: _settle(
+                runtime, session, claimed, router, shift, aftercare, bound
+            )[0],
+            ("traffic on stable" if shift.confirmed else f"traffic NOT shifted: {shift.error}")
+            + "; an advance in flight still holds the rollout: settled at the next "
+            "dispatch, in about a second",
+        )
 
-        claimed = _take_lease(runtime, session, rollout_id)
-        if claimed is None:
-            _come_back_soon(runtime, session, rollout_id)
-            return RollbackResult(
-                rollout_id,
-                False,
-                RolloutState.ROLLING_BACK,
-                ("traffic on stable" if shift.confirmed else f"traffic NOT shifted: {shift.error}")
-                + "; an advance in flight still holds the rollout: settled at the next "
-                "dispatch, in about a second",
-            )
-        aftercare = _Aftercare(first_attempt, shift_started, shifted_at)
-        try:
-            result, shift = _settle(runtime, session, claimed, router, shift, aftercare, bound)
-        finally:
-            session.rollback()
-            repository.release(session, rollout_id, runtime.owner)
+
+def _under_lease(
+    runtime: Runtime,
+    session: Session,
+    rollout_id: str,
+    shift_times: tuple[datetime, datetime],
+    settle: Callable[[Rollout, _Aftercare], RollbackResult],
+    busy: str,
+) -> RollbackResult:
+    """Take the lease, so that an advance still in flight cannot have moved traffic
+    behind the rollback's back, then ``settle`` and send what it promised. An advance
+    that holds the lease past the wait sends the rollback round again (``busy``)."""
+    claimed = _take_lease(runtime, session, rollout_id)
+    if claimed is None:
+        ended = _ended_meanwhile(session, rollout_id)
+        if ended is not None:
+            return ended
+        _come_back_soon(runtime, session, rollout_id)
+        return RollbackResult(rollout_id, False, RolloutState.ROLLING_BACK, busy)
+    # Whether this is the first attempt is read under the lease: two deliveries of
+    # one rollback must not both take it for the first (two runbooks promised).
+    aftercare = _Aftercare(claimed.state == RolloutState.ROLLING_BACK, *shift_times)
+    try:
+        result = settle(claimed, aftercare)
+    finally:
+        session.rollback()
+        repository.release(session, rollout_id, runtime.owner)
     outbox.dispatch_now(runtime, aftercare.promised)
     return result
+
+
+def _restore_step(
+    runtime: Runtime,
+    session: Session,
+    rollout: Rollout,
+    plan: Plan,
+    router: TrafficRouter,
+    aftercare: _Aftercare,
+    bound: structlog.typing.FilteringBoundLogger,
+) -> RollbackResult:
+    """One look at the restore; the shift and its record once the slot is ready."""
+    now = runtime.clock()
+    restore, analysis = restore_stable(plan, rollout, router, now)
+    rollout.analysis = analysis
+    for kind, message, data in restore.events:
+        repository.append_event(
+            session,
+            rollout.id,
+            kind,
+            actor=ACTOR,
+            at=now,
+            message=message,
+            data=data,
+            step_index=rollout.step_index,
+        )
+    if restore.ready:
+        aftercare.shift_started = runtime.clock()
+        shift = shift_to_stable(router, runtime.rollback_attempts, runtime.rollback_backoff_seconds)
+        aftercare.shifted_at = runtime.clock()
+        bound.info(
+            "traffic_shift", confirmed=shift.confirmed, attempts=shift.attempts, restored=True
+        )
+        result, _ = _settle(runtime, session, rollout, router, shift, aftercare, bound)
+        return result
+    if restore.failed and rollout.state == RolloutState.ROLLING_BACK:
+        failed = ShiftOutcome(False, 0, restore.failed)
+        result, _ = _settle(runtime, session, rollout, router, failed, aftercare, bound)
+        return result
+    rollout.next_check_at = now + RESTORE_RECHECK
+    rollout.updated_at = now
+    session.commit()
+    bound.warning("stable_restore_waiting", waiting=restore.waiting)
+    return RollbackResult(
+        rollout.id,
+        True,
+        rollout.state,
+        f"putting the stable version back before traffic moves: {restore.waiting}",
+    )
 
 
 @dataclass
@@ -149,8 +241,8 @@ class _Aftercare:
             self.promised.append((notify, "notify", rollout.id))
 
 
-def _require_reconciliation_after_failed_writes(
-    session: Session, rollout: Rollout, now: datetime
+def require_reconciliation_after_failed_writes(
+    session: Session, rollout: Rollout, now: datetime, actor: str = ACTOR
 ) -> None:
     """A rollback tripped by a failed-writes criterion (judge ``zero_tolerance``) leaves
     data to reconcile (release checklist §3.3): the next rollout of the service blocks
@@ -167,7 +259,7 @@ def _require_reconciliation_after_failed_writes(
         session,
         rollout.id,
         "reconciliation_required",
-        actor=ACTOR,
+        actor=actor,
         at=now,
         message=f"{criterion.name} tripped: reconcile {rollout.service}'s data, then record "
         f"it with `canary reconcile-done {rollout.service} --note ...`; the next rollout "
@@ -194,6 +286,17 @@ def _take_lease(runtime: Runtime, session: Session, rollout_id: str) -> Rollout 
             return None  # another rollback finished it
         session.rollback()
         time.sleep(0.05)
+
+
+def _ended_meanwhile(session: Session, rollout_id: str) -> RollbackResult | None:
+    """A rollout no longer rolling back (a person resolved it while this attempt
+    shifted traffic): its record is theirs, and this attempt writes nothing."""
+    session.rollback()
+    current = repository.get_rollout(session, rollout_id)
+    if current is not None and current.state in ROLLBACK_STATES:
+        return None
+    state = current.state if current is not None else None
+    return RollbackResult(rollout_id, False, state, f"ended meanwhile ({state}); nothing recorded")
 
 
 def _come_back_soon(runtime: Runtime, session: Session, rollout_id: str) -> None:
@@ -231,28 +334,44 @@ def _settle(
             shift = shift_to_stable(
                 router, runtime.rollback_attempts, runtime.rollback_backoff_seconds
             )
+    if shift.confirmed:
+        wrong = _stable_version_problem(rollout)
+        if wrong:
+            rollout.weight = 0  # the router reads 0: the record says so
+            shift = ShiftOutcome(
+                False, shift.attempts, f"all traffic is on the stable slot, but {wrong}"
+            )
     now = runtime.clock()
     previous_weight = rollout.weight
     if not shift.confirmed:
         rollout.state = RolloutState.ROLLBACK_FAILED
         rollout.next_check_at = now + timedelta(seconds=RETRY_FAILED_ROLLBACK_SECONDS)
         rollout.updated_at = now
+        # One rollback_failed per rollback; its retries are recorded as such.
+        first = aftercare.first_attempt
         repository.append_event(
             session,
             rollout.id,
-            "rollback_failed",
+            "rollback_failed" if first else "rollback_retry_failed",
             actor=ACTOR,
             at=now,
-            message=f"ROLLBACK FAILED: traffic is NOT confirmed on stable after "
+            message=("ROLLBACK FAILED" if first else "rollback retry failed")
+            + f": traffic is NOT confirmed on stable {rollout.stable_version} after "
             f"{shift.attempts} attempts: {shift.error}; retrying in "
-            f"{RETRY_FAILED_ROLLBACK_SECONDS}s",
+            f"{RETRY_FAILED_ROLLBACK_SECONDS}s. If the router cannot be fixed for the "
+            f"controller: {resolve_hint(rollout.id)}",
             data={"attempts": shift.attempts, "error": shift.error},
             step_index=rollout.step_index,
         )
         aftercare.promise(session, rollout, shift)
         session.commit()
         bound.error("rollback_failed", attempts=shift.attempts, error=shift.error)
-        failed = RollbackResult(rollout.id, True, rollout.state, f"rollback failed: {shift.error}")
+        failed = RollbackResult(
+            rollout.id,
+            True,
+            rollout.state,
+            f"rollback failed: {shift.error}; retrying, or {resolve_hint(rollout.id)}",
+        )
         return failed, shift
 
     final = (rollout.analysis or {}).get("final_state", RolloutState.ROLLED_BACK)
@@ -261,7 +380,7 @@ def _settle(
     rollout.finished_at = now
     rollout.updated_at = now
     _record_time_to_stable(rollout, shifted_at)
-    _require_reconciliation_after_failed_writes(session, rollout, now)
+    require_reconciliation_after_failed_writes(session, rollout, now)
     repository.append_event(
         session,
         rollout.id,
@@ -310,6 +429,18 @@ def _settle(
     session.commit()
     bound.warning("rolled_back", state=str(final), reason=rollout.reason)
     return RollbackResult(rollout.id, True, str(final), f"traffic on stable; {final}"), shift
+
+
+def _stable_version_problem(rollout: Rollout) -> str | None:
+    """With a version check in the plan: whether the stable slot answers the stable
+    version at its own address. A rollback ends on a server that serves the stable
+    version, read from the server itself, not on whatever the stable slot holds."""
+    plan = plan_of(rollout)
+    if plan.traffic.version_check is None:
+        return None
+    values = rollout_variables(plan, rollout)
+    wrong = version_mismatches(plan, values, {"stable": rollout.stable_version})
+    return "; ".join(wrong) or None
 
 
 def _stable_problem(router: TrafficRouter | None) -> str | None:

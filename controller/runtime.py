@@ -12,7 +12,7 @@ import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,16 +24,13 @@ from config.settings import Settings
 from controller.analysis.answer_cache import RedisAnswerCache
 from controller.analysis.batching import SharedAnswers
 from controller.analysis.runner import MetricsProvider
+from controller.clock import utcnow
 from controller.incidents import post_incident
 from controller.metrics.prometheus import PrometheusProvider, RetryPolicy
 from controller.plan import Plan, render_template
 from controller.store.db import session_factory
 from controller.traffic.base import TrafficRouter
 from controller.traffic.haproxy import HAProxyRouter
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def worker_identity() -> str:
@@ -61,7 +58,8 @@ class Runtime:
     # Outbox rows (runbooks, lifecycle notifications) go out of band: in workers a
     # task on the runbook or notify queue, so that a slow runbook or a dead endpoint
     # never delays a step, let alone a rollback. In-process by default.
-    send_outbox: Callable[[int, str, str], object] = field(default=None)  # type: ignore[assignment]
+    # None: run the row in this process (``controller.outbox.send_row``).
+    send_outbox: Callable[[int, str, str], object] | None = None
     # Answers of stop-criterion queries shared by every rollout this process checks
     # (controller.analysis.batching); None asks each rollout's queries on their own.
     shared_answers: SharedAnswers | None = None
@@ -70,10 +68,10 @@ class Runtime:
     # the same second. Off here (a step's first check exactly one interval after it
     # began, as the unit tests' clocks expect); the workers' setting turns it on.
     spread_checks: bool = False
-
-    def __post_init__(self) -> None:
-        if self.send_outbox is None:
-            self.send_outbox = lambda row_id, kind, rollout_id: _run_outbox_row(self, row_id)
+    # How long a runbook's delivery holds its outbox row between renewals, and when a
+    # row not done is sent again (``controller.outbox``); None: that module's defaults.
+    runbook_claim: timedelta | None = None
+    outbox_redispatch: timedelta | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -91,6 +89,8 @@ class Runtime:
             rollback_attempts=settings.rollback_attempts,
             rollback_backoff_seconds=settings.rollback_backoff_seconds,
             spread_checks=settings.spread_checks,
+            runbook_claim=timedelta(seconds=settings.runbook_claim_seconds),
+            outbox_redispatch=timedelta(seconds=settings.outbox_redispatch_seconds),
             post_incident=partial(
                 post_incident,
                 _secret(settings.incident_webhook_url),
@@ -148,45 +148,3 @@ def haproxy_router_factory(socket_path: str, timeout: float = 2.0) -> RouterFact
 
 def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
-
-
-def _run_outbox_row(runtime: Runtime, row_id: int) -> str:
-    from controller.outbox import run_outbox_row
-
-    return run_outbox_row(runtime, row_id)
-
-
-def run_runbook_now(
-    runtime: Runtime,
-    rollout_id: str,
-    shift: dict[str, Any],
-    still_running: Callable[[], None] = lambda: None,
-    why_stop: Callable[[], str | None] = lambda: None,
-) -> str:
-    """Run the runbook after a rollback in this process (see ``controller.runbook``);
-    returns one line saying how each step went."""
-    from controller.runbook import run_runbook
-
-    results = run_runbook(
-        runtime,
-        rollout_id,
-        shift_started=datetime.fromisoformat(shift["shift_started"]),
-        shifted_at=datetime.fromisoformat(shift["shifted_at"]),
-        shift_detail=shift["shift_detail"],
-        post=runtime.post_incident,
-        traffic_on_stable=shift["traffic_on_stable"],
-        still_running=still_running,
-        why_stop=why_stop,
-    )
-    ran = [r for r in results if "not_run" not in r.data]
-    failed = [f"{r.number} {r.name}" for r in ran if not r.ok]
-    line = (
-        f"runbook: {len(ran)} step(s), failed: {', '.join(failed)}"
-        if failed
-        else f"runbook: {len(ran)} step(s) ok"
-    )
-    stopped = [r for r in results if "not_run" in r.data]
-    if stopped:
-        numbers = ", ".join(str(r.number) for r in stopped)
-        line += f"; step(s) {numbers} not run: {stopped[0].data['not_run']}"
-    return line

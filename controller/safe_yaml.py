@@ -10,7 +10,16 @@ line, before anything is built:
 - aliases (``*name``) are refused: a plan writes its values out;
 - nesting deeper than ``MAX_DEPTH`` and more than ``MAX_NODES`` nodes are refused;
 - integers longer than ``MAX_INT_DIGITS`` digits are refused;
-- a key repeated in one mapping is refused, naming the line of the first.
+- a key repeated in one mapping is refused, naming the line of the first;
+- text holding a NUL, even written as the escape ``"\\0"``, is refused: the store
+  cannot hold it.
+
+PyYAML reads YAML 1.1, which silently gives other values than a person (or YAML
+1.2) reads: ``010`` is 8, ``1:30`` is 90, ``5_0`` is 50, ``0b11`` is 3, ``yes`` and
+``on`` are true, ``2024-01-01`` is a date and ``!!binary`` gives bytes that
+pydantic turns into a name. Each is refused, saying how it was read: a plan writes
+integers in plain decimal, ``true``/``false``, and text that looks like a number
+or a date in quotes.
 """
 
 from __future__ import annotations
@@ -84,16 +93,93 @@ class _GuardedLoader(yaml.SafeLoader):
                 first_line[key] = line
         return super().construct_mapping(node, deep=deep)
 
+    def construct_scalar(self, node: Node) -> Any:
+        value = super().construct_scalar(node)
+        if isinstance(value, str) and "\x00" in value:
+            raise YamlInputError(
+                "contains a NUL character (\\0), which no text may hold", node.start_mark.line + 1
+            )
+        return value
+
     def construct_yaml_int(self, node: Node) -> int:
         digits = sum(ch.isdigit() for ch in str(node.value))
         if digits > MAX_INT_DIGITS:
             raise YamlInputError(
                 f"integer of {digits} digits: at most {MAX_INT_DIGITS}", node.start_mark.line + 1
             )
-        return super().construct_yaml_int(node)
+        value = super().construct_yaml_int(node)
+        _refuse_yaml11_number(node, value)
+        return value
+
+    def construct_yaml_float(self, node: Node) -> float:
+        value = super().construct_yaml_float(node)
+        _refuse_yaml11_number(node, value)
+        return value
+
+    def construct_yaml_bool(self, node: Node) -> bool:
+        value = super().construct_yaml_bool(node)
+        written = str(node.value)
+        if written.lower() not in ("true", "false"):
+            raise YamlInputError(
+                f"{written} is read by YAML 1.1 as {str(value).lower()}: write "
+                f"{str(value).lower()}, or quote '{written}' if it is text",
+                node.start_mark.line + 1,
+            )
+        return value
+
+    def construct_yaml_timestamp(self, node: Node) -> Any:
+        raise YamlInputError(
+            f"{node.value} is read by YAML as a date: quote it ('{node.value}') if it is text",
+            node.start_mark.line + 1,
+        )
+
+    def construct_unused_tag(self, node: Node) -> Any:
+        kind = node.tag.rsplit(":", 1)[-1]
+        read_as = {"binary": "bytes", "set": "a set", "omap": "pairs", "pairs": "pairs"}[kind]
+        raise YamlInputError(
+            f"!!{kind} is read by YAML as {read_as}, which no plan field takes: write the "
+            "text, list or mapping itself",
+            node.start_mark.line + 1,
+        )
+
+
+def _refuse_yaml11_number(node: Node, value: float) -> None:
+    """Refuse a number YAML 1.1 reads otherwise than its digits say in decimal."""
+    written = str(node.value).strip()
+    body = written.lstrip("+-").lower()
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    meant = shown
+    if "_" in body:
+        why = "underscores are dropped"
+    elif ":" in body:
+        why = "base 60"
+    elif body.startswith("0b"):
+        why = "binary"
+    elif body.startswith("0x"):
+        why = "hexadecimal"
+    elif len(body) > 1 and body[0] == "0" and body.isdigit():
+        why = "octal, for the leading 0"
+        decimal = f"{'-' if written.startswith('-') else ''}{int(body)}"
+        meant = shown if decimal == shown else f"{decimal} or {shown}"
+    else:
+        return
+    raise YamlInputError(
+        f"{written} is read by YAML 1.1 as {shown} ({why}): write it in plain decimal "
+        f"({meant}), or quote '{written}' if it is text",
+        node.start_mark.line + 1,
+    )
 
 
 _GuardedLoader.add_constructor("tag:yaml.org,2002:int", _GuardedLoader.construct_yaml_int)
+_GuardedLoader.add_constructor("tag:yaml.org,2002:float", _GuardedLoader.construct_yaml_float)
+_GuardedLoader.add_constructor("tag:yaml.org,2002:bool", _GuardedLoader.construct_yaml_bool)
+_GuardedLoader.add_constructor(
+    "tag:yaml.org,2002:timestamp", _GuardedLoader.construct_yaml_timestamp
+)
+for _kind in ("binary", "set", "omap", "pairs"):
+    _GuardedLoader.add_constructor(
+        f"tag:yaml.org,2002:{_kind}", _GuardedLoader.construct_unused_tag
+    )
 
 
 def load_yaml(text: str) -> tuple[Any, Node | None]:

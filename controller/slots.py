@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from controller import timeouts
 from controller.background import in_background
 from controller.http_client import request_within, shared_client
-from controller.plan import Plan, SlotMode, VersionCheck
+from controller.plan import HAPROXY_NAME, Plan, SlotMode, VersionCheck, render_template
 from controller.store.models import Release, Rollout
 from controller.traffic.base import RouterError, TrafficRouter
 
@@ -66,6 +66,7 @@ def template_values(
         "environment": environment,
         "stable_slot": slots.stable,
         "canary_slot": slots.canary,
+        "deploy_version": canary_version,
     }
     return plan.template_values(builtins, overrides)
 
@@ -86,6 +87,19 @@ def rollout_values(plan: Plan, rollout: Rollout, environment: str = "production"
 def slot_after_success(plan: Plan, slots: Slots) -> str:
     """The slot that is stable once a rollout succeeded."""
     return slots.canary if plan.traffic.mode == SlotMode.SWAP else slots.stable
+
+
+def router_names_problem(plan: Plan, values: dict[str, str]) -> str | None:
+    """Why the rendered backend name cannot be a HAProxy backend, or None. A variable
+    may put anything into ``traffic.backend`` (``x;disable server x/blue``): that is
+    bad input, refused before the router is asked, never "router unavailable"."""
+    backend = render_template(plan.traffic.backend, values)
+    if HAPROXY_NAME.fullmatch(backend):
+        return None
+    return (
+        f"traffic.backend: renders to {backend!r}, which is not a HAProxy backend name "
+        "(letters, digits, _ . : - only); check the variables it uses"
+    )
 
 
 def router_state_problem(router: TrafficRouter, slots: Slots) -> str | None:

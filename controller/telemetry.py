@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.durations import parse_duration
 from controller.plan import AnalysisPolicy
+from controller.reconcile.stalled import last_run_age
 from controller.runtime import utcnow
 from controller.store.models import (
     ACTIVE_STATES,
@@ -58,6 +59,7 @@ class StoreCollector(Collector):
             yield self._measurements(session)
             yield from self._rollbacks(session)
             yield self._reconcile_lag(session, now)
+            yield self._reconcile_last_run(session, now)
             yield from self._held(session, now)
 
     @staticmethod
@@ -228,4 +230,15 @@ class StoreCollector(Collector):
             "canary_reconcile_lag_seconds",
             "How overdue the most overdue rollout check is (0 when none is due).",
             value=lag,
+        )
+
+    @staticmethod
+    def _reconcile_last_run(session: Session, now: datetime) -> Metric:
+        """From the row each reconcile run writes: unlike the lag, it grows with no
+        rollout due too, so nothing consuming the reconcile queue is seen before a
+        rollout waits on it."""
+        return GaugeMetricFamily(
+            "canary_reconcile_last_run_age_seconds",
+            "Seconds since a reconcile task last ran (+Inf if none ever has).",
+            value=last_run_age(session, now),
         )

@@ -43,6 +43,8 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from config.host_lists import parse_allowed_hosts
+
 if TYPE_CHECKING:
     from controller.plan import Plan
 
@@ -149,20 +151,6 @@ def _without_scope(address: _Address) -> _Address:
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
         return ipaddress.IPv6Address(int(address))
     return address
-
-
-def parse_allowed_hosts(text: str) -> list[str]:
-    """The setting's entries; raises ValueError naming a malformed one."""
-    entries = [part.strip().lower() for part in text.split(",") if part.strip()]
-    for entry in entries:
-        if "/" in entry:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ValueError(f"{entry!r} is not a network like 10.0.0.0/8") from None
-        elif not all(ch.isalnum() or ch in ".-*:_[]" for ch in entry):
-            raise ValueError(f"{entry!r} is not a host name, address or network")
-    return entries
 
 
 class HostPolicy:

@@ -1,26 +1,44 @@
 """Read-only views of the store for people: ``canary status`` and the demo summary.
 
 Everything shown here is derived from the rollout row and its event log, so what
-on-call read is exactly what the controller recorded.
+on-call read is exactly what the controller recorded, masked again on the way out
+(``controller.redaction``): a reason is stored as given, and rows written before a
+masking rule existed keep what it would have masked.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from controller.clock import utcnow
 from controller.durations import format_duration
-from controller.runtime import utcnow
+from controller.reconcile.stalled import rollout_note
+from controller.redaction import redact
 from controller.store import repository
-from controller.store.models import Rollout
+from controller.store.models import Rollout, RolloutState
 from controller.stored_plans import plan_of
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def resolve_hint(rollout_id: str) -> str:
+    """How a person ends a rollback that cannot confirm traffic on stable by itself
+    (a missing backend, a router the controller may not write): said wherever such a
+    rollout shows, so nobody waits for a retry that will never succeed."""
+    return f"fix traffic by hand, then `canary resolve {rollout_id} --reason ...`"
+
+
+def way_out(rollout_id: str, state: str) -> str | None:
+    """What a person must do about a rollout that will not end by itself, or None."""
+    if state == RolloutState.ROLLBACK_FAILED:
+        return f"{rollout_id} is rollback_failed: {resolve_hint(rollout_id)}"
+    return None
 
 
 def rollout_summary(rollout: Rollout) -> dict[str, Any]:
@@ -37,7 +55,7 @@ def rollout_summary(rollout: Rollout) -> dict[str, Any]:
         "step": f"{rollout.step_index + 1}/{len(steps)}",
         "weight": rollout.weight,
         "tripped": rollout.tripped_criterion,
-        "reason": rollout.reason,
+        "reason": redact(rollout.reason),
         "created_by": rollout.created_by,
         "created_at": _iso(rollout.created_at),
         "finished_at": _iso(rollout.finished_at),
@@ -46,11 +64,17 @@ def rollout_summary(rollout: Rollout) -> dict[str, Any]:
 
 
 def rollout_detail(
-    session: Session, rollout: Rollout, event_limit: int = 20, now: datetime | None = None
+    session: Session,
+    rollout: Rollout,
+    event_limit: int = 20,
+    now: datetime | None = None,
+    reconcile_interval: timedelta | None = None,
 ) -> dict[str, Any]:
     """Summary, each step and where the rollout stands, the time left in the hold, the
-    weights traffic went through, the latest verdict per criterion, recent events."""
-    return DetailFollower(rollout.id, event_limit).read(session, rollout, now)
+    weights traffic went through, the latest verdict per criterion, recent events;
+    ``stalled``, why it does not move when no reconcile has run for a while (given
+    the installation's ``reconcile_interval``)."""
+    return DetailFollower(rollout.id, event_limit, reconcile_interval).read(session, rollout, now)
 
 
 class DetailFollower:
@@ -64,8 +88,13 @@ class DetailFollower:
 
     OVERLAP = 200
 
-    def __init__(self, rollout_id: str, event_limit: int = 20) -> None:
+    def __init__(
+        self, rollout_id: str, event_limit: int = 20, reconcile_interval: timedelta | None = None
+    ) -> None:
         self.rollout_id = rollout_id
+        # None: the reader does not know the installation's interval, and says nothing
+        # about reconcile.
+        self.reconcile_interval = reconcile_interval
         self.latest: dict[str, dict[str, Any]] = {}
         self.completed: set[int | None] = set()
         self.gates: list[Any] = []
@@ -82,7 +111,11 @@ class DetailFollower:
             if event.id not in self.taken:
                 self._take(event)
         self.taken = {i for i in self.taken if i > self.last_id - self.OVERLAP}
-        return self._render(rollout, now or utcnow())
+        now = now or utcnow()
+        stalled = None
+        if self.reconcile_interval is not None:
+            stalled = rollout_note(session, rollout, now, self.reconcile_interval)
+        return {**self._render(rollout, now), "stalled": stalled}
 
     def _take(self, e: Any) -> None:
         self.taken.add(e.id)
@@ -92,7 +125,7 @@ class DetailFollower:
         elif e.kind == "step_completed":
             self.completed.add(e.step_index)
         elif e.kind in ("blocked", "gates_passed"):
-            self.gates = e.data.get("checks", [])
+            self.gates = redact(e.data.get("checks", []))
         elif e.kind == "approval":
             self.approvals.append(
                 {
@@ -116,6 +149,7 @@ class DetailFollower:
             hold_left = max(0.0, remaining.total_seconds())
         return {
             **rollout_summary(rollout),
+            "action_needed": way_out(rollout.id, rollout.state),
             "weights": list(self.weights),
             "hold_left_seconds": hold_left,
             "steps": [
@@ -151,8 +185,8 @@ def event_view(event: Any) -> dict[str, Any]:
         "kind": event.kind,
         "actor": event.actor,
         "step": event.step_index,
-        "message": event.message,
-        "data": event.data,
+        "message": redact(event.message),
+        "data": redact(event.data),
     }
 
 

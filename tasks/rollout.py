@@ -6,7 +6,7 @@ leaves the process (``controller.redaction``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
 
@@ -14,24 +14,19 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from config.settings import get_settings
-from controller import outbox
-from controller.due_batches import Due, DueCheck, advance_due, group_due
+from controller import outbox, runbook, timeouts
+from controller.due_batches import Due, DueCheck, advance_due
 from controller.engine import AdvanceResult, advance
+from controller.reconcile.tick import ADVANCE_REDISPATCH, Senders, reconcile
 from controller.redaction import redact
 from controller.rollback import rollback
 from controller.runtime import Runtime
 from controller.store import repository
 from controller.stored_plans import plan_of
-from controller.views import rollout_summary
 from tasks.app import app
 from tasks.metrics import ADVANCES
 
 log = structlog.get_logger(__name__)
-
-# A queued advance not picked up by then is presumed lost (a broker restart) and
-# queued again; the message itself expires then, so a late duplicate is dropped.
-ADVANCE_REDISPATCH = timedelta(seconds=20)
-ROLLBACK_HOLD = timedelta(seconds=30)  # a dispatched rollback is not dispatched again before
 
 
 @lru_cache(maxsize=1)
@@ -44,13 +39,22 @@ def runtime() -> Runtime:
 
 
 def describe(rollout_id: str) -> dict[str, str]:
-    """The arguments that make a task readable in Flower: id, service, stage."""
+    """The arguments that make a task readable in Flower: id, service, stage. A stage
+    that cannot be had (a stored plan that no longer loads) is left blank: a label
+    must never keep a rollback or a check off the broker."""
     with runtime().sessions() as session:
         rollout = repository.get_rollout(session, rollout_id)
         if rollout is None:
             return {"rollout_id": rollout_id, "service": "", "stage": ""}
-        summary = rollout_summary(rollout)
-    return {"rollout_id": rollout_id, "service": summary["service"], "stage": summary["stage"]}
+        service, step_index = rollout.service, rollout.step_index
+    try:
+        stage = stage_label(rollout_id, step_index)
+    except timeouts.out_of_time():
+        raise
+    except Exception as exc:
+        log.error("stage_label_failed", rollout_id=rollout_id, error=f"{type(exc).__name__}: {exc}")
+        stage = ""
+    return {"rollout_id": rollout_id, "service": service, "stage": stage}
 
 
 def stage_label(rollout_id: str, step_index: int) -> str:
@@ -91,38 +95,31 @@ def enqueue_start(rollout_id: str) -> None:
 
 @app.task(name="rollout.reconcile", ignore_result=True, send_events=False)
 def reconcile_task() -> str:
-    """Hand out due work, each piece once: an advance per due rollout not already
-    queued, a rollback per pending rollback, and outbox rows not yet done. Sends no
-    task events: Flower lists the work it hands out, not a tick every 2 s."""
+    """Hand out due work, each piece once and each on its own (``controller.reconcile
+    .tick``): an advance per due rollout not already queued, a rollback per pending
+    rollback, and outbox rows not yet done. Sends no task events: Flower lists the
+    work it hands out, not a tick every 2 s."""
     rt = runtime()
-    with rt.sessions() as session:
-        now = rt.clock()
+    settings = get_settings()
+    # Hundreds of checks a tick at scale: the ones due together go out as one task,
+    # all of them over one broker connection.
+    with app.producer_or_acquire() as producer:
+        senders = Senders(
+            rollback=lambda rollout_id: enqueue_rollback(rollout_id, "pending rollback"),
+            advances=lambda batch, labels: send_batch(batch, rt.clock(), labels, producer=producer),
+            outbox=enqueue_outbox,
+            stage_label=stage_label,
+        )
         # Checks due before the tick after next: a tick that runs late (a busy
         # database, its own queue) still queues each check before it is due, and
         # the worker starts it at its due time (eta), not a tick late.
-        lookahead = 2 * timedelta(seconds=get_settings().reconcile_interval_seconds)
-        advances = repository.take_due_advances(
-            session, now, ADVANCE_REDISPATCH, lookahead=lookahead
+        report = reconcile(
+            rt,
+            senders,
+            lookahead=2 * timedelta(seconds=settings.reconcile_interval_seconds),
+            batch_size=settings.advance_batch_size,
         )
-        rollbacks = repository.take_due_rollbacks(session, now, hold=ROLLBACK_HOLD)
-    for rollout_id in rollbacks:
-        enqueue_rollback(rollout_id, "pending rollback")
-    # Hundreds of checks a tick at scale: the ones due together go out as one task,
-    # all of them over one broker connection, their arguments from the due query.
-    batches = group_due(advances, get_settings().advance_batch_size)
-    labels = {
-        due.rollout_id: (due.service, stage_label(due.rollout_id, due.step_index))
-        for due in advances
-    }
-    with app.producer_or_acquire() as producer:
-        for batch in batches:
-            send_batch(batch, now, labels, producer=producer)
-    rows = outbox.dispatch_due(rt)
-    return redact(
-        f"dispatched {len(advances)} advance(s) in {len(batches)} task(s), "
-        f"{len(rollbacks)} rollback(s), "
-        f"{len(rows)} outbox row(s)"
-    )
+    return redact(report.sentence())
 
 
 @app.task(name="rollout.start")
@@ -135,7 +132,7 @@ def start_task(rollout_id: str, service: str = "", stage: str = "") -> str:
 def send_batch(
     batch: Sequence[Due],
     now: datetime,
-    labels: dict[str, tuple[str, str]],
+    labels: Mapping[str, tuple[str, str]],
     producer: object = None,
 ) -> None:
     """Queue one task checking ``batch``, to start when its first rollout is due.
@@ -228,10 +225,16 @@ def notify_task(outbox_id: int, rollout_id: str, service: str = "", stage: str =
         return redact(f"{rollout_id} {outbox.run_outbox_row(runtime(), outbox_id)}")
 
 
-@app.task(name="rollout.runbook", time_limit=300, soft_time_limit=290)
+@app.task(
+    name="rollout.runbook",
+    time_limit=runbook.TIME_LIMIT_SECONDS,
+    soft_time_limit=runbook.TIME_LIMIT_SECONDS - 10,
+)
 def runbook_task(outbox_id: int, rollout_id: str, service: str = "", stage: str = "") -> str:
     """Rollback runbook steps 2-5 (healthchecks, journeys, disable canary, incident),
     on a queue of their own so that the rollback queue stays free for the next
-    rollback and the checks of other rollouts never wait behind a runbook."""
+    rollback and the checks of other rollouts never wait behind a runbook. Each step
+    is bounded, so a whole runbook ends well inside the time limit
+    (``controller.runbook.longest_seconds``)."""
     with bound_contextvars(rollout_id=rollout_id, service=service, stage=stage):
         return redact(f"{rollout_id} {outbox.run_outbox_row(runtime(), outbox_id)}")

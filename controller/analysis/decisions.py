@@ -74,19 +74,31 @@ def missing_data_streaks(
 
     A check counts toward a streak when any of its measurements has that verdict,
     and a check without one ends it: missing data is never a pass, but only a long
-    run of it should take a decision out of the controller's hands.
+    run of it should take a decision out of the controller's hands. The reason names
+    every criterion of the last check with that verdict and why: the person the
+    rollout pauses for must know which query to look at.
     """
-    verdicts = {m.verdict for m in measurements}
+    measured = list(measurements)
+    verdicts = {m.verdict for m in measured}
     after = Streaks(
         error=streaks.error + 1 if Verdict.ERROR in verdicts else 0,
         inconclusive=streaks.inconclusive + 1 if Verdict.INCONCLUSIVE in verdicts else 0,
     )
     if after.error >= limits.error_limit:
-        last = next(m for m in measurements if m.verdict == Verdict.ERROR)
         return after, (
             f"{after.error} checks in a row ended in an error "
-            f"(last: {last.criterion}: {last.judgement.reason})"
+            f"(last: {_named(measured, Verdict.ERROR)})"
         )
     if after.inconclusive >= limits.inconclusive_limit:
-        return after, f"{after.inconclusive} checks in a row were inconclusive (no data)"
+        return after, (
+            f"{after.inconclusive} checks in a row were inconclusive "
+            f"(last: {_named(measured, Verdict.INCONCLUSIVE)})"
+        )
     return after, None
+
+
+def _named(measurements: list[Measurement], verdict: Verdict) -> str:
+    """``criterion: reason`` for each measurement with ``verdict``, in the check's order."""
+    return "; ".join(
+        f"{m.criterion}: {m.judgement.reason}" for m in measurements if m.verdict == verdict
+    )

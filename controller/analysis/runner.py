@@ -29,6 +29,7 @@ from controller.plan import (
     RatioThreshold,
     RatioToBaseline,
     RisingTrend,
+    ZeroTolerance,
     render_template,
 )
 
@@ -362,7 +363,8 @@ def measure_all(
                     pass
             measured.append(in_background(one, criterion))
         with timeouts.running("stop criteria"):
-            return [m.result() if isinstance(m, Future) else m for m in measured]
+            results = [m.result() if isinstance(m, Future) else m for m in measured]
+        return absent_failures_with_traffic(criteria, results)
     finally:
         # Out of time (the task's limit, raised in this thread) or done: never wait
         # for queries still running; each ends at its own timeout.
@@ -397,6 +399,86 @@ def _absent_errors_as_zero(criterion: Criterion, inputs: dict[str, float | None]
             inputs[errors] = 0.0
             notes.append(f"no {errors} series while {total} shows {requests:g}: counted as 0")
     return notes
+
+
+# The role of each counting judge that counts the canary's requests in the window.
+_CANARY_REQUESTS = {
+    "ratio_to_baseline": "canary_total",
+    "ratio_threshold": "total",
+    "zero_tolerance": "total",
+}
+
+
+@dataclass(frozen=True)
+class _Traffic:
+    """One check's evidence that the canary takes traffic: a criterion's count."""
+
+    criterion: str
+    role: str
+    requests: float
+
+    def __str__(self) -> str:
+        return f"{self.criterion}'s {self.role} shows {self.requests:g} canary requests"
+
+
+def canary_traffic(measurements: Sequence[Measurement]) -> _Traffic | None:
+    """The largest count of canary requests any measurement of one check saw (a real,
+    finite count above 0), or None."""
+    seen = [
+        _Traffic(m.criterion, role, value)
+        for m in measurements
+        if (role := _CANARY_REQUESTS.get(m.judge)) is not None
+        and (value := m.inputs.get(role)) is not None
+        and math.isfinite(value)
+        and value > 0
+    ]
+    return max(seen, key=lambda t: t.requests, default=None)
+
+
+def absent_failures_with_traffic(
+    criteria: Sequence[Criterion], measurements: list[Measurement]
+) -> list[Measurement]:
+    """The check's measurements, with each zero_tolerance criterion that has no
+    ``total`` and found no failures series judged as 0 failures when another
+    criterion of the same check shows the canary taking traffic.
+
+    A service whose failure counter appears with its first failure answers "any
+    failed write" (``sum(increase(failures[30s]))``) with no series for as long as
+    it is healthy. Alone, such a criterion cannot tell that from no traffic at all,
+    and a healthy canary would pause on "no data" for ever. The same check knows
+    better: the 5xx criterion's total counted the canary's requests. Without such a
+    count (or below the criterion's ``min_requests``) it stays inconclusive, saying
+    why. Same order and length as ``measurements``."""
+    by_name = {c.name: c for c in criteria}
+    traffic = canary_traffic(measurements)
+    return [_failures_counted(by_name.get(m.criterion), m, traffic) for m in measurements]
+
+
+def _failures_counted(
+    criterion: Criterion | None, m: Measurement, traffic: _Traffic | None
+) -> Measurement:
+    if not (
+        isinstance(criterion, ZeroTolerance)
+        and criterion.total is None
+        and criterion.absent_errors_are_zero
+        and m.verdict == Verdict.INCONCLUSIVE
+        and "failures" in m.inputs
+        and m.inputs["failures"] is None
+    ):
+        return m
+    if traffic is None:
+        why = "no failures series, and no criterion of this check counted canary requests"
+        return replace(m, judgement=_with_reason(m.judgement, why))
+    if traffic.requests < criterion.min_requests:
+        why = f"no failures series, and {traffic}, fewer than min_requests {criterion.min_requests}"
+        return replace(m, judgement=_with_reason(m.judgement, why))
+    counted = judges.zero_tolerance(criterion, 0.0, None)
+    note = f"no failures series while {traffic} in the same check: counted as 0"
+    return replace(m, inputs={**m.inputs, "failures": 0.0}, judgement=_with_notes(counted, [note]))
+
+
+def _with_reason(judgement: Judgement, why: str) -> Judgement:
+    return replace(judgement, reason=f"{judgement.reason} ({why})")
 
 
 def _with_notes(judgement: Judgement, notes: list[str]) -> Judgement:

@@ -6,6 +6,7 @@ rollback, so the domain never imports Celery; ``canary api`` passes the Celery o
 """
 
 import hmac
+import json
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -53,6 +54,7 @@ from controller.api.schemas import (
     Readiness,
     Reason,
     RegisterPlan,
+    Resolve,
     RolloutId,
     ServiceFilter,
     ServiceName,
@@ -63,10 +65,12 @@ from controller.plan_loader import PlanError, parse_plan
 from controller.plan_registry import (
     find_plan,
     list_plans,
+    plan_source_view,
     plan_view,
     register_plan,
     registered_version,
 )
+from controller.reconcile.stalled import rollout_note
 from controller.rollback import rollback as run_rollback
 from controller.runbook import incident_document
 from controller.runtime import Runtime, router_factory, utcnow
@@ -121,6 +125,7 @@ def create_app(
         return f"the API itself (broker unavailable): {result.sentence()}"
 
     url_policy = HostPolicy.from_setting(settings.allowed_url_hosts)
+    reconcile_interval = timedelta(seconds=settings.reconcile_interval_seconds)
     tokens = TokenBook.from_setting(
         settings.api_tokens.get_secret_value() if settings.api_tokens else None
     )
@@ -200,6 +205,9 @@ def create_app(
     Viewer = Annotated[Principal, Depends(role(Role.VIEWER))]
     Operator = Annotated[Principal, Depends(role(Role.OPERATOR))]
     Admin = Annotated[Principal, Depends(role(Role.ADMIN))]
+    # After the caller's role (declared after it): a caller without a token gets 401
+    # and never makes the API read its body.
+    NoBody = Annotated[None, Depends(no_body)]
 
     @app.exception_handler(DataError)
     async def _unstorable(_request: Request, exc: DataError) -> JSONResponse:
@@ -365,7 +373,9 @@ def create_app(
             plan_origin=origin,
         )
         _best_effort(enqueue_start, rollout.id)
-        return rollout_summary(rollout)
+        # Said at once, not after the rollout has sat pending for an hour.
+        stalled = rollout_note(session, rollout, utcnow(), reconcile_interval)
+        return {**rollout_summary(rollout), "stalled": stalled}
 
     @app.post("/api/v1/plans", status_code=201, tags=["plans"], responses=ACT)
     def register(body: RegisterPlan, session: Db, who: Admin) -> JSONResponse:
@@ -385,12 +395,13 @@ def create_app(
     def plan_source(
         name: PlanName, session: Db, _who: Viewer, version: PlanVersion = None
     ) -> dict[str, Any]:
-        """One registered plan (its latest version, or ``version``) with its YAML."""
+        """One registered plan (its latest version, or ``version``) with its YAML,
+        secrets masked (``masked`` says whether any was)."""
         try:
             row = registered_version(session, name, version)
         except operations.OperationError as exc:
             raise HTTPException(404, str(exc).removeprefix("plan: ")) from None
-        return {**plan_view(row), "plan_yaml": row.source}
+        return plan_source_view(row)
 
     @app.get("/api/v1/rollouts", tags=["rollouts"], responses=READ)
     def list_rollouts(
@@ -407,7 +418,9 @@ def create_app(
 
     @app.get("/api/v1/rollouts/{rollout_id}", tags=["rollouts"], responses=READ_ONE)
     def get_one(rollout_id: RolloutId, session: Db, _who: Viewer) -> dict[str, Any]:
-        return rollout_detail(session, get_rollout(session, rollout_id))
+        return rollout_detail(
+            session, get_rollout(session, rollout_id), reconcile_interval=reconcile_interval
+        )
 
     @app.get("/api/v1/rollouts/{rollout_id}/events", tags=["rollouts"], responses=READ_ONE)
     def events(rollout_id: RolloutId, session: Db, _who: Viewer) -> list[dict[str, Any]]:
@@ -422,7 +435,7 @@ def create_app(
         return outcome(paused, 200)
 
     @app.post("/api/v1/rollouts/{rollout_id}/resume", tags=["rollouts"], responses=ACTED)
-    def resume(rollout_id: RolloutId, session: Db, who: Operator) -> JSONResponse:
+    def resume(rollout_id: RolloutId, session: Db, who: Operator, _: NoBody) -> JSONResponse:
         return outcome(
             operations.resume_rollout(session, rollout_id, actor=who.name, now=utcnow()), 200
         )
@@ -455,6 +468,28 @@ def create_app(
             hand_over_rollback(rollout_id)
         return outcome(result)
 
+    @app.post("/api/v1/rollouts/{rollout_id}/resolve", tags=["rollouts"], responses=ACTED)
+    def resolve(rollout_id: RolloutId, body: Resolve, session: Db, who: Operator) -> JSONResponse:
+        """End a rollout stuck in rollback_failed once traffic was fixed by hand: the
+        controller reads the router (and the stable slot's version) back first; 409
+        with what it read if that is not traffic on stable. ``force`` (admin) ends it
+        anyway as aborted, recorded as NOT confirmed."""
+        if body.force and who.role < Role.ADMIN:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                "force: ending a rollback without traffic confirmed on stable needs admin",
+            )
+        resolved = operations.resolve_rollout(
+            session,
+            rollout_id,
+            reason=body.reason,
+            actor=who.name,
+            now=utcnow(),
+            router_for=router_for,
+            force=body.force,
+        )
+        return outcome(resolved, 200)
+
     @app.post("/api/v1/rollouts/{rollout_id}/approve", tags=["rollouts"], responses=ACTED)
     def approve(rollout_id: RolloutId, body: Approval, session: Db, who: Operator) -> JSONResponse:
         """Approve the gate the rollout waits at; the caller's token name is the approver."""
@@ -466,7 +501,7 @@ def create_app(
         )
 
     @app.post("/api/v1/rollouts/{rollout_id}/recheck", tags=["rollouts"], responses=ACTED)
-    def recheck(rollout_id: RolloutId, session: Db, who: Operator) -> JSONResponse:
+    def recheck(rollout_id: RolloutId, session: Db, who: Operator, _: NoBody) -> JSONResponse:
         return outcome(
             operations.recheck_rollout(session, rollout_id, actor=who.name, now=utcnow()), 200
         )
@@ -600,6 +635,26 @@ def known_query_parameters_only(request: Request) -> None:
                 for name in unknown
             ]
         )
+
+
+async def no_body(request: Request) -> None:
+    """For an action that takes no body (resume, recheck): nothing, ``{}`` or
+    ``null`` is accepted, as clients send by default; any other body is refused with
+    a 422 and the action is not taken. Such a body is a client sending what it
+    believes is read (a reason, a role) or not JSON at all, and acting while
+    ignoring it would record an action nobody meant as sent."""
+    body = await request.body()
+    if not body.strip():
+        return
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        problem = "this endpoint takes no body, and this one is not even JSON: send none"
+    else:
+        if value is None or value == {}:
+            return
+        problem = "this endpoint takes no body: send none (or {})"
+    raise RequestValidationError([{"loc": ("body",), "msg": problem}])
 
 
 def _query_parameters(dependant: Dependant) -> set[str]:

@@ -7,6 +7,8 @@ import hmac
 from dataclasses import dataclass
 from enum import IntEnum
 
+from controller.input_text import person_name_problem
+
 
 class Role(IntEnum):
     VIEWER = 1
@@ -27,7 +29,9 @@ class _Token:
 
 
 def parse_tokens(text: str) -> list[_Token]:
-    """Parse ``name:role:token,...``; errors never repeat a token."""
+    """Parse ``name:role:token,...``; errors never repeat a token. A name is who
+    acts, recorded and matched with plans' owners exactly, so it must be a name an
+    owner can have (``person_name_problem``)."""
     tokens = []
     for index, item in enumerate(part.strip() for part in text.split(",")):
         if not item:
@@ -36,6 +40,9 @@ def parse_tokens(text: str) -> list[_Token]:
         if len(pieces) != 3 or not all(pieces):
             raise ValueError(f"entry {index + 1} is not name:role:token")
         name, role, secret = pieces
+        problem = person_name_problem(name)
+        if problem is not None:
+            raise ValueError(f"entry {index + 1}: name {name!r} cannot be used: {problem}")
         if role.upper() not in Role.__members__:
             raise ValueError(
                 f"entry {index + 1} ({name}): role {role!r} is not viewer, operator or admin"

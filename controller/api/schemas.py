@@ -73,6 +73,17 @@ class Reason(_Body):
     reason: str = Field("", max_length=2000)
 
 
+class Resolve(_Body):
+    reason: str = Field(
+        min_length=1, max_length=2000, description="What was done to traffic, and why"
+    )
+    force: bool = Field(
+        False,
+        description="admin only: end it although the controller cannot confirm traffic on "
+        "stable; recorded as aborted with traffic NOT confirmed",
+    )
+
+
 class Approval(_Body):
     role: str | None = Field(None, max_length=128, description="Approve only as this role")
     stage: str | None = Field(

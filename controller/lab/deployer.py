@@ -5,6 +5,7 @@ their hook, then wait for the slot's version check."""
 
 from __future__ import annotations
 
+import queue
 import re
 import threading
 from collections.abc import Callable
@@ -24,15 +25,22 @@ class Deployer:
     def __init__(self, redeploy: Callable[[str, str], None]):
         self.redeploy = redeploy
         self.deploys: list[tuple[str, str]] = []
+        # Deploys run one at a time, in the order asked, as a CD system runs the
+        # deploys of one service: a rollback's deploy of the stable version back never
+        # races the release's deploy it undoes.
+        self._queue: queue.Queue[tuple[str, str]] = queue.Queue()
+        threading.Thread(target=self._run_deploys, daemon=True).start()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def _run_deploys(self) -> None:
+        while True:
+            slot, version = self._queue.get()
+            self._deploy(slot, version)
+
     def _deploy(self, slot: str, version: str) -> None:
-        # Recorded when asked, before it runs: the slot serves the new version (and the
-        # rollout can finish) before ``redeploy`` returns.
-        self.deploys.append((slot, version))
         try:
             self.redeploy(slot, version)
         except Exception as exc:  # the slot's version check shows the deploy failed
@@ -53,7 +61,10 @@ class Deployer:
                     self.send_response(400)
                     self.end_headers()
                     return
-                threading.Thread(target=deployer._deploy, args=(slot, version), daemon=True).start()
+                # Recorded when asked, before it runs: the slot serves the new version
+                # (and the rollout can finish) before ``redeploy`` returns.
+                deployer.deploys.append((slot, version))
+                deployer._queue.put((slot, version))
                 self.send_response(202)
                 self.end_headers()
 

@@ -26,6 +26,11 @@ from controller.traffic.base import TrafficRouter
 from controller.traffic.haproxy import HAProxyRouter
 
 SLOTS = ("blue", "green")  # the two HAProxy servers of the service; blue starts stable
+# Prometheus scrapes and evaluates this often, so judgements in tests take seconds;
+# the alerting rules it loads must still fire at the slower intervals users scrape at
+# (tests/unit/test_alert_rules_fire.py checks both).
+SCRAPE_INTERVAL = "1s"
+ALERT_RULES = (CONFIG_DIR / "prometheus" / "service-alerts.yml",)
 
 
 class RolloutLab(ControllerProcesses):
@@ -62,7 +67,9 @@ class RolloutLab(ControllerProcesses):
             self.haproxy.wait_servers_up()
             self.prometheus = self.group.add(
                 start_prometheus(
-                    self.workdir, [i.address for i in self.instances.values()], scrape_interval="1s"
+                    self.workdir,
+                    [i.address for i in self.instances.values()],
+                    scrape_interval=SCRAPE_INTERVAL,
                 )
             )
             # Production users. Staging gets its synthetic load from the soak itself.
@@ -180,8 +187,8 @@ class RolloutLab(ControllerProcesses):
         )
         self.prometheus.reconfigure(
             [i.address for i in self.instances.values()],
-            scrape_interval="1s",
-            rule_files=[CONFIG_DIR / "prometheus" / "service-alerts.yml"],
+            scrape_interval=SCRAPE_INTERVAL,
+            rule_files=list(ALERT_RULES),
             alertmanagers=[alertmanager.address],
         )
         return alertmanager

@@ -65,6 +65,8 @@ WATCHED_STATES = (*ADVANCING_STATES, RolloutState.PAUSED)
 ROLLBACK_STATES = (RolloutState.ROLLING_BACK, RolloutState.ROLLBACK_FAILED)
 ACTIVE_STATES = (*ADVANCING_STATES, RolloutState.PAUSED, *ROLLBACK_STATES)
 FINAL_STATES = (RolloutState.SUCCEEDED, RolloutState.ROLLED_BACK, RolloutState.ABORTED)
+# A rollback was asked for: traffic must be on stable (or going there) in these states.
+ROLLBACK_INTENT_STATES = (*ROLLBACK_STATES, RolloutState.ROLLED_BACK, RolloutState.ABORTED)
 
 
 _ACTIVE_SQL = "state IN (" + ", ".join(f"'{s}'" for s in ACTIVE_STATES) + ")"
@@ -174,8 +176,10 @@ class Outbox(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Set by the delivery that runs the row, so a second delivery of the same row
-    # (a redispatch while it still runs) does nothing; a claim outlives the task's
-    # hard time limit, so a worker killed mid-run frees it only by expiry.
+    # (a redispatch while it still runs) does nothing. A notification's claim
+    # outlives its task's hard time limit; a runbook's delivery renews its claim
+    # while it runs (controller.outbox.heartbeat). A worker killed mid-run frees the
+    # row only by expiry.
     claimed_until: Mapped[datetime | None] = mapped_column(default=None)
     done_at: Mapped[datetime | None] = mapped_column(default=None)
     outcome: Mapped[str | None] = mapped_column(Text, default=None)
@@ -232,3 +236,17 @@ class RegisteredPlan(Base):
     registered_by: Mapped[str] = mapped_column(String(128))
     registered_at: Mapped[datetime]
     note: Mapped[str] = mapped_column(Text, default="")
+
+
+class Heartbeat(Base):
+    """When a periodic job last ran, one row per job (``reconcile``), written by the
+    job itself at every run. A job that nobody runs writes nothing; the readers
+    (``canary status``, ``canary start``, ``/metrics``) tell that silence apart from
+    a quiet system, so a rollout never waits for ever without anyone told why."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime]
+    # Who ran it last (``host:pid:token``), to find the worker on-call must look at.
+    by: Mapped[str] = mapped_column(String(128))

@@ -201,6 +201,61 @@ def release(session: Session, rollout_id: str, owner: str) -> None:
     session.commit()
 
 
+def rollback_request(
+    rollout: Rollout,
+    *,
+    reason: str,
+    actor: str,
+    now: datetime,
+    final_state: RolloutState = RolloutState.ROLLED_BACK,
+    tripped: str | None = None,
+    trigger: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The columns a rollback request sets on ``rollout``: one definition for the
+    conditional UPDATE of ``request_rollback`` and for an advance that decides a
+    rollback and requests it in the same commit as the decision."""
+    values: dict[str, Any] = {
+        "state": RolloutState.ROLLING_BACK,
+        "reason": reason,
+        "updated_at": now,
+        # Whoever requests a rollback enqueues it at once; reconcile is the fallback.
+        "next_check_at": now + ROLLBACK_FALLBACK,
+        "analysis": {
+            **(rollout.analysis or {}),
+            "final_state": str(final_state),
+            "trigger": {
+                "at": now.isoformat(),
+                "actor": actor,
+                "reason": reason,
+                **(trigger or {"kind": "manual"}),
+            },
+        },
+    }
+    if tripped:
+        values["tripped_criterion"] = tripped
+    return values
+
+
+def append_rollback_requested(
+    session: Session,
+    rollout_id: str,
+    *,
+    reason: str,
+    actor: str,
+    now: datetime,
+    tripped: str | None,
+) -> None:
+    append_event(
+        session,
+        rollout_id,
+        "rollback_requested",
+        actor=actor,
+        at=now,
+        message=f"rollback requested: {reason}",
+        data={"reason": reason, "tripped": tripped},
+    )
+
+
 def request_rollback(
     session: Session,
     rollout_id: str,
@@ -216,50 +271,34 @@ def request_rollback(
 
     Rollback beats everything: this does not wait for the lease. An advance that
     holds it will fail its own commit on the version check, and the rollback waits
-    for its lease before it declares traffic settled.
+    for its lease before it declares traffic settled. Whatever the caller added to
+    the session (a decision event) is committed with the request, or not at all.
     """
     rollout = session.get(Rollout, rollout_id)
     if rollout is None or rollout.state not in [*ADVANCING_STATES, RolloutState.PAUSED]:
         return False
-    values: dict[str, Any] = {
-        "state": RolloutState.ROLLING_BACK,
-        "reason": reason,
-        "updated_at": now,
-        # Whoever requests a rollback enqueues it at once; reconcile is the fallback.
-        "next_check_at": now + ROLLBACK_FALLBACK,
-        "version": Rollout.version + 1,
-        "analysis": {
-            **(rollout.analysis or {}),
-            "final_state": str(final_state),
-            "trigger": {
-                "at": now.isoformat(),
-                "actor": actor,
-                "reason": reason,
-                **(trigger or {"kind": "manual"}),
-            },
-        },
-    }
-    if tripped:
-        values["tripped_criterion"] = tripped
+    values = rollback_request(
+        rollout,
+        reason=reason,
+        actor=actor,
+        now=now,
+        final_state=final_state,
+        tripped=tripped,
+        trigger=trigger,
+    )
     result = session.execute(
         update(Rollout)
         .where(
             Rollout.id == rollout_id, Rollout.state.in_([*ADVANCING_STATES, RolloutState.PAUSED])
         )
-        .values(**values)
+        .values(**values, version=Rollout.version + 1)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         session.rollback()
         return False
-    append_event(
-        session,
-        rollout_id,
-        "rollback_requested",
-        actor=actor,
-        at=now,
-        message=f"rollback requested: {reason}",
-        data={"reason": reason, "tripped": tripped},
+    append_rollback_requested(
+        session, rollout_id, reason=reason, actor=actor, now=now, tripped=tripped
     )
     session.commit()
     return True
@@ -448,6 +487,48 @@ def take_due_rollbacks(session: Session, now: datetime, hold: timedelta) -> list
     return taken
 
 
+def release_rollback_holds(
+    session: Session, rollout_ids: Iterable[str], held_until: datetime, due_at: datetime
+) -> None:
+    """Make rollbacks taken by ``take_due_rollbacks`` (held until ``held_until``) due
+    at ``due_at`` again: their message never reached the broker, and a rollback must
+    not sit out the hold meant for one that did. A rollback whose row moved on since
+    (its worker set its own next try) is left alone."""
+    ids = list(rollout_ids)
+    if not ids:
+        return
+    session.execute(
+        update(Rollout)
+        .where(
+            Rollout.id.in_(ids),
+            Rollout.next_check_at == held_until,
+            _ROLLING_BACK,
+        )
+        .values(next_check_at=due_at, version=Rollout.version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def unmark_advances_dispatched(
+    session: Session, rollout_ids: Iterable[str], marked_at: datetime
+) -> None:
+    """Undo the dispatch mark ``take_due_advances`` set at ``marked_at`` on rollouts
+    whose advance could not be queued, so the next tick takes them instead of the
+    one after the redispatch delay. A mark set since (a newer tick) or cleared by an
+    advance that claimed the rollout is left alone."""
+    ids = list(rollout_ids)
+    if not ids:
+        return
+    session.execute(
+        update(Rollout)
+        .where(Rollout.id.in_(ids), Rollout.dispatched_at == marked_at)
+        .values(dispatched_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
 def get_rollout(session: Session, rollout_id: str) -> Rollout | None:
     return session.get(Rollout, rollout_id)
 
@@ -532,23 +613,33 @@ def take_due_outbox(
             data={"outbox_id": row.id, "kind": row.kind, "attempts": row.attempts},
         )
     stale, orphaned = now - redispatch_after, now - first_dispatch_grace
+    due = and_(
+        Outbox.done_at.is_(None),
+        Outbox.expires_at >= now,
+        or_(Outbox.claimed_until.is_(None), Outbox.claimed_until < now),
+        or_(
+            and_(Outbox.dispatched_at.is_(None), Outbox.created_at < orphaned),
+            Outbox.dispatched_at < stale,
+        ),
+    )
+    # The oldest ``limit`` first, and only those marked: a row marked here is a row
+    # the caller sends, and the rest are taken at the next tick, not marked as sent
+    # and left for the redispatch delay.
+    chosen = session.scalars(select(Outbox.id).where(due).order_by(Outbox.id).limit(limit)).all()
+    if not chosen:
+        session.commit()
+        return []
+    # The conditions again: a concurrent reconcile that chose the same rows marks each
+    # one only once (the second UPDATE finds it dispatched just now).
     taken = session.execute(
         update(Outbox)
-        .where(
-            Outbox.done_at.is_(None),
-            Outbox.expires_at >= now,
-            or_(Outbox.claimed_until.is_(None), Outbox.claimed_until < now),
-            or_(
-                and_(Outbox.dispatched_at.is_(None), Outbox.created_at < orphaned),
-                Outbox.dispatched_at < stale,
-            ),
-        )
+        .where(Outbox.id.in_(chosen), due)
         .values(dispatched_at=now, attempts=Outbox.attempts + 1)
         .returning(Outbox.id, Outbox.kind, Outbox.rollout_id)
         .execution_options(synchronize_session=False)
     ).all()
     session.commit()
-    return [(row_id, kind, rollout_id) for row_id, kind, rollout_id in taken[:limit]]
+    return sorted((row_id, kind, rollout_id) for row_id, kind, rollout_id in taken)
 
 
 def mark_outbox_dispatched(session: Session, row_id: int, now: datetime) -> bool:
@@ -568,9 +659,18 @@ def unmark_outbox_dispatched(session: Session, row_id: int, marked_at: datetime)
     """Undo our own dispatch mark when the send failed (broker down), so reconcile
     sends the row after the first-dispatch grace instead of the redispatch delay. A
     mark reconcile has set since (another ``dispatched_at``) is left alone."""
+    unmark_outbox_rows(session, [row_id], marked_at)
+
+
+def unmark_outbox_rows(session: Session, row_ids: Iterable[int], marked_at: datetime) -> None:
+    """``unmark_outbox_dispatched`` for several rows marked at the same moment (the
+    rows of a reconcile tick it could not send)."""
+    ids = list(row_ids)
+    if not ids:
+        return
     session.execute(
         update(Outbox)
-        .where(Outbox.id == row_id, Outbox.done_at.is_(None), Outbox.dispatched_at == marked_at)
+        .where(Outbox.id.in_(ids), Outbox.done_at.is_(None), Outbox.dispatched_at == marked_at)
         .values(dispatched_at=None)
         .execution_options(synchronize_session=False)
     )
@@ -594,15 +694,17 @@ def claim_outbox(session: Session, row_id: int, now: datetime, claim: timedelta)
     return result.rowcount == 1
 
 
-def renew_outbox_claim(session: Session, row_id: int, now: datetime, claim: timedelta) -> None:
-    """A delivery still at work on a row holds it until ``now + claim``."""
-    session.execute(
+def renew_outbox_claim(session: Session, row_id: int, held: datetime, until: datetime) -> bool:
+    """A delivery still at work on a row holds it until ``until``, in the caller's
+    transaction. Only if the row still holds the claim this delivery wrote last
+    (``held``): False once another delivery has claimed it, or it is done."""
+    result = session.execute(
         update(Outbox)
-        .where(Outbox.id == row_id, Outbox.done_at.is_(None))
-        .values(claimed_until=now + claim)
+        .where(Outbox.id == row_id, Outbox.done_at.is_(None), Outbox.claimed_until == held)
+        .values(claimed_until=until)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
+    return result.rowcount == 1
 
 
 def get_outbox(session: Session, row_id: int) -> Outbox | None:

@@ -65,3 +65,12 @@ class TrafficRouter(Protocol):
             RouterError: the router could not be read.
         """
         ...
+
+
+def serving_or_problem(router: TrafficRouter, role: str) -> Serving:
+    """``router.serving(role)``, with a router that cannot answer as the problem: a
+    side the router cannot vouch for is not taken as ready."""
+    try:
+        return router.serving(role)
+    except RouterError as exc:
+        return Serving(str(exc))

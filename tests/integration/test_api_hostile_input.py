@@ -19,13 +19,21 @@ test_api_fuzz; no worker runs, so nothing but these calls changes the store.
 
 from __future__ import annotations
 
+import json
 import secrets
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
+from sqlalchemy.orm import Session
 
 from config import PLANS_DIR
+from controller.plan_loader import parse_plan
+from controller.runtime import utcnow
+from controller.store import repository
 from tests.conftest import postgres_schema
 from tests.integration.rollout_helpers import STABLE, deploy, snapshot, start_lab
 from tests.integration.test_api_alerts import call
@@ -44,6 +52,8 @@ def demo_yaml_with(old: str, new: str) -> str:
 
 
 RELEASE_MANAGER_LINE = DEMO_YAML.splitlines().index("  release_manager: [alice]") + 1
+CANARY_WEIGHT_LINE = DEMO_YAML.splitlines().index("    weight: 10") + 1
+FIRST_QUERY = 'canary_errors: sum(increase(demo_http_requests_total{service="{{ service }}", '
 
 # The demo plan where erin owns two of the roles preflight needs; alice starts the
 # rollout and is a release manager too.
@@ -98,6 +108,44 @@ HOSTILE_PLANS = [
         f"duplicate key 'release_manager' (first on line {RELEASE_MANAGER_LINE})",
         RELEASE_MANAGER_LINE + 1,
         id="duplicate-key",
+    ),
+    # YAML 1.1 reads these otherwise than a reviewer does: the canary at 8 %, 90 % or
+    # 50 %, a stage named by the bytes of a !!binary.
+    pytest.param(
+        demo_yaml_with("    weight: 10\n", "    weight: 010\n"),
+        "010 is read by YAML 1.1 as 8 (octal, for the leading 0): write it in plain decimal "
+        "(10 or 8), or quote '010' if it is text",
+        CANARY_WEIGHT_LINE,
+        id="octal",
+    ),
+    pytest.param(
+        demo_yaml_with("    weight: 10\n", "    weight: 1:30\n"),
+        "1:30 is read by YAML 1.1 as 90 (base 60): write it in plain decimal (90), or quote "
+        "'1:30' if it is text",
+        CANARY_WEIGHT_LINE,
+        id="base-60",
+    ),
+    pytest.param(
+        demo_yaml_with("    weight: 10\n", "    weight: 5_0\n"),
+        "5_0 is read by YAML 1.1 as 50 (underscores are dropped): write it in plain decimal "
+        "(50), or quote '5_0' if it is text",
+        CANARY_WEIGHT_LINE,
+        id="underscores",
+    ),
+    pytest.param(
+        demo_yaml_with("  - name: canary\n", "  - name: !!binary Y2FuYXJ5\n"),
+        "!!binary is read by YAML as bytes, which no plan field takes: write the text, list "
+        "or mapping itself",
+        CANARY_WEIGHT_LINE - 2,
+        id="binary",
+    ),
+    # The store cannot hold a NUL: once it was refused as raw text only, and the escape
+    # registered a plan whose every start failed in PostgreSQL.
+    pytest.param(
+        demo_yaml_with("  scrape_job: lab\n", '  scrape_job: "lab\\0"\n'),
+        "contains a NUL character (\\0), which no text may hold",
+        DEMO_YAML.splitlines().index("  scrape_job: lab") + 1,
+        id="escaped-nul",
     ),
 ]
 
@@ -282,3 +330,197 @@ def test_one_person_approves_in_one_role_per_rollout(api: Api) -> None:
     assert second[0]["loc"] == ["role"]
     assert "erin approved this rollout as release_manager already" in second[0]["msg"]
     assert approvals(api, "erin") == ["release_manager"]
+
+
+def side_rollout(api: Api, service: str) -> str:
+    """A pending rollout of the two-hats plan for a service of its own, written to the
+    store directly (its router state is not what these tests are about)."""
+    with Session(api.engine) as session:
+        rollout = repository.create_rollout(
+            session,
+            service=service,
+            canary_version="9.9.9",
+            stable_version=STABLE,
+            plan_name="two-hats",
+            plan=parse_plan(TWO_HATS_YAML).model_dump(mode="json"),
+            created_by="alice",
+            now=utcnow(),
+        )
+        session.commit()
+        return rollout.id
+
+
+def at_once(requests: list[dict[str, Any]]) -> list[httpx.Response]:
+    """Send every request at the same moment, each on a connection of its own."""
+    barrier = threading.Barrier(len(requests))
+
+    def send(request: dict[str, Any]) -> httpx.Response:
+        barrier.wait()
+        return call("POST", **request)
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(send, requests))
+
+
+def test_one_person_in_two_roles_approving_twice_at_once_counts_once(api: Api) -> None:
+    """erin owns release_manager and security_approver; both her approvals sent in
+    parallel must not both be recorded (before the row lock, 6 of 8 tries recorded
+    both, and preflight's two-person rule was met by one person)."""
+    for attempt in range(8):
+        rollout_id = side_rollout(api, f"parallel-{attempt}")
+        path = f"{api.url}/api/v1/rollouts/{rollout_id}/approve"
+        answers = at_once(
+            [
+                {"url": path, "token": ERIN, "json": {"role": role, "stage": "preflight"}}
+                for role in ("release_manager", "security_approver")
+            ]
+        )
+        with Session(api.engine) as session:
+            events = repository.events_for(session, rollout_id, ["approval"])
+            roles = [e.data["role"] for e in events if e.data["name"] == "erin"]
+        assert len(roles) == 1, (attempt, roles, [a.text for a in answers])
+        assert sorted(a.status_code for a in answers) == [200, 422], [a.text for a in answers]
+
+
+def test_ten_identical_approvals_at_once_write_one_audit_line(api: Api) -> None:
+    rollout_id = side_rollout(api, "parallel-same")
+    path = f"{api.url}/api/v1/rollouts/{rollout_id}/approve"
+    request = {
+        "url": path,
+        "token": ERIN,
+        "json": {"role": "release_manager", "stage": "preflight"},
+    }
+    answers = at_once([request] * 10)
+    assert {a.status_code for a in answers} == {200}, [a.text for a in answers]
+    with Session(api.engine) as session:
+        assert len(repository.events_for(session, rollout_id, ["approval"])) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (
+            "/api/v1/rollouts",
+            {"plan": "two-hats", "service": "checkout", "version": "2.0.0\n"},
+            "version",
+        ),
+        (
+            "/api/v1/rollouts",
+            {"plan": "two-hats", "service": "checkout\n", "version": "2.0.0"},
+            "service",
+        ),
+        (
+            "/api/v1/rollouts",
+            {"plan": "two-hats", "service": "checkout", "version": "2.0.0", "stable": "1.0.0\n"},
+            "stable",
+        ),
+        ("/api/v1/plans", {"name": "evil\n", "plan_yaml": TWO_HATS_YAML}, "plan"),
+    ],
+    ids=["version", "service", "stable", "plan-name"],
+)
+def test_a_trailing_newline_is_not_part_of_a_name(
+    api: Api, path: str, body: dict[str, Any], field: str
+) -> None:
+    """``^…$`` with ``re.match`` lets "2.0.0\\n" through: a rollout whose every query is
+    invalid PromQL, a plan named "evil\\n". Names are matched whole: a 422 naming
+    the field, and the store unchanged."""
+    token = ADMIN if path.endswith("plans") else ERIN
+    problems = refused(api, token, path, json=body)
+    assert any(
+        field in [str(part) for part in p["loc"]] or p["msg"].startswith(f"{field}:")
+        for p in problems
+    ), problems
+
+
+def with_first_query(query: str) -> str:
+    """The demo plan with its first query replaced by ``query`` (as a JSON string,
+    which YAML reads as written, escapes included)."""
+    line = next(line for line in DEMO_YAML.splitlines() if FIRST_QUERY in line)
+    return demo_yaml_with(line, f"    canary_errors: {json.dumps(query)}")
+
+
+# (plan_yaml, where the refusal points, how its message starts)
+NEVER_RUNS = [
+    pytest.param(
+        demo_yaml_with("  - name: staging-soak\n", "  - name: preflight\n"),
+        ["plan", "stages[0]", "name"],
+        "'preflight' is reserved: it names the go/no-go approval gate",
+        id="stage-named-preflight",
+    ),
+    pytest.param(
+        demo_yaml_with(
+            FIRST_QUERY + 'version="{{ canary_version }}"',
+            FIRST_QUERY + 'version="{{ canary-version }}"',
+        ),
+        ["plan", "stop_criteria[0]", "canary_errors"],
+        "'{{ canary-version }}' is not a template: write {{ name }} with a known variable "
+        "(did you mean {{ canary_version }}?)",
+        id="template-typo",
+    ),
+    pytest.param(
+        demo_yaml_with('service="{{ service }}"', 'service="{{ service.__class__ }}"'),
+        ["plan", "gates", "no_firing_alerts"],
+        "'{{ service.__class__ }}' is not a template",
+        id="template-attribute",
+    ),
+    pytest.param(
+        demo_yaml_with("  release_manager: [alice]\n", '  release_manager: ["   "]\n'),
+        ["plan", "owners", "release_manager[0]"],
+        "'   ' cannot be an approver's name: it is empty or only whitespace",
+        id="owner-blank",
+    ),
+    pytest.param(
+        demo_yaml_with("  release_manager: [alice]\n", '  release_manager: ["alice\\n"]\n'),
+        ["plan", "owners", "release_manager[0]"],
+        "'alice\\n' cannot be an approver's name: it starts or ends with whitespace",
+        id="owner-newline",
+    ),
+    pytest.param(
+        demo_yaml_with("    hold: 8s\n", "    hold: \u0661\u0660s\n"),
+        ["plan", "stages[1]", "hold"],
+        "'\u0661\u0660s' has digits other than 0-9 ('\u0661\u0660' reads as 10)",
+        id="arabic-indic-digits",
+    ),
+    # 1.1 GB in the parser, and 2.5 GB for an API that started such a plan.
+    pytest.param(
+        with_first_query("-" * 3990 + "x"),
+        ["plan", "stop_criteria[0]", "canary_errors"],
+        "not valid PromQL: 3990 signs (+ or -) in a row; at most 2 are accepted",
+        id="sign-run",
+    ),
+    # The quote in the comment hid the brackets from the nesting guard: 443 MB, and a
+    # SIGSEGV on a small thread stack.
+    pytest.param(
+        with_first_query('# "\n' + "(" * 1990 + "1" + ")" * 1990),
+        ["plan", "stop_criteria[0]", "canary_errors"],
+        "not valid PromQL: nested 1990 deep; at most 100 levels are accepted",
+        id="comment-quote",
+    ),
+]
+
+
+@pytest.mark.parametrize(("plan_yaml", "loc", "message"), NEVER_RUNS)
+def test_a_plan_that_could_never_run_as_written_is_refused(
+    api: Api, plan_yaml: str, loc: list[str], message: str
+) -> None:
+    """Each of these registered before: a stage whose approvals went to the
+    preflight gate, a query with a template typo that could never match, an approval
+    nobody can give, ten minutes written in other digits, and queries that took the
+    parser gigabytes or its stack. Each is a 422 naming the field, nothing registered."""
+    name = "never-runs"
+    problems = refused(api, ADMIN, "/api/v1/plans", json={"name": name, "plan_yaml": plan_yaml})
+    assert [p["loc"] for p in problems] == [loc], problems
+    assert problems[0]["msg"].startswith(message), problems
+    missing = call("GET", f"{api.url}/api/v1/plans/{name}", ADMIN)
+    assert missing.status_code == 404, missing.text
+
+
+@pytest.mark.parametrize("action", ["resume", "recheck"])
+@pytest.mark.parametrize("body", [b"{not json", b'{"reason": "because"}'])
+def test_an_action_without_a_body_refuses_one(api: Api, action: str, body: bytes) -> None:
+    """resume and recheck take no body; one sent (invalid JSON, or a reason the
+    client believes is recorded) is a 422 and the action is not taken. Before, the
+    body was ignored and the action taken (here: a 409, the rollout is pending)."""
+    path = f"/api/v1/rollouts/{api.rollout_id}/{action}"
+    problems = refused(api, ERIN, path, content=body)
+    assert [p["loc"] for p in problems] == [["body"]], problems

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from controller.lab.stack import RolloutLab
-from controller.operations import abort_rollout, pause_rollout, resume_rollout
+from controller.operations import abort_rollout, pause_rollout, resume_rollout, rollback_rollout
 from controller.plan import Plan
 from controller.runtime import utcnow
 from controller.store import repository
@@ -205,7 +205,7 @@ def redeploy_plan(deployer_url: str) -> Plan:
             "http": {
                 "method": "POST",
                 "url": "{{ deployer_url }}/deploy"
-                "?slot={{ stable_slot }}&version={{ canary_version }}",
+                "?slot={{ stable_slot }}&version={{ deploy_version }}",
             }
         },
         redeploy_timeout="60s",
@@ -236,6 +236,45 @@ def test_redeploy_mode_ends_with_the_stable_slot_serving_the_new_version(lab: Ro
     shifts = [e.data["weight"] for e in events if e.kind == "weight_set"]
     assert shifts[-2:] == [100, 0]  # canary to 100 %, then all back to the stable slot
     assert any(e.kind == "redeploy" and e.data["ok"] for e in events)
+
+
+def test_a_rollback_after_the_redeploy_began_ends_on_the_stable_version(lab: RolloutLab) -> None:
+    """The release passed every step and its version now runs in the stable slot (a
+    service that warms up for 4 s); then a person rolls it back. Setting the canary
+    weight to 0 would send every user to the new version, or to 503s while it warms
+    up: the stable version is deployed back first, and traffic moves to the stable
+    slot only once it answers that version and HAProxy holds it up."""
+    plan = redeploy_plan(lab.start_deployer(warmup=4))
+    stable_slot, recorded_slot = lab.stable_slot, stable_slot_in_store(lab)
+    version = deploy(lab)
+    assert lab.haproxy is not None and lab.deployer is not None
+
+    def new_version_in_stable_slot(_rollout: object, events: list) -> bool:
+        hooked = any(e.kind == "redeploy" and e.data["ok"] for e in events)
+        return hooked and lab.instances[stable_slot].version == version
+
+    with TrafficSampler(lab.haproxy.url) as sampler:
+        rollout_id = begin(lab, version, plan=plan)
+        wait_for(lab, rollout_id, new_version_in_stable_slot)
+        with session_factory(lab.database_url)() as session:
+            stable = repository.get_rollout(session, rollout_id).stable_version
+            rollback_rollout(session, rollout_id, reason="pager fired", actor="carol", now=utcnow())
+        rollout = wait_for(lab, rollout_id, finished)
+        after = datetime.now(UTC)
+        time.sleep(1)  # users keep coming after the rollback says it is done
+    assert rollout.state == "rolled_back", rollout.reason
+    assert lab.deployer.deploys[-2:] == [(stable_slot, version), (stable_slot, stable)]
+    assert lab.instances[stable_slot].version == stable
+    assert lab.slot_weights()[stable_slot] == 100
+    assert versions_served(lab) == {stable}
+    answered = {answer for _, answer in sampler.samples}
+    assert "?" not in answered, "a user got an error during the rollback"
+    assert {answer for at, answer in sampler.samples if at > after} == {stable}
+    _, events = snapshot(lab, rollout_id)
+    restored = next(e for e in events if e.kind == "redeploy" and e.data.get("rollback"))
+    moved = next(e for e in events if e.kind == "weight_set" and e.data.get("rollback"))
+    assert moved.at > restored.at
+    assert stable_slot_in_store(lab) == recorded_slot
 
 
 def test_start_wait_follows_a_release_to_its_end_in_a_log(lab: RolloutLab, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from controller.operations import OperationError, start_rollout
 from controller.plan import Plan
 from controller.plan_loader import load_plan
 from controller.runtime import haproxy_router_factory
-from controller.store import repository
+from controller.store import heartbeats, repository
 from controller.store.db import make_engine, migrate, session_factory
 from controller.store.models import RolloutState
 
@@ -242,3 +242,39 @@ def test_two_racing_starts_of_one_service_leave_exactly_one_rollout(
     assert all("already has an active rollout" in message for message in refused)
     with sessions() as session:
         assert [r.id for r in repository.list_rollouts(session, service="checkout")] == won
+
+
+def test_a_tick_marks_dispatched_only_the_outbox_rows_it_returns(database_url: str) -> None:
+    """Issue 28, case 10, on both backends: 250 rows due, 200 taken and marked, the
+    other 50 untouched and taken by the next tick."""
+    migrate(database_url)
+    rollout_id = new_rollout(database_url)
+    sessions = session_factory(database_url)
+    with sessions() as session:
+        rows = [
+            repository.add_outbox(session, rollout_id, "notify", {"kind": "x"}, NOW, LEASE).id
+            for _ in range(250)
+        ]
+        session.commit()
+    tick, redispatch = NOW + timedelta(seconds=6), timedelta(seconds=60)
+    with sessions() as session:
+        first = repository.take_due_outbox(session, tick, redispatch)
+        assert [row_id for row_id, _, _ in first] == rows[:200]
+        rest = [repository.get_outbox(session, row_id) for row_id in rows[200:]]
+        assert all(row.dispatched_at is None for row in rest)
+    with sessions() as session:
+        second = repository.take_due_outbox(session, tick + timedelta(seconds=2), redispatch)
+        assert [row_id for row_id, _, _ in second] == rows[200:]
+
+
+def test_the_reconcile_heartbeat_is_one_row_that_only_moves_forward(database_url: str) -> None:
+    migrate(database_url)
+    sessions = session_factory(database_url)
+    with sessions() as session:
+        assert heartbeats.last_run(session) is None
+        for at, by in [(NOW, "a"), (NOW + timedelta(seconds=2), "b"), (NOW, "late")]:
+            heartbeats.record(session, heartbeats.RECONCILE, at, by)
+            session.commit()
+    with sessions() as session:
+        beat = heartbeats.last_run(session)
+        assert (beat.at, beat.by) == (NOW + timedelta(seconds=2), "b")

@@ -24,6 +24,9 @@ def test_tokens_map_to_names_and_roles() -> None:
         ("alice:operator", "entry 1 is not name:role:token"),
         ("alice:root:0123456789abcdef0", "role 'root'"),
         ("alice:viewer:short", "shorter than 16"),
+        # A name an approval is recorded under must be one a plan's owner can have.
+        ("alice :operator:0123456789abcdef0", "name 'alice ' cannot be used: it starts or ends"),
+        ("al\u200bice:operator:0123456789abcdef0", "it holds the control or invisible character"),
     ],
 )
 def test_bad_token_settings_are_explained_without_the_token(text: str, message: str) -> None:

@@ -70,3 +70,43 @@ def test_approving_again_records_nothing_more(world) -> None:
     again = approve(runtime, rollout_id, "erin")  # her role is known from the first
     assert again.accepted and again.message == "erin approved preflight as sre_oncall already"
     assert approvals(runtime, rollout_id) == [("erin", "sre_oncall", "api token")]
+
+
+def test_the_engine_counts_a_person_once_whatever_the_store_holds() -> None:
+    """Two approvals by one name in two roles (as a race could write before the row
+    lock) satisfy one role, never the two-person gate."""
+    from controller.checks import missing_approvals
+
+    plan = gated_plan()
+    roles = ["release_manager", "sre_oncall"]
+    by_erin = [
+        {"gate": "preflight", "role": "sre_oncall", "name": "erin"},
+        {"gate": "preflight", "role": "release_manager", "name": "erin"},
+    ]
+    assert missing_approvals(plan, roles, by_erin, "preflight") == ["release_manager"]
+    with_alice = [*by_erin, {"gate": "preflight", "role": "release_manager", "name": "alice"}]
+    assert missing_approvals(plan, roles, with_alice, "preflight") == []
+
+
+def test_a_stage_may_be_approved_before_the_rollout_reaches_it(world) -> None:
+    """Decided and kept (SECURITY.md, "Approvals"): owners may sign a stage off at
+    the go/no-go, as release meetings do. The approval is recorded at once, with the
+    step the rollout was at, and counts when the stage is due; it never moves traffic
+    by itself nor skips a check, and the stage's stop criteria still judge it."""
+    from controller.checks import missing_approvals
+
+    runtime = world[0]
+    data = gated_plan().model_dump(mode="json")
+    data["stages"][1]["approval"] = ["sre_oncall"]  # the ramp
+    plan = Plan.from_data(data)
+    rollout_id = start(runtime, plan)
+    with runtime.sessions() as session:
+        early = approve_rollout(
+            session, rollout_id, name="carol", role="sre_oncall", gate="ramp", now=runtime.clock()
+        )
+    assert early.accepted and early.message == "carol approved ramp as sre_oncall"
+    _, events = state(runtime, rollout_id)
+    [given] = [e for e in events if e.kind == "approval"]
+    assert (given.data["gate"], given.step_index) == ("ramp", 0)
+    assert missing_approvals(plan, ["sre_oncall"], [given.data], "ramp") == []
+    assert missing_approvals(plan, ["sre_oncall"], [given.data], "preflight") == ["sre_oncall"]

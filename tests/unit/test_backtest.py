@@ -408,3 +408,19 @@ def test_only_criteria_of_production_stages_are_replayed() -> None:
     assert [c.name for c in replayed_criteria(plan)] == ["errors"]
     result = run(plan, Scripted(HEALTHY), seconds=0)
     assert [m.criterion for m in result.checks[0].measurements] == ["errors"]
+
+
+def test_a_backtest_counts_an_absent_failure_series_as_the_controller_does() -> None:
+    """Any failed write, without a total: no series, while the same check's errors
+    criterion counts the canary's requests, is 0 failures, not 4 inconclusive checks
+    and a pause."""
+    text = plan_text() + (
+        "  - name: writes\n"
+        "    judge: zero_tolerance\n"
+        '    failures: write_failures{version="{{ canary_version }}"}\n'
+    )
+    result = run(parse_plan(text), Scripted({**HEALTHY, "write_failures": lambda s: None}))
+    assert set(actions(result)) == {"continue"}, [c.decision.reason for c in result.checks]
+    writes = result.checks[0].measurements[1]
+    assert writes.verdict == Verdict.PASS
+    assert "errors's total shows 1000 canary requests in the same check" in writes.judgement.reason

@@ -140,3 +140,101 @@ def test_held_and_stuck_rollouts_alert(tmp_path: Path) -> None:
         [promtool, "test", "rules", str(spec)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+NO_RECONCILE_TEST = """
+rule_files: [{rules}]
+evaluation_interval: 15s
+tests:
+  # A worker is up on the reconcile queue, yet no reconcile has ever run (+Inf):
+  # beat down, or the worker stuck. The age from the store fires the alert.
+  - interval: 15s
+    input_series:
+      - series: canary_worker_up{{queues="reconcile"}}
+        values: 1x20
+      - series: canary_reconcile_last_run_age_seconds
+        values: +Inf+0x20
+    alert_rule_test:
+      - eval_time: 1m
+        alertname: CanaryNoReconcileWorker
+        exp_alerts:
+          - exp_labels: {{severity: critical}}
+            exp_annotations:
+              summary: No reconcile has run for a minute, or no worker consumes the reconcile queue
+              description: >-
+                Start one: canary worker --queues reconcile; and one canary beat.
+                canary status ID says which rollouts wait.
+  # Reconcile ran, then stopped for two minutes, then ran again.
+  - interval: 15s
+    input_series:
+      - series: canary_worker_up{{queues="reconcile"}}
+        values: 1x20
+      - series: canary_reconcile_last_run_age_seconds
+        values: 0+15x10 1x10
+    alert_rule_test:
+      - {{eval_time: 1m, alertname: CanaryNoReconcileWorker, exp_alerts: []}}
+      - eval_time: 150s
+        alertname: CanaryNoReconcileWorker
+        exp_alerts:
+          - exp_labels: {{severity: critical}}
+            exp_annotations:
+              summary: No reconcile has run for a minute, or no worker consumes the reconcile queue
+              description: >-
+                Start one: canary worker --queues reconcile; and one canary beat.
+                canary status ID says which rollouts wait.
+      - {{eval_time: 3m, alertname: CanaryNoReconcileWorker, exp_alerts: []}}
+"""
+
+
+def test_no_reconcile_run_alerts_from_the_age_of_the_last_run(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is needed: apt-get install -y prometheus"
+    spec = tmp_path / "test.yml"
+    spec.write_text(NO_RECONCILE_TEST.format(rules=RULES[0]))
+    result = subprocess.run(
+        [promtool, "test", "rules", str(spec)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def panel_expr(title: str) -> str:
+    dashboard = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in dashboard["panels"] if p["title"] == title]
+    (target,) = panel["targets"]
+    return target["expr"]
+
+
+def test_the_rollbacks_stat_counts_rollbacks_not_aborts(tmp_path: Path) -> None:
+    """canary_rollbacks carries every rollout taken back to stable by its final state,
+    aborts included; an abort is a person's choice, not a rollback. Evaluated by
+    promtool on the series the collector exposes."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is needed: apt-get install -y prometheus"
+    series = {
+        'canary_rollbacks{trigger="criterion",criterion="http_5xx",state="rolled_back"}': 2,
+        'canary_rollbacks{trigger="alert",criterion="",state="rollback_failed"}': 1,
+        'canary_rollbacks{trigger="manual",criterion="",state="rolling_back"}': 1,
+        'canary_rollbacks{trigger="manual",criterion="",state="aborted"}': 5,
+    }
+    test = {
+        "rule_files": [],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": f"{v}x3"} for s, v in series.items()],
+                "promql_expr_test": [
+                    {
+                        "expr": panel_expr("Rollbacks"),
+                        "eval_time": "2m",
+                        "exp_samples": [{"labels": "{}", "value": 4}],
+                    }
+                ],
+            }
+        ],
+    }
+    spec = tmp_path / "test.yml"
+    spec.write_text(yaml.safe_dump(test))
+    result = subprocess.run(
+        [promtool, "test", "rules", str(spec)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

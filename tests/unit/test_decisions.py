@@ -98,4 +98,32 @@ def test_a_check_without_missing_data_ends_the_streak() -> None:
     streaks, why = missing_data_streaks(
         Streaks(inconclusive=2), [m("slow", Verdict.INCONCLUSIVE)], policy
     )
-    assert why == "3 checks in a row were inconclusive (no data)"
+    assert why == "3 checks in a row were inconclusive (last: slow: inconclusive)"
+
+
+def because(criterion: str, verdict: Verdict, reason: str) -> Measurement:
+    return Measurement(criterion, "test", {}, {}, Judgement(verdict, reason))
+
+
+def test_a_pause_on_missing_data_names_every_criterion_and_its_reason() -> None:
+    """Not "8 checks in a row were inconclusive (no data)": which query, and why."""
+    policy = plan().analysis
+    check = [
+        because("slow", Verdict.INCONCLUSIVE, "too little traffic: 3 requests, need 100"),
+        because("ok", Verdict.PASS, "fine"),
+        because("fast", Verdict.INCONCLUSIVE, "no data for failures"),
+    ]
+    _, why = missing_data_streaks(Streaks(inconclusive=2), check, policy)
+    assert why == (
+        "3 checks in a row were inconclusive (last: slow: too little traffic: 3 requests, "
+        "need 100; fast: no data for failures)"
+    )
+    check = [
+        because("slow", Verdict.ERROR, "Prometheus: timed out"),
+        because("fast", Verdict.ERROR, "Prometheus: connection refused"),
+    ]
+    _, why = missing_data_streaks(Streaks(error=1), iter(check), policy)
+    assert why == (
+        "2 checks in a row ended in an error (last: slow: Prometheus: timed out; "
+        "fast: Prometheus: connection refused)"
+    )

@@ -220,6 +220,24 @@ def test_promtool_accepts_the_compose_prometheus_config(tmp_path: Path) -> None:
     assert "SUCCESS: 2 rule files found" in result.stdout + result.stderr, result.stdout
 
 
+def test_promtool_accepts_the_systemd_prometheus_config(tmp_path: Path) -> None:
+    """The jobs and rules the guide tells a systemd installation to add, in the layout
+    its comment gives (the rule file next to the config)."""
+    promtool = tool("promtool", "apt-get install -y prometheus")
+    token = tmp_path / "canary-metrics-token"
+    token.write_text("dummy")
+    source = ROOT / "config" / "prometheus"
+    config = (source / "systemd.yml").read_text()
+    assert "/etc/prometheus/canary-metrics-token" in config
+    (tmp_path / "prometheus.yml").write_text(
+        config.replace("/etc/prometheus/canary-metrics-token", str(token))
+    )
+    shutil.copy(source / "controller-alerts.yml", tmp_path / "controller-alerts.yml")
+    result = run([promtool, "check", "config", str(tmp_path / "prometheus.yml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 1 rule files found" in result.stdout + result.stderr, result.stdout
+
+
 def test_amtool_accepts_the_alertmanager_config() -> None:
     amtool = tool("amtool", "apt-get install -y prometheus-alertmanager")
     result = run([amtool, "check-config", str(ROOT / "config/alertmanager/alertmanager.yml")])

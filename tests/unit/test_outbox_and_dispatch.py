@@ -132,7 +132,7 @@ def test_each_runbook_step_rechecks_and_the_rest_are_skipped_once_it_is_stale(
         row_id, expires_at = row.id, row.expires_at
     newer: list[str] = []
 
-    def checks_while_the_world_moves_on(checks, values):  # type: ignore[no-untyped-def]
+    def checks_while_the_world_moves_on(checks, values, seconds=None):  # type: ignore[no-untyped-def]
         if meanwhile == "a newer rollout starts" and not newer:  # at the same clock time
             newer.append(start(runtime, make_plan()))
         if meanwhile == "the row expires":
@@ -315,3 +315,50 @@ def test_a_holding_check_gives_its_lease_back_and_the_next_worker_takes_the_next
     assert advance(other, rollout_id).acted
     rollout, _ = state(runtime, rollout_id)
     assert rollout.lease_owner is None
+
+
+def test_rows_past_what_one_tick_takes_are_not_marked_and_go_at_the_next_tick(world) -> None:
+    """A fleet-wide rollback promises more rows than one tick takes (200): the tick
+    marks dispatched only the rows it sends, so the rest go 2 s later, not 60 s."""
+    runtime, _, _, clock, _ = world
+    sent: list[int] = []
+    runtime.send_outbox = lambda row_id, kind, rollout_id: sent.append(row_id)
+    rollout_id = start(runtime, make_plan())
+    with runtime.sessions() as session:
+        rows = [
+            outbox.promise_notification(session, rollout_id, "started", clock.now)
+            for _ in range(250)
+        ]
+        session.commit()
+    clock.now += timedelta(seconds=6)  # their writers never sent them
+    assert outbox.dispatch_due(runtime) == rows[:200] and sent == rows[:200]
+    with runtime.sessions() as session:
+        untouched = [repository.get_outbox(session, row_id) for row_id in rows[200:]]
+        assert all(row.dispatched_at is None and row.attempts == 0 for row in untouched)
+    clock.now += timedelta(seconds=2)  # the next tick
+    assert outbox.dispatch_due(runtime) == rows[200:]
+    assert sent == rows  # each once
+
+
+def test_a_row_the_broker_refuses_is_sent_at_the_next_tick_and_the_rest_at_once(world) -> None:
+    runtime, _, _, clock, _ = world
+    rollout_id = start(runtime, make_plan())
+    with runtime.sessions() as session:
+        rows = [
+            outbox.promise_notification(session, rollout_id, "started", clock.now) for _ in range(3)
+        ]
+        session.commit()
+    sent: list[int] = []
+
+    def blip_on_first(row_id: int, kind: str, rollout_id: str) -> None:
+        if row_id == rows[0]:
+            raise ConnectionError("broker unreachable")
+        sent.append(row_id)
+
+    clock.now += timedelta(seconds=6)
+    assert outbox.dispatch_due(runtime, blip_on_first) == rows[1:]
+    clock.now += timedelta(seconds=2)
+    assert outbox.dispatch_due(runtime, blip_on_first) == []  # refused again, and again due
+    clock.now += timedelta(seconds=2)
+    assert outbox.dispatch_due(runtime, lambda *row: sent.append(row[0])) == rows[:1]
+    assert sent == [*rows[1:], rows[0]]

@@ -21,10 +21,10 @@ from controller.plan_checks import (
     plan_problems,
     plan_queries,
     promql_error,
-    promql_nesting,
     sample_values,
 )
 from controller.plan_loader import PlanError, load_plan, parse_plan
+from controller.promql_shape import nesting as promql_nesting
 
 # Every kind of query field, with templates that only parse once rendered.
 BASE = """\
@@ -322,6 +322,51 @@ def test_promql_nesting_counts_brackets_outside_strings() -> None:
     assert promql_nesting('sum(rate(x{path="((("}[5m]))') == 3
     assert promql_nesting('x{a="\\"("}') == 1  # an escaped quote does not end the string
     assert promql_nesting("1") == 0
+
+
+def test_promql_nesting_reads_comments_and_strings_as_the_lexer_does() -> None:
+    """A ``#`` outside a string comments to the end of the line; inside one it is
+    text. The guard once took the quote in ``# "`` for a string that never closed,
+    and counted none of the brackets after it: the parser got 1,990 of them."""
+    assert promql_nesting('# "\n((1))') == 2  # a quote in a comment opens nothing
+    assert promql_nesting("# '\r((1))") == 2  # a comment ends at \r too
+    assert promql_nesting("x # (((\n+ 1") == 0  # brackets in a comment are not code
+    assert promql_nesting('x{a="#"} + ((1))') == 2  # a # in a string comments nothing
+    assert promql_nesting('x{a="\\"#("} + ((1))') == 2  # nor after an escaped quote
+    assert promql_nesting("x{a=`\\`} + ((1))") == 2  # no escapes in backquotes
+    assert promql_nesting("x{a='\\'#'} + ((1))") == 2
+
+
+@pytest.mark.parametrize(
+    ("query", "why"),
+    [
+        ("-" * 3990 + "x", "3990 signs (+ or -) in a row; at most 2 are accepted"),
+        ("x - - -1", "3 signs (+ or -) in a row; at most 2 are accepted"),
+        ("x" + " or x" * 101, "101 operators; at most 100 are accepted"),
+        ('# "\n' + "(" * 101 + "1" + ")" * 101, "nested 101 deep; at most 100 levels"),
+        (
+            'x{a="' + "(" * 400 + '"}',  # and the brace
+            "401 opening brackets, counting those in strings and comments; at most 400",
+        ),
+    ],
+    ids=["sign-run", "three-signs", "operators", "comment-quote", "brackets-in-a-string"],
+)
+def test_a_query_shape_the_parser_cannot_afford_is_refused(query: str, why: str) -> None:
+    assert (promql_error(query) or "").startswith(why)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "x - -1",
+        "1e-3 * rate(x[5m]) - 2.5E+2",
+        "x" + " or x" * 100,
+        'sum by (le) (rate(x{a="-", b=~"a|-|b"}[5m])) > bool 0.5 unless on(a) y',
+        'x # a comment with ( and " in it\n + y',
+    ],
+)
+def test_real_query_shapes_pass_the_guard(query: str) -> None:
+    assert promql_error(query) is None
 
 
 def test_too_deep_or_too_long_promql_is_refused_before_the_parser() -> None:

@@ -16,6 +16,7 @@ checks the same inputs and a failure reproduces.
 
 from __future__ import annotations
 
+import base64
 import copy
 import math
 import re
@@ -34,10 +35,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from config import PLANS_DIR
+from controller import promql_shape
 from controller.plan import Plan
 from controller.plan_checks import format_path
 from controller.plan_loader import PlanError, parse_plan
 from controller.safe_yaml import MAX_DEPTH, YamlInputError, load_yaml
+from tests.unit.memory_peak import MB, peak_of
 
 settings.register_profile(
     "plan-properties",
@@ -175,9 +178,20 @@ def points_into(data: Any, path: str) -> bool:
 
 # --- 1. valid plans round-trip --------------------------------------------------------
 
-NAMES = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,30}", fullmatch=True)
+# "preflight" names the go/no-go gate, so no stage may take it.
+NAMES = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,30}", fullmatch=True).filter(
+    lambda name: name != "preflight"
+)
 ROLES = st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True)
-TEXT = st.text(max_size=60)
+# Any text but a NUL, which the store cannot hold (refused however it is written).
+TEXT = st.text(st.characters(exclude_characters="\x00"), max_size=60)
+# People as API tokens name them (controller.input_text.person_name_problem): no
+# control or invisible characters, no token-list separators, nothing blank at the ends.
+PEOPLE = (
+    st.text(st.characters(exclude_categories=("C",), exclude_characters=",:"), max_size=40)
+    .map(str.strip)
+    .filter(bool)
+)
 
 
 def spelled(seconds: int, style: str) -> str:
@@ -197,7 +211,8 @@ def durations(low: int, high: int) -> st.SearchStrategy[str]:
 
 
 # Holds in whole seconds, or in milliseconds (under a second, or with a remainder).
-HOLDS = durations(0, 7 * 86400) | st.integers(1, 99_999).map(lambda ms: f"{ms}ms")
+# A step with traffic holds at least 1s (a check must measure it at its own weight).
+HOLDS = durations(1, 7 * 86400) | st.integers(1_000, 99_999).map(lambda ms: f"{ms}ms")
 FACTORS = st.floats(1.0, 1000.0)
 FRACTIONS = st.floats(0.0, 1.0)
 CONFIDENCES = st.floats(0.5, 1.0, exclude_min=True, exclude_max=True)
@@ -270,7 +285,7 @@ def valid_plans(draw: st.DrawFn) -> dict[str, Any]:
             criterion["stages"] = [renamed[s] for s in criterion["stages"]]
         vary_criterion(draw, criterion)
 
-    people = st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=3)
+    people = st.lists(PEOPLE, min_size=1, max_size=3)
     data["owners"] = {role: draw(people) for role in data["owners"]} | draw(
         st.dictionaries(ROLES, people, max_size=3)
     )
@@ -590,3 +605,204 @@ def test_any_text_is_refused_not_crashed(text: str) -> None:
     result = outcome(text)
     if isinstance(result, PlanError):
         check_problems(result, text)
+
+
+# --- 4. the shapes hostile plans took (issue 29), within a memory bound -----------------
+
+# Above what was in use before, at the peak of one example: Python's allocations
+# (the YAML tree, the models) and the process's resident memory (the Rust PromQL
+# parser allocates outside Python's sight; see tests/unit/memory_peak.py). Before
+# the shape guard, one query of 3,991 characters took the parser 1.1 GB.
+PYTHON_BOUND = 16 * MB
+NATIVE_BOUND = 64 * MB
+SHAPES = settings(PROFILE, max_examples=15)
+
+
+def outcome_within_memory(text: str) -> Plan | PlanError:
+    """``outcome(text)``, failing the test if it took more memory than the bounds."""
+    result, peak = peak_of(lambda: outcome(text))
+    assert peak.python < PYTHON_BOUND, f"{peak.python / MB:.1f} MB of Python memory"
+    assert peak.native is None or peak.native < NATIVE_BOUND, f"{peak.native / MB:.1f} MB"
+    return result
+
+
+def paths_refused(result: Plan | PlanError, text: str) -> set[str]:
+    """The paths of a refusal's problems (the test fails if the plan loaded)."""
+    assert isinstance(result, PlanError), "loaded"
+    check_problems(result, text)
+    return {problem.path for problem in result.problems}
+
+
+# Where a plan names something, as (location, the demo plan holding it): each must be
+# a name matched whole, whatever follows it.
+NAME_PLACES: tuple[Loc, ...] = (
+    ("name",),
+    ("stages", 1, "name"),
+    ("stages", 0, "environment"),
+    ("stop_criteria", 2, "name"),
+    ("gates", "targets_up", 0, "name"),
+    ("gates", "approvals", 0, "role"),
+    ("owners", "release_manager", 0),
+    ("traffic", "stable_server"),
+    ("stages", 0, "healthchecks", 0, "name"),
+)
+
+
+@SHAPES
+@given(
+    place=st.sampled_from(NAME_PLACES),
+    tail=st.sampled_from(["\n", "\n\n", "\r\n", " \n", "\t", " "]),
+)
+def test_a_name_with_a_trailing_newline_is_refused_naming_it(place: Loc, tail: str) -> None:
+    """``^…$`` once let "evil\\n" through as a name; every name of a plan is matched
+    whole, and the refusal names its field."""
+    data = copy.deepcopy(SHIPPED["demo"])
+    parent_of(data, place)[place[-1]] += tail
+    text = dump(data)
+    assert format_path(place) in paths_refused(outcome_within_memory(text), text)
+
+
+def spaced(digits: str, at: int) -> str:
+    """``digits`` with an underscore after the ``at``-th digit (YAML 1.1 drops it)."""
+    at = max(1, min(at, len(digits) - 1))
+    return f"{digits[:at]}_{digits[at:]}"
+
+
+# Spellings a person reads as one value and YAML 1.1 as another, by what they replace.
+INTEGER_SPELLINGS = st.one_of(
+    st.integers(1, 4095).map(lambda n: f"0{n:o}"),  # octal
+    st.integers(1, 99).map(lambda n: f"0b{n:b}"),
+    st.integers(1, 99).map(lambda n: f"0x{n:x}"),
+    st.builds(spaced, st.integers(10, 99999).map(str), st.integers(1, 4)),
+    st.builds(lambda m, s: f"{m}:{s:02d}", st.integers(1, 59), st.integers(0, 59)),
+)
+NUMBER_SPELLINGS = INTEGER_SPELLINGS | st.builds(
+    lambda m, s, f: f"{m}:{s:02d}.{f}", st.integers(1, 59), st.integers(0, 59), st.integers(0, 9)
+)
+TEXT_SPELLINGS = st.one_of(
+    st.sampled_from(["yes", "no", "on", "off", "Yes", "NO", "On", "OFF"]),
+    st.dates().map(lambda d: d.isoformat()),
+    st.binary(min_size=1, max_size=12).map(lambda b: "!!binary " + base64.b64encode(b).decode()),
+)
+# The digit zero of scripts whose digits float() reads: Arabic-Indic, Extended
+# Arabic-Indic, Devanagari, Bengali, Thai, fullwidth.
+ZEROS = ("\u0660", "\u06f0", "\u0966", "\u09e6", "\u0e50", "\uff10")
+DURATION_SPELLINGS = st.builds(
+    lambda n, zero, unit: "".join(chr(ord(zero) + int(d)) for d in str(n)) + unit,
+    st.integers(1, 999),
+    st.sampled_from(ZEROS),
+    st.sampled_from(["s", "m", "h"]),
+)
+# (a line of the demo plan, what may replace its value)
+SPELLING_PLACES = (
+    ("    weight: 10", INTEGER_SPELLINGS),
+    ("    min_requests: 15", INTEGER_SPELLINGS),
+    ("  inconclusive_limit: 15", INTEGER_SPELLINGS),
+    ("    factor: 2", NUMBER_SPELLINGS),
+    ("    max_ratio: 0.02", NUMBER_SPELLINGS),
+    ("description: The standard plan compressed to seconds, for the local lab.", TEXT_SPELLINGS),
+    ("    hold: 8s", DURATION_SPELLINGS),
+    ("  interval: 1s", DURATION_SPELLINGS),
+)
+
+
+@st.composite
+def reread_values(draw: st.DrawFn) -> tuple[str, int, str]:
+    """The demo plan with one value spelled as YAML 1.1 (or Python) reads otherwise:
+    its text, the line of the value, and the spelling."""
+    line, spellings = draw(st.sampled_from(SPELLING_PLACES))
+    spelled = draw(spellings)
+    key = line.split(":", 1)[0]
+    lines = SHIPPED_TEXT["demo"].splitlines(keepends=True)
+    at = next(i for i, text in enumerate(lines) if text.rstrip("\n") == line)
+    lines[at] = f"{key}: {spelled}\n"
+    return "".join(lines), at + 1, spelled
+
+
+@SHAPES
+@given(case=reread_values())
+# 010 was a canary at 8 %, 1:30 one at 90 %, and ١٠m ten minutes.
+@example(case=("", 0, "010"))
+@example(case=("", 0, "1:30"))
+@example(case=("", 0, "\u0661\u0660m"))
+def test_a_value_read_otherwise_is_refused_saying_how(case: tuple[str, int, str]) -> None:
+    """A number YAML 1.1 reads otherwise (octal, base 60, underscores dropped, binary,
+    hexadecimal), text it reads as a boolean or a date, a ``!!binary``, a duration in
+    another script's digits: each is refused on its own line, saying how it is read."""
+    text, line, spelled = case
+    if not text:  # an explicit example: the canary's weight or hold
+        where = "    hold: 8s" if spelled.endswith("m") else "    weight: 10"
+        lines = SHIPPED_TEXT["demo"].splitlines(keepends=True)
+        line = next(i for i, t in enumerate(lines, 1) if t.rstrip("\n") == where)
+        lines[line - 1] = f"{where.split(':')[0]}: {spelled}\n"
+        text = "".join(lines)
+    result = outcome_within_memory(text)
+    paths_refused(result, text)
+    assert isinstance(result, PlanError)
+    shown = spelled.split()[0]  # "!!binary" of a !!binary value
+    said = [p for p in result.problems if p.line == line and shown in p.message]
+    assert said and all(re.search(r"\bread", p.message) for p in said), result.problems
+
+
+SIGN_UNITS = ("-", "+", "-+", "- ", "+ -", "-\t")
+OPERANDS = ("x", "1", "(x)", "rate(x[5m])", "-x")
+CHAIN_OPERATORS = ("-", "+", "*", "/", "^", " or ", " and ", " unless ", " == bool ")
+# Text that puts a quote in a comment or a # in a string, before the brackets.
+COMMENT_TRICKS = (
+    '# "\n',
+    "# '\n",
+    "# `\n",
+    '# "\r',
+    'x{a="#"} + ',
+    "x{a='#'} + ",
+    "x{a=`#`} + ",
+    'x{a="\\"#"} + ',
+    'x{a="\\\\"} + ',
+    "x # ((( \n + ",
+)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A generated query and what it holds beyond the limits, if anything."""
+
+    text: str
+    too_much: bool
+
+
+@st.composite
+def hostile_queries(draw: st.DrawFn) -> Query:
+    """Long runs of signs, long chains of operators, and brackets behind comment and
+    string tricks, from harmless to thousands long."""
+    kind = draw(st.sampled_from(["signs", "chain", "brackets"]))
+    if kind == "signs":
+        unit = draw(st.sampled_from(SIGN_UNITS))
+        operand = draw(st.sampled_from(OPERANDS))
+        length = draw(st.integers(1, 3990 - len(operand)))
+        run = (unit * length)[:length]
+        signs = sum(c in "+-" for c in run.rstrip(" \t")[-length:])
+        return Query(run + operand, signs > promql_shape.MAX_SIGNS_IN_A_ROW)
+    if kind == "chain":
+        operator = draw(st.sampled_from(CHAIN_OPERATORS))
+        count = draw(st.integers(1, (3999) // (len(operator) + 1)))
+        return Query("x" + (operator + "x") * count, count > promql_shape.MAX_OPERATORS)
+    trick = draw(st.sampled_from(COMMENT_TRICKS))
+    depth = draw(st.integers(1, (3990 - len(trick)) // 2))
+    return Query(trick + "(" * depth + "1" + ")" * depth, depth > promql_shape.MAX_NESTING)
+
+
+@SHAPES
+@given(query=hostile_queries())
+@example(query=Query("-" * 3990 + "x", True))
+@example(query=Query("x" + "-x" * 1990, True))
+@example(query=Query('# "\n' + "(" * 1990 + "1" + ")" * 1990, True))
+def test_a_hostile_query_is_refused_within_the_memory_bound(query: Query) -> None:
+    """Whatever shape a query takes, validating the plan stays within the memory
+    bound, and a query past a limit is refused at its field (a guard fooled by a
+    comment or a string would let the parser see it)."""
+    data = copy.deepcopy(SHIPPED["demo"])
+    data["stop_criteria"][0]["canary_errors"] = query.text
+    text = dump(data)
+    result = outcome_within_memory(text)
+    if query.too_much:
+        assert "stop_criteria[0].canary_errors" in paths_refused(result, text)

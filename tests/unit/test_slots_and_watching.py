@@ -258,7 +258,7 @@ def test_redeploy_mode_waits_for_the_stable_slot_to_serve_the_new_version(
         """mode: redeploy
 slot_urls: {blue: "http://blue", green: "http://green"}
 version_check: {path: /version}
-redeploy: {command: [deploy, "{{ stable_slot }}", "{{ canary_version }}"]}"""
+redeploy: {command: [deploy, "{{ stable_slot }}", "{{ deploy_version }}"]}"""
     )
     rollout_id = start(runtime, plan)
     for _ in range(12):
@@ -300,7 +300,7 @@ def test_redeploy_moves_traffic_back_only_once_the_router_held_the_slot_up_to_se
         """mode: redeploy
 slot_urls: {blue: "http://blue", green: "http://green"}
 version_check: {path: /version}
-redeploy: {command: [deploy]}
+redeploy: {command: [deploy, "{{ deploy_version }}"]}
 redeploy_settle: 10s"""
     )
     router.unchanged_for["stable"] = 3600.0  # up since long before the restart
@@ -341,7 +341,7 @@ def test_redeploy_mode_needs_a_hook_and_a_version_check() -> None:
     with pytest.raises(PlanError, match="needs version_check"):
         with_traffic(
             'mode: redeploy\nslot_urls: {blue: "http://b", green: "http://g"}\n'
-            "redeploy: {command: [deploy]}"
+            'redeploy: {command: [deploy, "{{ deploy_version }}"]}'
         )
     with pytest.raises(PlanError, match="slot_urls: give the URL of exactly the servers"):
         with_traffic('slot_urls: {blue: "http://b", canary: "http://c"}')

@@ -15,6 +15,7 @@ import pytest
 from controller.engine import advance, next_tick
 from controller.metrics.prometheus import MetricsError, Sample
 from controller.operations import OperationError, abort_rollout, approve_rollout, start_rollout
+from controller.outbox import run_outbox_row
 from controller.plan import Plan
 from controller.plan_loader import parse_plan
 from controller.rollback import rollback
@@ -59,7 +60,10 @@ def notified(runtime: Runtime) -> list[str]:
 
     def send(row_id: int, kind: str, rollout_id: str) -> None:
         if kind != "notify":
-            run(row_id, kind, rollout_id)
+            if run is None:
+                run_outbox_row(runtime, row_id)  # in this process, as by default
+            else:
+                run(row_id, kind, rollout_id)
             return
         with runtime.sessions() as session:
             row = repository.get_outbox(session, row_id)
