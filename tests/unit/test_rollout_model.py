@@ -65,7 +65,7 @@ from sqlalchemy import Engine, create_engine, delete, event, select, text, updat
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from controller import checks, hooks, outbox, slots
+from controller import checks, hooks, operations, outbox, slots
 from controller import rollback as rollback_module
 from controller.engine import advance
 from controller.operations import (
@@ -552,6 +552,28 @@ class Model:
     def approve(self) -> None:
         self.person(lambda s, r: approve_rollout(s, r, name="alice", now=self.world.clock()))
 
+    def resolve_by_hand(self) -> None:
+        rollout = self.rollout()
+        if rollout is None or rollout.state != RolloutState.ROLLBACK_FAILED:
+            return
+        self.world.set_share(rollout.canary_slot or CANARY, 0)
+        self.world.serves[rollout.stable_slot or STABLE] = rollout.stable_version
+        self.world.deploying.pop(rollout.stable_slot or STABLE, None)
+        resolve = getattr(operations, "resolve_rollout", None)
+        if resolve is None:  # a build without ``canary resolve``: nothing to ask
+            return
+        api = self.actors["api"]
+        self.person(
+            lambda s, r: resolve(
+                s,
+                r,
+                reason="canary put to 0 by hand",
+                actor="carol",
+                now=self.world.clock(),
+                router_for=api.runtime.router_for,
+            )
+        )
+
     def drift(self, weight: int) -> None:
         """Someone sets the weight by hand (or a reload resets it) while a rollout is
         active: the record is wrong until the next check reads the router."""
@@ -666,8 +688,9 @@ def runbook_runs(events: list[Event]) -> list[list[Event]]:
 
 
 class Invariants:
-    """What users trust us for, as checks on the store and the world (README, "What
-    the model checks"). Each message says which promise broke and what was seen."""
+    """What users trust us for (DESIGN.md's rules), as checks on the store and the
+    world after every rule. Each message says which promise broke and what was seen;
+    ``test_each_invariant_fails_when_its_promise_is_broken`` shows each can fail."""
 
     def __init__(self, model: Model) -> None:
         self.model = model
@@ -906,7 +929,7 @@ def model_plan(options: PlanOptions) -> Plan:
     }
     if options.mode == "redeploy":
         traffic.update(
-            redeploy={"command": ["deploy", "{{ stable_slot }}", "{{ canary_version }}"]},
+            redeploy={"command": ["deploy", "{{ stable_slot }}", "{{ deploy_version }}"]},
             redeploy_settle="5s",
             redeploy_timeout="60s",
         )
@@ -1084,6 +1107,13 @@ class RolloutModel(RuleBasedStateMachine):
         self.model.deliver_outbox()
         self.model.world.slow_runbook = None
 
+    @rule()
+    def resolved_by_hand(self) -> None:
+        """A person ends a ``rollback_failed`` rollout (``canary resolve``) after
+        putting traffic on stable by hand: the canary at 0 % and the stable version
+        back in the stable slot, as the rollback would have."""
+        self.model.resolve_by_hand()
+
     @rule(weight=st.sampled_from([0, 30, 100]))
     def router_drift(self, weight: int) -> None:
         self.model.drift(weight)
@@ -1153,10 +1183,8 @@ def fake_outside_world(monkeypatch: pytest.MonkeyPatch, model_of: Callable[[], M
     monkeypatch.setattr(rollback_module, "LEASE_WAIT_SECONDS", 0.0)
 
 
-def run_model(url: str, monkeypatch: pytest.MonkeyPatch, examples: int = DEFAULT_EXAMPLES) -> None:
-    """Migrate the store once, then run the machine on it (each example empties it)."""
-    migrate(url)
-    engine = model_engine(url)
+def model_machine(url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> type[RolloutModel]:
+    """The machine on this store, with the outside world faked for its examples."""
     machine = type("RolloutModelOn", (RolloutModel,), {"url": url, "engine": engine})
     instances: list[RolloutModel] = []
     original_init = machine.__init__
@@ -1167,6 +1195,14 @@ def run_model(url: str, monkeypatch: pytest.MonkeyPatch, examples: int = DEFAULT
 
     machine.__init__ = init  # type: ignore[method-assign]
     fake_outside_world(monkeypatch, lambda: instances[-1].model)
+    return machine
+
+
+def run_model(url: str, monkeypatch: pytest.MonkeyPatch, examples: int = DEFAULT_EXAMPLES) -> None:
+    """Migrate the store once, then run the machine on it (each example empties it)."""
+    migrate(url)
+    engine = model_engine(url)
+    machine = model_machine(url, engine, monkeypatch)
     print(
         "rollout model: "
         f"{os.environ.get('CANARY_MODEL_EXAMPLES', examples)} examples of up to "
@@ -1207,3 +1243,162 @@ def quiet_logs() -> Iterator[None]:
 def test_rollout_model_on_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The promises hold in every interleaving the model tries, on a SQLite store."""
     run_model(f"sqlite:///{tmp_path / 'model.db'}", monkeypatch)
+
+
+# -- each promise can fail: the invariants catch a product that breaks them ----------
+
+
+@pytest.fixture
+def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RolloutModel]:
+    """One example by hand: a swap rollout whose first check moved 10 % to the canary."""
+    url = f"sqlite:///{tmp_path / 'sabotage.db'}"
+    migrate(url)
+    engine = model_engine(url)
+    with quiet_logs():
+        machine = model_machine(url, engine, monkeypatch)()
+        machine.first_rollout(PlanOptions("swap", False, "pause", "reassert", False))
+        machine.checks_fall_due(1)
+        machine.promises_hold()
+        yield machine
+    engine.dispose()
+
+
+def _commit_event(model: Model, kind: str, data: dict[str, Any], at: Any = None) -> None:
+    assert model.current is not None
+    with model.observer() as session:
+        repository.append_event(
+            session,
+            model.current,
+            kind,
+            actor="sabotage",
+            at=at or model.world.clock(),
+            message=f"{kind} written behind the product's back",
+            data=data,
+        )
+        session.commit()
+
+
+def _update_current(model: Model, **values: Any) -> None:
+    with model.engine.begin() as conn:
+        conn.execute(update(Rollout).where(Rollout.id == model.current).values(**values))
+
+
+def _second_active_rollout(machine: RolloutModel) -> Invariants:
+    # The store's one-active-rollout index refuses a second row: fed to the check.
+    invariants = Invariants(machine.model)
+    invariants.rollouts["r-twin"] = SimpleNamespace(id="r-twin", state="running")  # type: ignore[assignment]
+    return invariants
+
+
+def _router_moved_unrecorded(machine: RolloutModel) -> Invariants:
+    machine.model.world.set_share(CANARY, 30)
+    return Invariants(machine.model)
+
+
+def _raised_after_rollback_request(machine: RolloutModel) -> Invariants:
+    machine.alert_fires()  # requested and queued; the worker then raises the weight
+    ModelRouter(machine.model, machine.model.actors["worker"], STABLE, CANARY).set_canary_weight(50)
+    return Invariants(machine.model)
+
+
+def _rolled_back_onto_the_new_version(machine: RolloutModel) -> Invariants:
+    machine.abort()
+    machine.rollback_worker_takes_next()
+    machine.model.world.serves[STABLE] = "2.0"
+    return Invariants(machine.model)
+
+
+def _decision_without_request(machine: RolloutModel) -> Invariants:
+    _commit_event(machine.model, "decision", {"decision": "rollback"})
+    return Invariants(machine.model)
+
+
+def _runbook_step_twice(machine: RolloutModel) -> Invariants:
+    for step in (1, 2, 2):
+        _commit_event(machine.model, "runbook", {"step": step, "ok": True})
+    return Invariants(machine.model)
+
+
+def _two_runbooks_promised(machine: RolloutModel) -> Invariants:
+    model = machine.model
+    with model.observer() as session:
+        for _ in range(2):
+            repository.add_outbox(
+                session,
+                model.current or "",
+                "runbook",
+                {"traffic_on_stable": False},
+                model.world.clock(),
+                timedelta(minutes=15),
+            )
+        session.commit()
+    return Invariants(machine.model)
+
+
+def _history_rewritten(machine: RolloutModel) -> Invariants:
+    with machine.model.engine.begin() as conn:
+        conn.execute(update(Event).where(Event.kind == "started").values(message="rewritten"))
+    return Invariants(machine.model)
+
+
+def _check_put_off(machine: RolloutModel) -> Invariants:
+    _update_current(machine.model, next_check_at=machine.model.world.clock() + timedelta(hours=1))
+    return Invariants(machine.model)
+
+
+def _promoted_on_old_data(machine: RolloutModel) -> Invariants:
+    later = machine.model.world.clock() + timedelta(seconds=30)
+    _commit_event(machine.model, "weight_set", {"weight": 50}, at=later)
+    _commit_event(machine.model, "step_completed", {"weight": 50}, at=later)
+    return Invariants(machine.model)
+
+
+def _lease_kept_by_the_living(machine: RolloutModel) -> Invariants:
+    _update_current(machine.model, lease_owner=machine.model.actors["worker"].owner)
+    return Invariants(machine.model)
+
+
+# invariant -> (the sabotage, what its failure says)
+SABOTAGE: dict[str, tuple[Callable[[RolloutModel], Invariants], str]] = {
+    "one_active_rollout_per_service": (_second_active_rollout, "two active rollouts"),
+    "record_matches_router": (_router_moved_unrecorded, "records 10%, the router gives"),
+    "no_weight_raised_after_a_rollback_request": (
+        _raised_after_rollback_request,
+        "raised the canary 10% -> 50% while the rollout was rolling_back",
+    ),
+    "finished_means_traffic_where_promised": (
+        _rolled_back_onto_the_new_version,
+        "answers 2.0, not the stable version 1.0",
+    ),
+    "rollback_decision_committed_with_its_request": (
+        _decision_without_request,
+        "still running with no rollback requested",
+    ),
+    "runbook_steps_run_once": (_runbook_step_twice, r"logged steps \[1, 2, 2\]"),
+    "one_runbook_per_rollback": (_two_runbooks_promised, "2 runbooks promised"),
+    "event_log_is_append_only_and_ordered": (_history_rewritten, "changed or vanished"),
+    "canary_with_traffic_checked_every_interval": (_check_put_off, "next check in 1:00:00"),
+    "step_promoted_on_evidence_from_its_weight": (
+        _promoted_on_old_data,
+        "no measurement taken after its weight was set",
+    ),
+    "leases_outlive_only_dead_workers": (_lease_kept_by_the_living, "which is alive"),
+}
+
+
+def test_every_invariant_is_sabotaged_here() -> None:
+    checked = {name for name in vars(Invariants) if not name.startswith("_")}
+    assert checked - {"check_all", "current"} == set(SABOTAGE)
+
+
+@pytest.mark.parametrize("invariant", sorted(SABOTAGE))
+def test_each_invariant_fails_when_its_promise_is_broken(
+    running: RolloutModel, invariant: str
+) -> None:
+    """A model that cannot fail proves nothing: each promise is broken behind the
+    product's back (what a bug would do), and its invariant says so, while the same
+    state before the sabotage passes every check."""
+    sabotage, says = SABOTAGE[invariant]
+    invariants = sabotage(running)
+    with pytest.raises(AssertionError, match=says):
+        getattr(invariants, invariant)()
