@@ -802,8 +802,9 @@ class Invariants:
             )
 
     def runbook_steps_run_once(self) -> None:
-        """A runbook runs once: its steps once each, in order, and no second run beside
-        it (a second delivery of its row must not run it again)."""
+        """A runbook runs once: its steps once each, in order, no second run beside it
+        (a second delivery of its row must not run it again), and its disable hook
+        (step 4) acts once."""
         for rollout_id, events in self.by_rollout.items():
             runs = runbook_runs(events)
             for run in runs:
@@ -817,6 +818,13 @@ class Invariants:
                     f"{len(ran)} runbooks ran for the {'confirmed' if on_stable else 'failed'} "
                     f"shift of {rollout_id}"
                 )
+            version = self.rollouts[rollout_id].canary_version
+            disabled = [
+                c for c in self.model.world.hook_calls if c[0] == "disable" and c[2:] == [version]
+            ]
+            assert len(disabled) <= 1, (
+                f"the canary {version} was disabled {len(disabled)} times (runbook step 4)"
+            )
 
     def one_runbook_per_rollback(self) -> None:
         """A rollout has at most one runbook promised for a failed shift and one for a
@@ -850,14 +858,17 @@ class Invariants:
 
     def canary_with_traffic_checked_every_interval(self) -> None:
         """Rule 10: a canary carrying traffic (running, paused, blocked, awaiting an
-        approval) is due for its next check within one analysis interval."""
+        approval) is due for its next check within an analysis interval. A check that
+        ran late keeps the plan's grid and skips a tick less than half an interval
+        ahead (``controller.check_clock``), so the bound is one and a half intervals;
+        a gate's recheck interval (a minute, say) is far beyond it."""
         rollout, plan = self.current(), self.model.plan
         if rollout is None or plan is None or rollout.state not in WATCHED_STATES:
             return
         if not rollout.weight or rollout.lease_owner in self.model.dead_owners:
             return
         gap = rollout.next_check_at - self.model.world.clock()
-        assert gap <= plan.analysis.interval, (
+        assert gap <= plan.analysis.interval * 3 / 2, (
             f"{rollout.state} with {rollout.weight}% on the canary, next check in {gap} "
             f"(analysis interval {plan.analysis.interval}): {rollout.reason}"
         )
@@ -970,7 +981,9 @@ def model_plan(options: PlanOptions) -> Plan:
             ],
             "runbook": {
                 "stable_healthchecks": [{"name": "health", "url": "http://{{ stable_slot }}/"}],
-                "disable_canary": {"command": ["disable", "{{ canary_slot }}"]},
+                "disable_canary": {
+                    "command": ["disable", "{{ canary_slot }}", "{{ canary_version }}"]
+                },
             },
         }
     )
