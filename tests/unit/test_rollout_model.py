@@ -41,7 +41,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -78,6 +78,8 @@ from controller.operations import (
     start_rollout,
 )
 from controller.plan import Plan
+from controller.reconcile.tick import Senders
+from controller.reconcile.tick import reconcile as reconcile_tick
 from controller.rollback import rollback
 from controller.runtime import Runtime
 from controller.store import repository
@@ -97,7 +99,6 @@ from tests.unit.test_state_machine import Clock, FakeMetrics
 SERVICE = "api"
 STABLE, CANARY = "blue", "green"  # the plan's two HAProxy servers (slots)
 LEASE = timedelta(seconds=45)
-ROLLBACK_HOLD = timedelta(seconds=30)  # as tasks.rollout.reconcile_task
 SLOW_RUNBOOK_STEP = timedelta(seconds=150)  # longer than a runbook row's claim
 FAILED_SHIFT_STATES = ("rolling_back", "rollback_failed", "rolled_back", "aborted")
 DEFAULT_EXAMPLES, DEFAULT_STEPS = 150, 30
@@ -402,7 +403,7 @@ class Model:
         self.generations: dict[str, int] = {}
         self.actors: dict[str, Actor] = {}
         self.dead_owners: set[str] = set()
-        for name in ("worker", "rollback", "rollback2", "api", "runbook", "runbook2"):
+        for name in ("worker", "rollback", "rollback2", "api", "runbook", "runbook2", "reconcile"):
             self.replace(name)
         self.observer = sessionmaker(engine, expire_on_commit=False)
         self.plan: Plan | None = None
@@ -477,11 +478,12 @@ class Model:
             "router drift to 30": lambda: self.drift(30),
         }
 
-    def rollout(self, session: Session | None = None) -> Rollout | None:
+    def rollout(self) -> Rollout | None:
+        """The current rollout as committed (what another process reads)."""
         if self.current is None:
             return None
-        with self.observer() as own:
-            return repository.get_rollout(session or own, self.current)
+        with self.observer() as session:
+            return repository.get_rollout(session, self.current)
 
     def hand_over(self, rollout_id: str) -> None:
         """As the API's ``hand_over_rollback``: the rollback queue, or, with the broker
@@ -603,16 +605,25 @@ class Model:
             self.as_actor(name, lambda actor: rollback(actor.runtime, target))
 
     def reconcile(self) -> None:
-        """As ``tasks.rollout.reconcile_task``: due rollbacks to their queue, outbox
-        rows not done sent again (advances are the ``check`` rules' business)."""
-        runtime = self.actors["worker"].runtime
-        with runtime.sessions() as session:
-            due = repository.take_due_rollbacks(session, self.world.clock(), ROLLBACK_HOLD)
-        for rollout_id in due:
-            with suppress(BrokerDown):  # taken and pushed ahead: sent again after the hold
-                self.broker.enqueue_rollback(rollout_id)
-        with suppress(BrokerDown):
-            outbox.dispatch_due(runtime)
+        """A reconcile tick (``controller.reconcile.tick``), its messages to the model's
+        broker. The advances it hands out are the ``checks`` rules' business (a check
+        rule is the delivery of one), so their messages are dropped."""
+
+        def advances(due: object, labels: object) -> None:
+            if not self.broker.up:
+                raise BrokerDown("Error 111 connecting to redis:6379. Connection refused.")
+
+        senders = Senders(
+            rollback=self.broker.enqueue_rollback,
+            advances=advances,
+            outbox=self.broker.send_outbox,
+            stage_label=lambda rollout_id, step_index: "",
+        )
+        runtime = self.actors["reconcile"].runtime
+        self.as_actor(
+            "reconcile",
+            lambda _: reconcile_tick(runtime, senders, lookahead=timedelta(0), batch_size=50),
+        )
 
     def deliver_outbox(self, name: str = "runbook") -> None:
         if self.broker.up and self.broker.outbox:
