@@ -1272,19 +1272,28 @@ def test_rollout_model_on_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 # -- each promise can fail: the invariants catch a product that breaks them ----------
 
 
-@pytest.fixture
-def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RolloutModel]:
-    """One example by hand: a swap rollout whose first check moved 10 % to the canary."""
-    url = f"sqlite:///{tmp_path / 'sabotage.db'}"
+@pytest.fixture(scope="module")
+def sabotage_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Engine]]:
+    """One migrated store for the sabotage tests (each example empties it)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('sabotage') / 'model.db'}"
     migrate(url)
     engine = model_engine(url)
+    yield url, engine
+    engine.dispose()
+
+
+@pytest.fixture
+def running(
+    sabotage_store: tuple[str, Engine], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RolloutModel]:
+    """One example by hand: a swap rollout whose first check moved 10 % to the canary."""
+    url, engine = sabotage_store
     with quiet_logs():
         machine = model_machine(url, engine, monkeypatch)()
         machine.first_rollout(PlanOptions("swap", False, "pause", "reassert", False))
         machine.checks_fall_due(1)
         machine.promises_hold()
         yield machine
-    engine.dispose()
 
 
 def _commit_event(model: Model, kind: str, data: dict[str, Any], at: Any = None) -> None:
