@@ -1435,3 +1435,79 @@ def test_each_invariant_fails_when_its_promise_is_broken(
     invariants = sabotage(running)
     with pytest.raises(AssertionError, match=says):
         getattr(invariants, invariant)()
+
+
+# -- what the model found by itself, kept as examples ---------------------------------
+
+SWAP = PlanOptions("swap", gated=False, on_limit="pause", on_drift="reassert", zero_hold=False)
+Rules = list[tuple[str, dict[str, Any]]]
+# Issue 28's cases, each as the model shrank it on the code before their fixes (where
+# every one of these broke a promise); the rule sequences are the printed ones.
+FOUND: dict[str, tuple[PlanOptions, Rules]] = {
+    "1 rollback after the redeploy hook ran": (
+        PlanOptions("redeploy", False, "pause", "reassert", False),
+        [("advance_now", {})] * 3
+        + [
+            ("while_the_worker_moves_traffic", {"operation": "alert", "when": "before"}),
+            ("checks_fall_due", {"checks": 5}),
+            ("alert_fires", {}),
+            ("redeploy_makes_progress", {}),
+            ("rollback_worker_takes_next", {}),
+        ],
+    ),
+    "2 an API rollback lost to an advance in flight": (
+        SWAP,
+        [("while_the_worker_moves_traffic", {"operation": "alert", "when": "before"})],
+    ),
+    "3 a decided rollback lost between two commits": (
+        SWAP,
+        [
+            ("canary_errors", {"high": True}),
+            ("worker_dies_in_next_check", {"point": "commit 2"}),
+        ],
+    ),
+    "4 a canary awaiting approval checked every recheck_interval": (
+        PlanOptions("swap", gated=True, on_limit="pause", on_drift="reassert", zero_hold=False),
+        [("checks_fall_due", {"checks": 4})],
+    ),
+    "5 a runbook longer than its claim run twice": (
+        SWAP,
+        [
+            ("abort", {}),
+            ("rollback_worker_takes_next", {}),
+            ("slow_runbook_step_while_reconcile_runs", {}),
+        ],
+    ),
+    "8 two deliveries of one rollback both the first attempt": (
+        SWAP,
+        [
+            ("abort", {}),
+            ("router_down", {"down": True}),
+            (
+                "while_a_rollback_moves_traffic",
+                {"operation": "second rollback delivery", "when": "before"},
+            ),
+        ],
+    ),
+    "11 a step without a hold promoted on data from before its move": (
+        PlanOptions("swap", gated=False, on_limit="pause", on_drift="reassert", zero_hold=True),
+        [("checks_fall_due", {"checks": 4})],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOUND))
+def test_what_the_model_found_stays_fixed(
+    sabotage_store: tuple[str, Engine], monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """The sequences the model found the §1 cases with, replayed rule by rule with
+    every promise checked after each: the search need not find them again by luck."""
+    url, engine = sabotage_store
+    options, rules = FOUND[case]
+    with quiet_logs():
+        machine = model_machine(url, engine, monkeypatch)()
+        machine.first_rollout(options)
+        machine.promises_hold()
+        for name, arguments in rules:
+            getattr(machine, name)(**arguments)
+            machine.promises_hold()
