@@ -524,3 +524,55 @@ def test_an_action_without_a_body_refuses_one(api: Api, action: str, body: bytes
     path = f"/api/v1/rollouts/{api.rollout_id}/{action}"
     problems = refused(api, ERIN, path, content=body)
     assert [p["loc"] for p in problems] == [["body"]], problems
+
+
+def with_backend_variable(default: str) -> str:
+    """The two-hats plan routing through a backend named by a plan variable."""
+    text = TWO_HATS_YAML.replace(
+        "  scrape_job: lab\n", f'  scrape_job: lab\n  pool: "{default}"\n', 1
+    )
+    text = text.replace(
+        "  scrape_job: '[a-z][a-z0-9_-]{0,62}'\n",
+        "  scrape_job: '[a-z][a-z0-9_-]{0,62}'\n  pool: '[a-z/]{1,20}'\n",
+        1,
+    )
+    assert 'backend: "{{ service }}"' in text
+    return text.replace('backend: "{{ service }}"', 'backend: "{{ pool }}"', 1)
+
+
+def test_a_backend_name_from_a_variable_is_bad_input_not_an_unavailable_router(api: Api) -> None:
+    """``x;disable server x/blue`` as the backend's variable registered, and a start
+    with a backend that is no HAProxy name answered 503 with Retry-After (a client
+    retries for ever). Both are bad input: 422 naming the field, nothing changed."""
+    problems = refused(
+        api,
+        ADMIN,
+        "/api/v1/plans",
+        json={"name": "bad-backend", "plan_yaml": with_backend_variable("x;disable server x/blue")},
+    )
+    assert any(
+        "variables.pool" in p["msg"] and "HAProxy backend name" in p["msg"] for p in problems
+    ), problems
+
+    registered = call(
+        "POST",
+        f"{api.url}/api/v1/plans",
+        ADMIN,
+        json={"name": "pool-backend", "plan_yaml": with_backend_variable("checkout")},
+    )
+    assert registered.status_code == 201, registered.text
+    variables = {**api.lab.plan_variables(), "pool": "x/blue"}
+    problems = refused(
+        api,
+        ERIN,
+        "/api/v1/rollouts",
+        json={
+            "plan": "pool-backend",
+            "service": "checkout",
+            "version": "7.7.7",
+            "stable": STABLE,
+            "variables": variables,
+        },
+    )
+    assert problems[0]["loc"] == ["traffic.backend"], problems
+    assert problems[0]["msg"].startswith("renders to 'x/blue', which is not a HAProxy"), problems
