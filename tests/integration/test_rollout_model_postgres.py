@@ -20,4 +20,4 @@ pytestmark = pytest.mark.integration
 
 def test_rollout_model_on_postgresql(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The promises hold in every interleaving the model tries, on PostgreSQL."""
-    run_model(postgres_url, monkeypatch, examples=60)
+    run_model(postgres_url, monkeypatch, examples=40)

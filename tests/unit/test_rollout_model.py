@@ -101,7 +101,7 @@ STABLE, CANARY = "blue", "green"  # the plan's two HAProxy servers (slots)
 LEASE = timedelta(seconds=45)
 SLOW_RUNBOOK_STEP = timedelta(seconds=150)  # longer than a runbook row's claim
 FAILED_SHIFT_STATES = ("rolling_back", "rollback_failed", "rolled_back", "aborted")
-DEFAULT_EXAMPLES, DEFAULT_STEPS = 150, 30
+DEFAULT_EXAMPLES, DEFAULT_STEPS = 100, 30
 OPERATIONS = (  # what another process may do while traffic moves (Model.operations)
     "alert",
     "manual rollback",
