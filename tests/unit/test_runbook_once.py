@@ -13,9 +13,8 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import suppress
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from controller.plan import Plan
 from controller.runtime import Runtime
 from controller.store import repository
 from controller.store.models import Event, Incident, Outbox
+from tests.local_http import answer_ok, serve
 from tests.unit.test_outbox_and_dispatch import (
     rolled_back_with_messages_lost,
     with_every_runbook_step,
@@ -214,19 +214,12 @@ class HeldEndpoint:
                 hits[self.path] = hits.get(self.path, 0) + 1
                 if self.path.startswith("/held"):
                     released.wait(2)
-                with suppress(OSError):  # a check that gave up has hung up
-                    self.send_response(200)
-                    self.send_header("Content-Length", "2")
-                    self.end_headers()
-                    self.wfile.write(b"ok")
+                answer_ok(self)
 
             def log_message(self, *_args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.server, self.url = serve(Handler)
 
     def close(self) -> None:
         self.released.set()
